@@ -1,0 +1,297 @@
+/**
+ * The backend contract: device memory plus a fixed set of coarse, fused ops, each with its
+ * backward. lib/model.ts is written only against this interface.
+ *
+ * Conventions (the same on every backend):
+ * - Data is row-major; "(B, L, C)" means index ((b·L + t)·C + c). Every buffer holds float32
+ *   elements (the CPU backend can hold float64 for gradient checks), except IndexBuffer (int32).
+ * - Outputs come first, then inputs, then dimensions (llm.c's order).
+ * - A backward op OVERWRITES the gradients of activations (dx, du, …) unless its doc says "+=",
+ *   and always ACCUMULATES (+=) into parameter gradients (dweight, dbias, dA_log, dD, …).
+ * - A "stride" is the distance in elements between consecutive rows of a strided view: it lets
+ *   ops read B and C inside x_proj's output (B·L, R + 2N), or z inside in_proj's (B·L, 2ED).
+ * - Buffers are views: `view(buffer, offset, length)` shares memory with `buffer`.
+ * - Nothing is read back to the host except by `read` / `sumOfSquares`.
+ */
+
+/** Where the model runs. */
+export type Device = "cpu" | "webgpu" | "cuda";
+
+/** Every device, in the order "auto" tries them. */
+export const DEVICES: readonly Device[] = ["cuda", "webgpu", "cpu"];
+
+/** Opaque handle to device memory holding `length` floats. */
+export interface DeviceBuffer {
+  readonly length: number;
+}
+
+/** Opaque handle to device memory holding `length` int32 indices (byte values). */
+export interface IndexBuffer {
+  readonly length: number;
+}
+
+/** Host-side float arrays that `read` returns. */
+export type FloatArray = Float32Array | Float64Array;
+
+export interface MatmulOptions {
+  /** A is stored (K, M) and used transposed. */
+  transA?: boolean;
+  /** B is stored (N, K) and used transposed (a Linear layer's weight). */
+  transB?: boolean;
+  /** C += A·B instead of C = A·B. */
+  accumulate?: boolean;
+  /** Row strides of the stored matrices; default: packed (the stored row length). */
+  lda?: number;
+  ldb?: number;
+  ldc?: number;
+}
+
+/** Dimensions of the fused selective scan. */
+export interface ScanDims {
+  /** B */
+  batch: number;
+  /** L */
+  length: number;
+  /** ED */
+  channels: number;
+  /** N */
+  state: number;
+  /** Row stride of the B and C views (R + 2N inside x_proj's output). */
+  bcStride: number;
+  /** Row stride of the z view (2ED inside in_proj's output). */
+  zStride: number;
+  /** Parallel (log-depth, work-efficient) scan over L when true, sequential when false. */
+  parallel: boolean;
+}
+
+/** Dimensions of the causal depthwise convolution. */
+export interface ConvDims {
+  /** B */
+  batch: number;
+  /** L */
+  length: number;
+  /** ED */
+  channels: number;
+  /** K = d_conv */
+  width: number;
+  /** Row stride of the input view (2ED inside in_proj's output). */
+  xStride: number;
+}
+
+export interface AdamWOptions {
+  lr: number;
+  beta1: number;
+  beta2: number;
+  eps: number;
+  weightDecay: number;
+  /** 1-based step count, for bias correction. */
+  step: number;
+  /** Gradients are multiplied by this before use (clipping and accumulation folded in). */
+  gradScale: number;
+}
+
+/** A backend: memory and the ops of the model. See the conventions above. */
+export interface Backend {
+  readonly device: Device;
+  /** A human-readable description of the hardware (adapter name, GPU name, "cpu"). */
+  readonly description: string;
+
+  // ---- memory ----
+  /** A new zero-filled buffer of `length` floats. */
+  alloc(length: number): DeviceBuffer;
+  /** A new zero-filled buffer of `length` int32 indices. */
+  allocIndices(length: number): IndexBuffer;
+  /** A view of `length` floats of `buffer` starting at element `offset`. */
+  view(buffer: DeviceBuffer, offset: number, length: number): DeviceBuffer;
+  write(dst: DeviceBuffer, src: ArrayLike<number>): void;
+  writeIndices(dst: IndexBuffer, src: ArrayLike<number>): void;
+  read(src: DeviceBuffer): Promise<FloatArray>;
+  fill(dst: DeviceBuffer, value: number): void;
+  /** dst ← src (same length). */
+  copy(dst: DeviceBuffer, src: DeviceBuffer): void;
+  /** Releases a buffer allocated by alloc/allocIndices (not a view). */
+  free(buffer: DeviceBuffer | IndexBuffer): void;
+  /** Releases everything this backend holds. */
+  dispose(): void;
+
+  // ---- dense ----
+  /** C (M, N) = op(A) (M, K) · op(B) (K, N), or += with `accumulate`. */
+  matmul(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options?: MatmulOptions,
+  ): void;
+  /** out (rows, cols) += bias (cols), broadcast over rows. */
+  addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void;
+  /** dbias (cols) += Σ_rows dout (rows, cols). */
+  addBiasBackward(dbias: DeviceBuffer, dout: DeviceBuffer, rows: number, cols: number): void;
+
+  // ---- embedding ----
+  /** out (rows, dim) = table[tokens[r]] with table (256, dim). */
+  embedding(
+    out: DeviceBuffer,
+    table: DeviceBuffer,
+    tokens: IndexBuffer,
+    rows: number,
+    dim: number,
+  ): void;
+  /** dtable[tokens[r]] += dout[r]. */
+  embeddingBackward(
+    dtable: DeviceBuffer,
+    dout: DeviceBuffer,
+    tokens: IndexBuffer,
+    rows: number,
+    dim: number,
+  ): void;
+
+  // ---- RMSNorm ----
+  /** out = x · rstd · weight with rstd (rows) = 1/sqrt(mean(x²) + eps), saved for backward. */
+  rmsnorm(
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rows: number,
+    dim: number,
+    eps: number,
+  ): void;
+  /** dx += ∂/∂x, dweight += ∂/∂weight (dx accumulates: it already holds the residual grad). */
+  rmsnormBackward(
+    dx: DeviceBuffer,
+    dweight: DeviceBuffer,
+    dout: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    dim: number,
+  ): void;
+
+  // ---- causal depthwise conv1d + SiLU ----
+  /** out (B, L, C) = silu(bias[c] + Σ_k weight[c, k] · x[b, t - K + 1 + k, c]), x zero before t=0. */
+  conv1dSilu(
+    out: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    dims: ConvDims,
+  ): void;
+  /** dx (strided like x) overwritten; dweight, dbias +=. Recomputes the pre-activation. */
+  conv1dSiluBackward(
+    dx: DeviceBuffer,
+    dweight: DeviceBuffer,
+    dbias: DeviceBuffer | null,
+    dout: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    dims: ConvDims,
+  ): void;
+
+  // ---- fused selective scan ----
+  /**
+   * y (B, L, ED) = (Σ_n h[t, n] · C[t, n] + D ⊙ u) ⊙ silu(z), where
+   * δ = softplus(delta + dtBias), A = -exp(A_log) (ED, N),
+   * h[t] = exp(δ[t] A) ⊙ h[t-1] + δ[t] B[t] u[t], h[-1] = 0.
+   * u, delta: (B, L, ED) packed; B, C: (B, L, N) with row stride bcStride; z: (B, L, ED) with
+   * row stride zStride. Never stores (B, L, ED, N).
+   */
+  selectiveScan(
+    y: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: ScanDims,
+  ): void;
+  /**
+   * Backward of selectiveScan: du, ddelta, dB, dC, dz overwritten (dB, dC, dz strided like
+   * their inputs); ddtBias, daLog, dD +=. Recomputes the states instead of storing them.
+   */
+  selectiveScanBackward(
+    du: DeviceBuffer,
+    ddelta: DeviceBuffer,
+    ddtBias: DeviceBuffer,
+    daLog: DeviceBuffer,
+    db: DeviceBuffer,
+    dc: DeviceBuffer,
+    dd: DeviceBuffer,
+    dz: DeviceBuffer,
+    dy: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: ScanDims,
+  ): void;
+
+  // ---- loss ----
+  /**
+   * Fused softmax cross-entropy over logits (rows, vocab): losses (rows) in nats; when dlogits
+   * is given, dlogits = gradScale · (softmax(logits) - onehot(targets)).
+   */
+  crossEntropy(
+    losses: DeviceBuffer,
+    dlogits: DeviceBuffer | null,
+    logits: DeviceBuffer,
+    targets: IndexBuffer,
+    rows: number,
+    vocab: number,
+    gradScale: number,
+  ): void;
+
+  // ---- optimizer ----
+  /** Σ x², read back to the host (the global gradient norm for clipping). */
+  sumOfSquares(x: DeviceBuffer): Promise<number>;
+  /** One AdamW update over param/grad/m/v views of equal length (decoupled weight decay). */
+  adamw(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    m: DeviceBuffer,
+    v: DeviceBuffer,
+    options: AdamWOptions,
+  ): void;
+
+  // ---- single-step decode ----
+  /**
+   * out (B, C) = silu(conv over [state, x]); then state (B, C, K-1) shifts left and takes x.
+   * x: (B, C) with row stride xStride.
+   */
+  conv1dSiluStep(
+    out: DeviceBuffer,
+    state: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    batch: number,
+    channels: number,
+    width: number,
+    xStride: number,
+  ): void;
+  /** One step of selectiveScan with the state h (B, ED, N) updated in place (length = 1). */
+  selectiveScanStep(
+    y: DeviceBuffer,
+    h: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: Omit<ScanDims, "length" | "parallel">,
+  ): void;
+}

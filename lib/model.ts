@@ -1,0 +1,362 @@
+/**
+ * The models, written only against the Backend interface:
+ * - `Mamba`: the seed's module, a residual stack of Mamba blocks, (B, L, D) → (B, L, D);
+ * - `MambaByte`: byte embedding (256, D) → Mamba → RMSNorm → LM head, logits (B, L, 256).
+ *
+ * Glossary (code → paper): B batch, L sequence length, D = dim, ED = d_inner, N = d_state,
+ * R = dt_rank, K = d_conv, Δ = softplus(dt_proj(δr) + bias), A = -exp(A_log),
+ * h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t, y_t = (h_t · C_t + D ⊙ u_t) ⊙ silu(z_t).
+ *
+ * Parameters, gradients (and the optimizer's moments) each live in ONE flat buffer laid out
+ * by lib/params.ts.
+ */
+import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "./backend.ts";
+import { CpuBackend } from "./backends/cpu.ts";
+import { MambaConfig, VOCAB_SIZE } from "./config.ts";
+import { initParams, type ParamSpec, type ParamTable, paramTable } from "./params.ts";
+import { layerViews, ResidualStack, RMS_EPS, StackActivations, StackCache } from "./residual_stack.ts";
+
+/** Host-side data with a shape. */
+export interface Tensor {
+  data: FloatArray;
+  shape: number[];
+}
+
+/** A tensor from data and a shape (checked to agree). */
+export function tensor(data: FloatArray, shape: number[]): Tensor {
+  const size = shape.reduce((a, b) => a * b, 1);
+  if (data.length !== size) {
+    throw new Error(`tensor: ${data.length} values do not fill shape [${shape.join(", ")}] (${size})`);
+  }
+  return { data, shape };
+}
+
+export interface ModelOptions {
+  /** Where the model runs; a new CPU backend when omitted. */
+  backend?: Backend;
+  /** Seed of the initial weights. */
+  seed?: number;
+}
+
+/** What Mamba and MambaByte share: config, backend, parameter table, flat buffers. */
+abstract class FlatModel {
+  readonly config: MambaConfig;
+  readonly backend: Backend;
+  readonly table: ParamTable;
+  /** All parameters, one flat buffer laid out by `table`. */
+  readonly params: DeviceBuffer;
+  #grads: DeviceBuffer | null = null;
+  protected readonly stack: ResidualStack;
+  #gradStack: ReturnType<typeof layerViews>[] | null = null;
+
+  constructor(config: MambaConfig, lm: boolean, options: ModelOptions) {
+    if (!(config instanceof MambaConfig)) {
+      throw new Error("expected a MambaConfig: build one with new MambaConfig({ dim, depth, … })");
+    }
+    this.config = config;
+    this.backend = options.backend ?? new CpuBackend();
+    this.table = paramTable(config, lm);
+    this.params = this.backend.alloc(this.table.size);
+    this.backend.write(this.params, initParams(this.table, config, options.seed ?? 0));
+    this.stack = new ResidualStack(
+      this.backend,
+      config,
+      this.table.layers.map((layer) => layerViews(this.backend, this.params, layer)),
+    );
+  }
+
+  /** All parameter gradients, one flat buffer laid out like `params` (allocated on first use). */
+  get grads(): DeviceBuffer {
+    if (!this.#grads) this.#grads = this.backend.alloc(this.table.size);
+    return this.#grads;
+  }
+
+  protected get gradStack(): ReturnType<typeof layerViews>[] {
+    this.#gradStack ??= this.table.layers.map((layer) => layerViews(this.backend, this.grads, layer));
+    return this.#gradStack;
+  }
+
+  /** View of one parameter tensor in `params` (or in `grads`). */
+  view(spec: ParamSpec, flat: DeviceBuffer = this.params): DeviceBuffer {
+    return this.backend.view(flat, spec.offset, spec.size);
+  }
+
+  /** Sets every gradient to zero. */
+  zeroGrad(): void {
+    this.backend.fill(this.grads, 0);
+  }
+
+  /** The flat parameters on the host. */
+  readParams(): Promise<FloatArray> {
+    return this.backend.read(this.params);
+  }
+
+  /** Replaces the flat parameters (length must match `table.size`). */
+  writeParams(values: ArrayLike<number>): void {
+    if (values.length !== this.table.size) {
+      throw new Error(`writeParams: expected ${this.table.size} values, got ${values.length}`);
+    }
+    this.backend.write(this.params, values);
+  }
+}
+
+/** The seed's Mamba module: a residual stack of Mamba blocks, (B, L, D) → (B, L, D). */
+export class Mamba extends FlatModel {
+  #acts: StackActivations | null = null;
+
+  constructor(config: MambaConfig, options: ModelOptions = {}) {
+    super(config, false, options);
+  }
+
+  #activations(batch: number, length: number): StackActivations {
+    if (!this.#acts || this.#acts.batch !== batch || this.#acts.length !== length) {
+      this.#acts?.free();
+      this.#acts = new StackActivations(this.backend, this.config, batch, length);
+    }
+    return this.#acts;
+  }
+
+  /** x (B, L, D) → (B, L, D). Saves activations for `backward`. */
+  async forward(x: Tensor): Promise<Tensor> {
+    const [batch, length, dim] = x.shape;
+    if (x.shape.length !== 3 || dim !== this.config.dim) {
+      throw new Error(
+        `Mamba.forward: expected shape [B, L, ${this.config.dim}], got [${x.shape.join(", ")}]`,
+      );
+    }
+    const acts = this.#activations(batch, length);
+    this.backend.write(acts.input, x.data);
+    this.stack.forward(acts);
+    return tensor(await this.backend.read(acts.out), [batch, length, dim]);
+  }
+
+  /** Given ∂loss/∂out (B, L, D) of the last forward: accumulates parameter grads, returns ∂loss/∂x. */
+  async backward(dout: Tensor): Promise<Tensor> {
+    const acts = this.#acts;
+    if (!acts) throw new Error("Mamba.backward: call forward first");
+    const dx = this.backend.alloc(dout.data.length);
+    this.backend.write(dx, dout.data);
+    this.stack.backward(dx, acts, this.gradStack);
+    const result = tensor(await this.backend.read(dx), dout.shape);
+    this.backend.free(dx);
+    return result;
+  }
+
+  /** A decode cache for `batch` sequences: per layer h (B, ED, N) and conv inputs (B, ED, K-1). */
+  createCache(batch: number): StackCache {
+    return new StackCache(this.backend, this.config, batch);
+  }
+
+  /** One position: x (B, D) → (B, D), advancing the cache. */
+  async step(x: Tensor, cache: StackCache): Promise<Tensor> {
+    const buffer = this.backend.alloc(x.data.length);
+    this.backend.write(buffer, x.data);
+    this.stack.step(buffer, cache);
+    const result = tensor(await this.backend.read(buffer), x.shape);
+    this.backend.free(buffer);
+    return result;
+  }
+}
+
+/** Buffers of one MambaByte forward/backward at a given (B, L). */
+class LmActivations {
+  readonly stack: StackActivations;
+  readonly tokens: IndexBuffer; // (B, L) input bytes
+  readonly targets: IndexBuffer; // (B, L) next bytes
+  readonly hidden: DeviceBuffer; // (B, L, D) RMSNorm of the stack's output
+  readonly rstd: DeviceBuffer; // (B, L)
+  readonly logits: DeviceBuffer; // (B, L, 256)
+  readonly losses: DeviceBuffer; // (B, L) nats
+  readonly dlogits: DeviceBuffer; // (B, L, 256)
+  readonly dhidden: DeviceBuffer; // (B, L, D)
+  readonly dx: DeviceBuffer; // (B, L, D)
+
+  constructor(
+    readonly backend: Backend,
+    config: MambaConfig,
+    readonly batch: number,
+    readonly length: number,
+  ) {
+    const rows = batch * length, D = config.dim;
+    this.stack = new StackActivations(backend, config, batch, length);
+    this.tokens = backend.allocIndices(rows);
+    this.targets = backend.allocIndices(rows);
+    this.hidden = backend.alloc(rows * D);
+    this.rstd = backend.alloc(rows);
+    this.logits = backend.alloc(rows * VOCAB_SIZE);
+    this.losses = backend.alloc(rows);
+    this.dlogits = backend.alloc(rows * VOCAB_SIZE);
+    this.dhidden = backend.alloc(rows * D);
+    this.dx = backend.alloc(rows * D);
+  }
+
+  free(): void {
+    this.stack.free();
+    const b = this.backend;
+    for (const x of [this.tokens, this.targets, this.hidden, this.rstd, this.logits]) b.free(x);
+    for (const x of [this.losses, this.dlogits, this.dhidden, this.dx]) b.free(x);
+  }
+}
+
+/** Decode state of MambaByte for `batch` sequences. */
+export class ByteCache {
+  readonly stack: StackCache;
+  readonly tokens: IndexBuffer; // (B)
+  readonly x: DeviceBuffer; // (B, D)
+  readonly hidden: DeviceBuffer; // (B, D)
+  readonly rstd: DeviceBuffer; // (B)
+  readonly logits: DeviceBuffer; // (B, 256)
+
+  constructor(readonly backend: Backend, config: MambaConfig, readonly batch: number) {
+    this.stack = new StackCache(backend, config, batch);
+    this.tokens = backend.allocIndices(batch);
+    this.x = backend.alloc(batch * config.dim);
+    this.hidden = backend.alloc(batch * config.dim);
+    this.rstd = backend.alloc(batch);
+    this.logits = backend.alloc(batch * VOCAB_SIZE);
+  }
+
+  /** Forget the text so far. */
+  reset(): void {
+    this.stack.reset();
+  }
+
+  free(): void {
+    this.stack.free();
+    for (const x of [this.tokens, this.x, this.hidden, this.rstd, this.logits]) this.backend.free(x);
+  }
+}
+
+/** The loss of a batch: mean cross-entropy in nats, and the same in bits per byte. */
+export interface Loss {
+  loss: number;
+  bpb: number;
+}
+
+/** MambaByte: bytes (B, L) → logits (B, L, 256) over the next byte. */
+export class MambaByte extends FlatModel {
+  #acts: LmActivations | null = null;
+
+  constructor(config: MambaConfig, options: ModelOptions = {}) {
+    super(config, true, options);
+  }
+
+  #activations(batch: number, length: number): LmActivations {
+    if (!this.#acts || this.#acts.batch !== batch || this.#acts.length !== length) {
+      this.#acts?.free();
+      this.#acts = new LmActivations(this.backend, this.config, batch, length);
+    }
+    return this.#acts;
+  }
+
+  #forward(inputs: ArrayLike<number>, shape: [number, number]): LmActivations {
+    const [batch, length] = checkShape(inputs, shape);
+    const be = this.backend, t = this.table, D = this.config.dim, rows = batch * length;
+    const acts = this.#activations(batch, length);
+    be.writeIndices(acts.tokens, inputs);
+    be.embedding(acts.stack.input, this.view(t.embedding!), acts.tokens, rows, D); // (B, L, D)
+    this.stack.forward(acts.stack);
+    be.rmsnorm(acts.hidden, acts.rstd, acts.stack.out, this.view(t.normF!), rows, D, RMS_EPS);
+    be.matmul(acts.logits, acts.hidden, this.view(t.lmHead!), rows, VOCAB_SIZE, D, { transB: true });
+    return acts;
+  }
+
+  /** Logits (B, L, 256) for bytes (B·L values in 0..255) of shape [B, L]. */
+  async forward(bytes: ArrayLike<number>, shape: [number, number]): Promise<Tensor> {
+    const acts = this.#forward(bytes, shape);
+    return tensor(await this.backend.read(acts.logits), [shape[0], shape[1], VOCAB_SIZE]);
+  }
+
+  /** Mean next-byte loss of `targets` given `inputs`, both (B, L). No gradients. */
+  async loss(inputs: ArrayLike<number>, targets: ArrayLike<number>, shape: [number, number]): Promise<Loss> {
+    const acts = this.#forward(inputs, shape);
+    checkShape(targets, shape);
+    const rows = shape[0] * shape[1];
+    this.backend.writeIndices(acts.targets, targets);
+    this.backend.crossEntropy(acts.losses, null, acts.logits, acts.targets, rows, VOCAB_SIZE, 0);
+    return meanLoss(await this.backend.read(acts.losses));
+  }
+
+  /**
+   * Forward, loss and backward: `grads` += gradScale · ∂(mean loss)/∂params. Returns the loss.
+   * (gradScale = 1 / accumulation steps when gradients are accumulated over several batches.)
+   */
+  async lossAndBackward(
+    inputs: ArrayLike<number>,
+    targets: ArrayLike<number>,
+    shape: [number, number],
+    gradScale = 1,
+  ): Promise<Loss> {
+    const acts = this.#forward(inputs, shape);
+    checkShape(targets, shape);
+    const be = this.backend, t = this.table, D = this.config.dim;
+    const rows = shape[0] * shape[1];
+    be.writeIndices(acts.targets, targets);
+    be.crossEntropy(acts.losses, acts.dlogits, acts.logits, acts.targets, rows, VOCAB_SIZE, gradScale / rows);
+    // lm_head: logits = hidden·W_headᵀ
+    be.matmul(this.view(t.lmHead!, this.grads), acts.dlogits, acts.hidden, VOCAB_SIZE, D, rows, {
+      transA: true,
+      accumulate: true,
+    });
+    be.matmul(acts.dhidden, acts.dlogits, this.view(t.lmHead!), rows, D, VOCAB_SIZE); // (B, L, D)
+    // final RMSNorm (dx starts at zero: nothing else reads the stack's output)
+    be.fill(acts.dx, 0);
+    be.rmsnormBackward(
+      acts.dx,
+      this.view(t.normF!, this.grads),
+      acts.dhidden,
+      acts.stack.out,
+      this.view(t.normF!),
+      acts.rstd,
+      rows,
+      D,
+    );
+    this.stack.backward(acts.dx, acts.stack, this.gradStack);
+    be.embeddingBackward(this.view(t.embedding!, this.grads), acts.dx, acts.tokens, rows, D);
+    return meanLoss(await be.read(acts.losses));
+  }
+
+  /** A decode cache for `batch` sequences (memory constant in the length of the text). */
+  createCache(batch: number): ByteCache {
+    return new ByteCache(this.backend, this.config, batch);
+  }
+
+  /** Feeds one byte per sequence (B values) and returns the next-byte logits (B, 256). */
+  async step(bytes: ArrayLike<number>, cache: ByteCache): Promise<Tensor> {
+    this.stepLogits(bytes, cache);
+    return tensor(await this.backend.read(cache.logits), [cache.batch, VOCAB_SIZE]);
+  }
+
+  /** Like `step`, leaving the logits on the device in `cache.logits`. */
+  stepLogits(bytes: ArrayLike<number>, cache: ByteCache): void {
+    if (bytes.length !== cache.batch) {
+      throw new Error(
+        `MambaByte.step: expected ${cache.batch} bytes (one per sequence), got ${bytes.length}`,
+      );
+    }
+    const be = this.backend, t = this.table, D = this.config.dim, B = cache.batch;
+    be.writeIndices(cache.tokens, bytes);
+    be.embedding(cache.x, this.view(t.embedding!), cache.tokens, B, D); // (B, D)
+    this.stack.step(cache.x, cache.stack);
+    be.rmsnorm(cache.hidden, cache.rstd, cache.x, this.view(t.normF!), B, D, RMS_EPS);
+    be.matmul(cache.logits, cache.hidden, this.view(t.lmHead!), B, VOCAB_SIZE, D, { transB: true });
+  }
+}
+
+function checkShape(values: ArrayLike<number>, shape: [number, number]): [number, number] {
+  const [batch, length] = shape;
+  if (!Number.isInteger(batch) || !Number.isInteger(length) || batch < 1 || length < 1) {
+    throw new Error(`expected a shape [B, L] of positive integers, got [${shape.join(", ")}]`);
+  }
+  if (values.length !== batch * length) {
+    throw new Error(`${values.length} bytes do not fill shape [${batch}, ${length}]`);
+  }
+  return [batch, length];
+}
+
+function meanLoss(losses: FloatArray): Loss {
+  let sum = 0;
+  for (let i = 0; i < losses.length; i++) sum += losses[i];
+  const loss = sum / losses.length;
+  return { loss, bpb: loss / Math.LN2 };
+}

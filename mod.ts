@@ -1,0 +1,24 @@
+/**
+ * MambaByte for Deno: token-free byte-level selective state space language models.
+ *
+ * ```ts
+ * import { MambaByte, MambaConfig } from "./mod.ts";
+ * const lm = new MambaByte(new MambaConfig({ dim: 32, depth: 2 }));
+ * const logits = await lm.forward(bytes, [1, bytes.length]); // shape [1, L, 256]
+ * ```
+ * @module
+ */
+export { MambaConfig, type MambaConfigOptions, VOCAB_SIZE } from "./lib/config.ts";
+export {
+  ByteCache,
+  type Loss,
+  Mamba,
+  MambaByte,
+  type ModelOptions,
+  type Tensor,
+  tensor,
+} from "./lib/model.ts";
+export type { Backend, Device, DeviceBuffer, FloatArray, IndexBuffer } from "./lib/backend.ts";
+export { CpuBackend } from "./lib/backends/cpu.ts";
+export { type ParamSpec, type ParamTable, paramTable } from "./lib/params.ts";
+export { Random } from "./lib/random.ts";
