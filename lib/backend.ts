@@ -295,3 +295,41 @@ export interface Backend {
     dims: Omit<ScanDims, "length" | "parallel">,
   ): void;
 }
+
+/** What `createBackend` accepts: a device, or "auto" for the best one available. */
+export type DeviceChoice = Device | "auto";
+
+/**
+ * A backend for `device`. "auto" tries cuda, then webgpu, then cpu, taking the first that is
+ * available. Asking for an unavailable device by name throws an Error that says why.
+ */
+export async function createBackend(device: DeviceChoice = "auto"): Promise<Backend> {
+  if (device === "auto") {
+    for (const candidate of DEVICES) {
+      const backend = await openBackend(candidate);
+      if (backend) return backend;
+    }
+    throw new Error("no backend is available (the cpu backend always should be)");
+  }
+  if (!DEVICES.includes(device)) {
+    throw new Error(`unknown backend "${device}"; choose one of auto, ${DEVICES.join(", ")}`);
+  }
+  const backend = await openBackend(device);
+  if (!backend) throw new Error(`the ${device} backend is not available on this machine`);
+  return backend;
+}
+
+/** The backend for a device, or null when this machine cannot run it. */
+async function openBackend(device: Device): Promise<Backend | null> {
+  switch (device) {
+    case "cpu": {
+      const { CpuBackend } = await import("./backends/cpu.ts");
+      return new CpuBackend();
+    }
+    case "webgpu":
+    case "cuda":
+      return null;
+    default:
+      return device satisfies never;
+  }
+}
