@@ -1,0 +1,461 @@
+/**
+ * The conformance suite every backend passes: each op of the Backend contract, forward and
+ * backward, against the CPU reference on random inputs at shapes that are not multiples of
+ * any tile size; then the whole model end to end (logits, gradients, 20 AdamW steps, decode).
+ *
+ * Usage, in a test file:  await conformanceSuite("webgpu", createWebGpuBackend);
+ * When the backend is unavailable the tests are registered as ignored — except under CI
+ * (env CI set) with `requiredInCI`, where unavailability fails the run.
+ */
+import assert from "node:assert/strict";
+import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "../lib/backend.ts";
+import { CpuBackend } from "../lib/backends/cpu.ts";
+import { MambaConfig } from "../lib/config.ts";
+import { MambaByte } from "../lib/model.ts";
+import { decayRuns } from "../lib/params.ts";
+import { Random } from "../lib/random.ts";
+
+/** Max |a - b| over max |b|: the fp32 budget of the contract is 1e-4. */
+export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
+  assert.equal(actual.length, expected.length, "lengths differ");
+  let diff = 0, scale = 1e-30;
+  for (let i = 0; i < expected.length; i++) {
+    diff = Math.max(diff, Math.abs(actual[i] - expected[i]));
+    scale = Math.max(scale, Math.abs(expected[i]));
+  }
+  return diff / scale;
+}
+
+/** The buffers an op case works on, by name, on one backend. */
+type Buffers = Record<string, DeviceBuffer>;
+type Indices = Record<string, IndexBuffer>;
+
+interface OpCase {
+  /** Float inputs and outputs (outputs start random: that tests overwrite vs +=). */
+  floats: Record<string, FloatArray>;
+  indices?: Record<string, Int32Array>;
+  /** Which float buffers to compare after `run`. */
+  outputs: string[];
+  run: (backend: Backend, f: Buffers, i: Indices) => void | Promise<void>;
+  tolerance?: number;
+}
+
+async function runCase(backend: Backend, c: OpCase): Promise<Record<string, FloatArray>> {
+  const f: Buffers = {}, i: Indices = {};
+  for (const [name, data] of Object.entries(c.floats)) {
+    f[name] = backend.alloc(data.length);
+    backend.write(f[name], data);
+  }
+  for (const [name, data] of Object.entries(c.indices ?? {})) {
+    i[name] = backend.allocIndices(data.length);
+    backend.writeIndices(i[name], data);
+  }
+  await c.run(backend, f, i);
+  const out: Record<string, FloatArray> = {};
+  for (const name of c.outputs) out[name] = await backend.read(f[name]);
+  for (const buffer of [...Object.values(f), ...Object.values(i)]) backend.free(buffer);
+  return out;
+}
+
+async function expectSame(backend: Backend, reference: Backend, c: OpCase): Promise<void> {
+  const expected = await runCase(reference, c);
+  const actual = await runCase(backend, c);
+  for (const name of c.outputs) {
+    const error = maxRelativeError(actual[name], expected[name]);
+    assert.ok(error <= (c.tolerance ?? 1e-4), `${name}: max relative error ${error.toExponential(2)}`);
+  }
+}
+
+const rng = new Random(2024);
+const randn = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * rng.normal());
+const uniform = (n: number, lo: number, hi: number) =>
+  Float32Array.from({ length: n }, () => rng.uniform(lo, hi));
+const bytes = (n: number) => Int32Array.from({ length: n }, () => rng.int(256));
+
+/** Op cases: name → case. Shapes are odd on purpose. */
+function opCases(): Record<string, OpCase> {
+  const cases: Record<string, OpCase> = {};
+  for (const transA of [false, true]) {
+    for (const transB of [false, true]) {
+      for (const accumulate of [false, true]) {
+        const [m, n, k] = [67, 45, 70];
+        cases[`matmul transA=${transA} transB=${transB} accumulate=${accumulate}`] = {
+          floats: { a: randn(m * k), b: randn(k * n), c: randn(m * n) },
+          outputs: ["c"],
+          run: (be, f) => be.matmul(f.c, f.a, f.b, m, n, k, { transA, transB, accumulate }),
+        };
+      }
+    }
+  }
+  {
+    // Strided: A is columns [3, 3+k) of a (m, 40) matrix, C is columns [5, 5+n) of (m, 31).
+    const [m, n, k] = [29, 17, 23];
+    cases["matmul with row strides and views"] = {
+      floats: { a: randn(m * 40), b: randn(n * k), c: randn(m * 31) },
+      outputs: ["c"],
+      run: (be, f) =>
+        be.matmul(be.view(f.c, 5, m * 31 - 5), be.view(f.a, 3, m * 40 - 3), f.b, m, n, k, {
+          transB: true,
+          lda: 40,
+          ldc: 31,
+        }),
+    };
+  }
+  {
+    const [m, n, k] = [130, 150, 140];
+    cases["matmul larger than a tile in every dimension"] = {
+      floats: { a: randn(m * k), b: randn(k * n), c: randn(m * n) },
+      outputs: ["c"],
+      run: (be, f) => be.matmul(f.c, f.a, f.b, m, n, k),
+    };
+  }
+  {
+    const [rows, cols] = [37, 29];
+    cases["addBias and its backward"] = {
+      floats: { out: randn(rows * cols), bias: randn(cols), dbias: randn(cols), dout: randn(rows * cols) },
+      outputs: ["out", "dbias"],
+      run: (be, f) => {
+        be.addBias(f.out, f.bias, rows, cols);
+        be.addBiasBackward(f.dbias, f.dout, rows, cols);
+      },
+    };
+  }
+  {
+    const [rows, dim] = [53, 19];
+    cases["embedding and its backward (repeated tokens)"] = {
+      floats: {
+        out: randn(rows * dim),
+        table: randn(256 * dim),
+        dtable: randn(256 * dim),
+        dout: randn(rows * dim),
+      },
+      indices: { tokens: Int32Array.from({ length: rows }, (_, r) => (r % 7 === 0 ? 65 : rng.int(256))) },
+      outputs: ["out", "dtable"],
+      run: (be, f, i) => {
+        be.embedding(f.out, f.table, i.tokens, rows, dim);
+        be.embeddingBackward(f.dtable, f.dout, i.tokens, rows, dim);
+      },
+    };
+  }
+  {
+    const [rows, dim] = [41, 37];
+    cases["rmsnorm and its backward"] = {
+      floats: {
+        out: randn(rows * dim),
+        rstd: randn(rows),
+        x: randn(rows * dim),
+        w: uniform(dim, 0.5, 1.5),
+        dx: randn(rows * dim),
+        dw: randn(dim),
+        dout: randn(rows * dim),
+      },
+      outputs: ["out", "rstd", "dx", "dw"],
+      run: (be, f) => {
+        be.rmsnorm(f.out, f.rstd, f.x, f.w, rows, dim, 1e-5);
+        be.rmsnormBackward(f.dx, f.dw, f.dout, f.x, f.w, f.rstd, rows, dim);
+      },
+    };
+  }
+  for (const withBias of [true, false]) {
+    const [B, L, C, K] = [2, 37, 13, 4];
+    const xStride = 2 * C + 3;
+    cases[`conv1dSilu and its backward (bias ${withBias})`] = {
+      floats: {
+        out: randn(B * L * C),
+        x: randn(B * L * xStride),
+        w: randn(C * K, 0.5),
+        bias: randn(C),
+        dx: randn(B * L * xStride),
+        dw: randn(C * K),
+        dbias: randn(C),
+        dout: randn(B * L * C),
+      },
+      outputs: withBias ? ["out", "dx", "dw", "dbias"] : ["out", "dx", "dw"],
+      run: (be, f) => {
+        const dims = { batch: B, length: L, channels: C, width: K, xStride };
+        const x = be.view(f.x, 1, B * L * xStride - 1), dx = be.view(f.dx, 1, B * L * xStride - 1);
+        be.conv1dSilu(f.out, x, f.w, withBias ? f.bias : null, dims);
+        be.conv1dSiluBackward(
+          dx,
+          f.dw,
+          withBias ? f.dbias : null,
+          f.dout,
+          x,
+          f.w,
+          withBias ? f.bias : null,
+          dims,
+        );
+      },
+    };
+  }
+  for (const [L, parallel] of [[37, true], [37, false], [300, true], [1, false]] as const) {
+    const [B, ED, N, R] = [2, 11, 5, 3];
+    const S = R + 2 * N, zStride = 2 * ED;
+    const rows = B * L;
+    cases[`selectiveScan and its backward (L=${L}, parallel ${parallel})`] = {
+      floats: {
+        y: randn(rows * ED),
+        u: randn(rows * ED),
+        delta: randn(rows * ED),
+        dtBias: uniform(ED, -4, -1),
+        aLog: Float32Array.from({ length: ED * N }, (_, i) => Math.log(1 + (i % N)) + 0.1 * rng.normal()),
+        bc: randn(rows * S),
+        d: randn(ED),
+        xz: randn(rows * zStride),
+        dy: randn(rows * ED),
+        du: randn(rows * ED),
+        ddelta: randn(rows * ED),
+        ddtBias: randn(ED),
+        daLog: randn(ED * N),
+        dbc: randn(rows * S),
+        dd: randn(ED),
+        dxz: randn(rows * zStride),
+      },
+      outputs: ["y", "du", "ddelta", "ddtBias", "daLog", "dbc", "dd", "dxz"],
+      tolerance: L > 100 ? 3e-4 : 1e-4,
+      run: (be, f) => {
+        const dims = { batch: B, length: L, channels: ED, state: N, bcStride: S, zStride, parallel };
+        const b = be.view(f.bc, R, rows * S - R - N), c = be.view(f.bc, R + N, rows * S - R - N);
+        const db = be.view(f.dbc, R, rows * S - R - N), dc = be.view(f.dbc, R + N, rows * S - R - N);
+        const z = be.view(f.xz, ED, rows * zStride - ED), dz = be.view(f.dxz, ED, rows * zStride - ED);
+        be.selectiveScan(f.y, f.u, f.delta, f.dtBias, f.aLog, b, c, f.d, z, dims);
+        be.selectiveScanBackward(
+          f.du,
+          f.ddelta,
+          f.ddtBias,
+          f.daLog,
+          db,
+          dc,
+          f.dd,
+          dz,
+          f.dy,
+          f.u,
+          f.delta,
+          f.dtBias,
+          f.aLog,
+          b,
+          c,
+          f.d,
+          z,
+          dims,
+        );
+      },
+    };
+  }
+  {
+    const [rows, V] = [45, 256];
+    cases["crossEntropy with and without gradient"] = {
+      floats: {
+        losses: randn(rows),
+        dlogits: randn(rows * V),
+        logits: randn(rows * V, 3),
+        losses2: randn(rows),
+      },
+      indices: { targets: bytes(rows) },
+      outputs: ["losses", "dlogits", "losses2"],
+      run: (be, f, i) => {
+        be.crossEntropy(f.losses, f.dlogits, f.logits, i.targets, rows, V, 1 / rows);
+        be.crossEntropy(f.losses2, null, f.logits, i.targets, rows, V, 0);
+      },
+    };
+  }
+  {
+    const n = 10_007;
+    cases["sumOfSquares"] = {
+      floats: { x: randn(n), s: new Float32Array(1) },
+      outputs: ["s"],
+      run: async (be, f) => be.write(f.s, [await be.sumOfSquares(f.x)]),
+    };
+  }
+  {
+    const n = 1_003;
+    cases["adamw on views"] = {
+      floats: { p: randn(n), g: randn(n), m: randn(n, 0.1), v: uniform(n, 0, 0.1) },
+      outputs: ["p", "m", "v"],
+      run: (be, f) => {
+        const options = {
+          lr: 1e-2,
+          beta1: 0.9,
+          beta2: 0.95,
+          eps: 1e-8,
+          weightDecay: 0.1,
+          step: 3,
+          gradScale: 0.7,
+        };
+        const [a, b] = [be.view(f.p, 0, 500), be.view(f.p, 500, n - 500)];
+        const views = (x: DeviceBuffer) => [be.view(x, 0, 500), be.view(x, 500, n - 500)];
+        const [ga, gb] = views(f.g), [ma, mb] = views(f.m), [va, vb] = views(f.v);
+        be.adamw(a, ga, ma, va, options);
+        be.adamw(b, gb, mb, vb, { ...options, weightDecay: 0, step: 1 });
+      },
+    };
+  }
+  {
+    const [B, C, K] = [3, 13, 4];
+    const xStride = 2 * C;
+    cases["conv1dSiluStep over several steps"] = {
+      floats: {
+        out: randn(B * C),
+        state: randn(B * C * (K - 1)),
+        x: randn(B * xStride),
+        w: randn(C * K),
+        bias: randn(C),
+      },
+      outputs: ["out", "state"],
+      run: (be, f) => {
+        for (let s = 0; s < 3; s++) be.conv1dSiluStep(f.out, f.state, f.x, f.w, f.bias, B, C, K, xStride);
+      },
+    };
+  }
+  {
+    const [B, ED, N, R] = [3, 11, 5, 3];
+    const S = R + 2 * N;
+    cases["selectiveScanStep"] = {
+      floats: {
+        y: randn(B * ED),
+        h: randn(B * ED * N),
+        u: randn(B * ED),
+        delta: randn(B * ED),
+        dtBias: uniform(ED, -4, -1),
+        aLog: uniform(ED * N, 0, 2),
+        bc: randn(B * S),
+        d: randn(ED),
+        xz: randn(B * 2 * ED),
+      },
+      outputs: ["y", "h"],
+      run: (be, f) => {
+        const dims = { batch: B, channels: ED, state: N, bcStride: S, zStride: 2 * ED };
+        const b = be.view(f.bc, R, B * S - R - N), c = be.view(f.bc, R + N, B * S - R - N);
+        const z = be.view(f.xz, ED, B * 2 * ED - ED);
+        be.selectiveScanStep(f.y, f.h, f.u, f.delta, f.dtBias, f.aLog, b, c, f.d, z, dims);
+      },
+    };
+  }
+  {
+    const n = 333;
+    cases["fill, copy and views"] = {
+      floats: { a: randn(n), b: randn(n) },
+      outputs: ["a", "b"],
+      run: (be, f) => {
+        be.fill(be.view(f.a, 10, 100), 0.5);
+        be.copy(be.view(f.b, 1, 200), be.view(f.a, 3, 200));
+      },
+    };
+  }
+  return cases;
+}
+
+/** Tiny model config for the end-to-end checks (odd sizes, both scans, biases). */
+const E2E_CONFIGS = [
+  new MambaConfig({ dim: 24, depth: 2, d_state: 5, d_conv: 4, pscan: true }),
+  new MambaConfig({ dim: 13, depth: 2, d_state: 3, d_conv: 3, dt_rank: 2, bias: true, pscan: false }),
+];
+
+function batch(B: number, L: number, seed: number): { inputs: number[]; targets: number[] } {
+  const r = new Random(seed);
+  const text = Array.from({ length: B * (L + 1) }, () => 97 + r.int(26));
+  const inputs: number[] = [], targets: number[] = [];
+  for (let b = 0; b < B; b++) {
+    inputs.push(...text.slice(b * (L + 1), b * (L + 1) + L));
+    targets.push(...text.slice(b * (L + 1) + 1, (b + 1) * (L + 1)));
+  }
+  return { inputs, targets };
+}
+
+/** Losses of `steps` AdamW steps on a fixed batch. */
+async function trainLosses(model: MambaByte, steps: number): Promise<number[]> {
+  const be = model.backend, size = model.table.size;
+  const m = be.alloc(size), v = be.alloc(size);
+  const { inputs, targets } = batch(3, 19, 9);
+  const losses: number[] = [];
+  for (let step = 1; step <= steps; step++) {
+    model.zeroGrad();
+    losses.push((await model.lossAndBackward(inputs, targets, [3, 19])).loss);
+    for (const run of decayRuns(model.table)) {
+      const view = (x: DeviceBuffer) => be.view(x, run.offset, run.length);
+      be.adamw(view(model.params), view(model.grads), view(m), view(v), {
+        lr: 3e-3,
+        beta1: 0.9,
+        beta2: 0.95,
+        eps: 1e-8,
+        weightDecay: run.decay ? 0.1 : 0,
+        step,
+        gradScale: 1,
+      });
+    }
+  }
+  be.free(m);
+  be.free(v);
+  return losses;
+}
+
+/**
+ * Registers the suite for one backend. `create` returns null when the backend is unavailable.
+ */
+export async function conformanceSuite(
+  label: string,
+  create: () => Promise<Backend | null>,
+  options: { requiredInCI?: boolean } = {},
+): Promise<void> {
+  const backend = await create();
+  const required = options.requiredInCI && Deno.env.get("CI") !== undefined;
+  if (!backend) {
+    Deno.test({
+      name: `${label}: backend available`,
+      ignore: !required,
+      fn: () => assert.fail(`the ${label} backend is not available on this machine, and CI requires it`),
+    });
+    return;
+  }
+  console.log(`${label} backend: ${backend.description}`);
+  const reference = new CpuBackend();
+  for (const [name, c] of Object.entries(opCases())) {
+    Deno.test(`${label}: ${name} matches the cpu reference`, () => expectSame(backend, reference, c));
+  }
+  E2E_CONFIGS.forEach((config, index) => {
+    const { inputs, targets } = batch(2, 23, 100 + index);
+    const tag = `model ${index} (dim ${config.dim}, pscan ${config.pscan}, bias ${config.bias})`;
+    Deno.test(`${label}: ${tag}: logits, loss and gradients match the cpu reference`, async () => {
+      const ours = new MambaByte(config, { backend, seed: 5 });
+      const ref = new MambaByte(config, { backend: reference, seed: 5 });
+      const logits = await ours.forward(inputs, [2, 23]);
+      const expected = await ref.forward(inputs, [2, 23]);
+      assert.ok(maxRelativeError(logits.data, expected.data) <= 1e-4, "logits differ");
+      ours.zeroGrad();
+      ref.zeroGrad();
+      const loss = await ours.lossAndBackward(inputs, targets, [2, 23]);
+      const refLoss = await ref.lossAndBackward(inputs, targets, [2, 23]);
+      assert.ok(
+        Math.abs(loss.loss - refLoss.loss) <= 1e-4 * refLoss.loss,
+        `loss ${loss.loss} vs ${refLoss.loss}`,
+      );
+      const grads = await backend.read(ours.grads), refGrads = await reference.read(ref.grads);
+      for (const spec of ours.table.specs) {
+        const slice = (x: FloatArray) => x.subarray(spec.offset, spec.offset + spec.size);
+        const error = maxRelativeError(slice(grads), slice(refGrads));
+        assert.ok(error <= 1e-3, `gradient of ${spec.name}: max relative error ${error.toExponential(2)}`);
+      }
+    });
+    Deno.test(`${label}: ${tag}: 20 AdamW steps give the cpu reference's losses`, async () => {
+      const ours = await trainLosses(new MambaByte(config, { backend, seed: 6 }), 20);
+      const ref = await trainLosses(new MambaByte(config, { backend: reference, seed: 6 }), 20);
+      assert.ok(ref[19] < ref[0] - 0.1, `training should lower the loss: ${ref[0]} → ${ref[19]}`);
+      for (let s = 0; s < 20; s++) {
+        assert.ok(Math.abs(ours[s] - ref[s]) <= 1e-4 * ref[s], `step ${s}: ${ours[s]} vs ${ref[s]}`);
+      }
+    });
+    Deno.test(`${label}: ${tag}: decoding byte by byte equals one forward pass`, async () => {
+      const model = new MambaByte(config, { backend, seed: 8 });
+      const logits = await model.forward(inputs, [2, 23]);
+      const cache = model.createCache(2);
+      for (let t = 0; t < 23; t++) {
+        const step = await model.step([inputs[t], inputs[23 + t]], cache);
+        for (let b = 0; b < 2; b++) {
+          const row = logits.data.subarray((b * 23 + t) * 256, (b * 23 + t + 1) * 256);
+          const error = maxRelativeError(step.data.subarray(b * 256, (b + 1) * 256), row);
+          assert.ok(error <= 1e-4, `position ${t}, sequence ${b}: max relative error ${error}`);
+        }
+      }
+    });
+  });
+}
