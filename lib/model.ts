@@ -91,6 +91,16 @@ abstract class FlatModel {
     return this.backend.read(this.params);
   }
 
+  /** Releases the device memory of parameters, gradients and activations. */
+  dispose(): void {
+    this.backend.free(this.params);
+    if (this.#grads) this.backend.free(this.#grads);
+    this.freeActivations();
+  }
+
+  /** Releases the saved activations (they are rebuilt on the next forward). */
+  protected abstract freeActivations(): void;
+
   /** Replaces the flat parameters (length must match `table.size`). */
   writeParams(values: ArrayLike<number>): void {
     if (values.length !== this.table.size) {
@@ -106,6 +116,11 @@ export class Mamba extends FlatModel {
 
   constructor(config: MambaConfig, options: ModelOptions = {}) {
     super(config, false, options);
+  }
+
+  protected freeActivations(): void {
+    this.#acts?.free();
+    this.#acts = null;
   }
 
   #activations(batch: number, length: number): StackActivations {
@@ -239,6 +254,11 @@ export class MambaByte extends FlatModel {
 
   constructor(config: MambaConfig, options: ModelOptions = {}) {
     super(config, true, options);
+  }
+
+  protected freeActivations(): void {
+    this.#acts?.free();
+    this.#acts = null;
   }
 
   #activations(batch: number, length: number): LmActivations {

@@ -104,39 +104,82 @@ export class CpuBackend implements Backend {
     if (!accumulate) {
       for (let i = 0; i < m; i++) c.fill(0, i * ldc, i * ldc + n);
     }
+    if (transB && m >= 16) {
+      // Many rows of C: transposing B once (n·k) lets every row use the streaming loop below.
+      const bt = new this.#Float(k * n);
+      for (let j = 0; j < n; j++) {
+        for (let p = 0; p < k; p++) bt[p * n + j] = b[j * ldb + p];
+      }
+      this.#matmulStreaming(c, a, bt, m, n, k, transA, lda, n, ldc);
+      return;
+    }
     if (transB) {
-      // C[i, j] += Σ_k A[i, k] · B[j, k]: contiguous dot products over k.
+      // C[i, j] += Σ_p A[i, p] · B[j, p]: contiguous dot products, four columns of C at a time.
       const aRow = new this.#Float(k);
       for (let i = 0; i < m; i++) {
         for (let p = 0; p < k; p++) aRow[p] = transA ? a[p * lda + i] : a[i * lda + p];
         const ci = i * ldc;
-        for (let j = 0; j < n; j++) {
-          const bj = j * ldb;
+        let j = 0;
+        for (; j + 3 < n; j += 4) {
+          const b0 = j * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
           let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-          let p = 0;
-          for (; p + 3 < k; p += 4) {
-            s0 += aRow[p] * b[bj + p];
-            s1 += aRow[p + 1] * b[bj + p + 1];
-            s2 += aRow[p + 2] * b[bj + p + 2];
-            s3 += aRow[p + 3] * b[bj + p + 3];
+          for (let p = 0; p < k; p++) {
+            const ap = aRow[p];
+            s0 += ap * b[b0 + p];
+            s1 += ap * b[b1 + p];
+            s2 += ap * b[b2 + p];
+            s3 += ap * b[b3 + p];
           }
-          for (; p < k; p++) s0 += aRow[p] * b[bj + p];
-          c[ci + j] += s0 + s1 + s2 + s3;
+          c[ci + j] += s0;
+          c[ci + j + 1] += s1;
+          c[ci + j + 2] += s2;
+          c[ci + j + 3] += s3;
+        }
+        for (; j < n; j++) {
+          const bj = j * ldb;
+          let s0 = 0;
+          for (let p = 0; p < k; p++) s0 += aRow[p] * b[bj + p];
+          c[ci + j] += s0;
         }
       }
       return;
     }
-    // C[i, :] += A[i, p] · B[p, :]: the inner loop streams a row of B into a row of C.
+    this.#matmulStreaming(c, a, b, m, n, k, transA, lda, ldb, ldc);
+  }
+
+  /**
+   * C[i, :] += Σ_p A[i, p] · B[p, :] with B stored (K, N): each pass streams four rows of B
+   * into a row of C, in blocks of p that keep those rows of B in cache across rows of C.
+   */
+  #matmulStreaming(
+    c: FloatArray,
+    a: FloatArray,
+    b: FloatArray,
+    m: number,
+    n: number,
+    k: number,
+    transA: boolean,
+    lda: number,
+    ldb: number,
+    ldc: number,
+  ): void {
     const KB = 64;
     for (let p0 = 0; p0 < k; p0 += KB) {
       const p1 = Math.min(k, p0 + KB);
       for (let i = 0; i < m; i++) {
         const ci = i * ldc;
-        for (let p = p0; p < p1; p++) {
-          const aip = transA ? a[p * lda + i] : a[i * lda + p];
-          if (aip === 0) continue;
-          const bp = p * ldb;
-          for (let j = 0; j < n; j++) c[ci + j] += aip * b[bp + j];
+        const aAt = (p: number) => (transA ? a[p * lda + i] : a[i * lda + p]);
+        let p = p0;
+        for (; p + 3 < p1; p += 4) {
+          const a0 = aAt(p), a1 = aAt(p + 1), a2 = aAt(p + 2), a3 = aAt(p + 3);
+          const b0 = p * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
+          for (let j = 0; j < n; j++) {
+            c[ci + j] += a0 * b[b0 + j] + a1 * b[b1 + j] + a2 * b[b2 + j] + a3 * b[b3 + j];
+          }
+        }
+        for (; p < p1; p++) {
+          const ap = aAt(p), bp = p * ldb;
+          for (let j = 0; j < n; j++) c[ci + j] += ap * b[bp + j];
         }
       }
     }
