@@ -37,6 +37,24 @@ const fOrNull = (buffer: DeviceBuffer | null): FloatArray | null => buffer && f(
 const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
 const softplus = (x: number): number => (x > 20 ? x : Math.log1p(Math.exp(x)));
 
+/** Per-channel scratch of the selective scan: (L, N) states, never (B, L, ED, N). */
+class ScanScratch {
+  readonly dt: FloatArray; // (L) δ of the channel
+  readonly A: FloatArray; // (N) -exp(A_log) of the channel
+  readonly a: FloatArray; // (L, N) exp(δ·A)
+  readonly h: FloatArray; // (L, N) states
+  readonly seqA: FloatArray; // (L) one state's sequence, for the parallel scan
+  readonly seqX: FloatArray; // (L)
+  constructor(Float: Float32ArrayConstructor | Float64ArrayConstructor, L: number, N: number) {
+    this.dt = new Float(L);
+    this.A = new Float(N);
+    this.a = new Float(L * N);
+    this.h = new Float(L * N);
+    this.seqA = new Float(L);
+    this.seqX = new Float(L);
+  }
+}
+
 export interface CpuBackendOptions {
   /** "f64" runs every op in float64 (for finite-difference gradient checks). */
   precision?: "f32" | "f64";
@@ -340,6 +358,56 @@ export class CpuBackend implements Backend {
   }
 
   // ---- fused selective scan ----
+  /**
+   * States of channel e of sequence b, (L, N) t-major: a[t, n] = exp(δ[t]·A[n]) and
+   * h[t, n] = a[t, n]·h[t-1, n] + δ[t]·B[t, n]·u[t], by the sequential or parallel scan.
+   * Scratch of one channel only: the op never holds (B, L, ED, N).
+   */
+  #channelStates(
+    s: ScanScratch,
+    u: FloatArray,
+    B: FloatArray,
+    b: number,
+    e: number,
+    dims: ScanDims,
+  ): void {
+    const { length: L, channels: ED, state: N, bcStride, parallel } = dims;
+    const { dt, A, a, h, seqA, seqX } = s;
+    for (let t = 0; t < L; t++) {
+      const r = b * L + t, du = dt[t] * u[r * ED + e];
+      for (let n = 0; n < N; n++) {
+        a[t * N + n] = Math.exp(dt[t] * A[n]);
+        h[t * N + n] = du * B[r * bcStride + n];
+      }
+    }
+    if (!parallel) {
+      for (let t = 1; t < L; t++) {
+        for (let n = 0; n < N; n++) h[t * N + n] += a[t * N + n] * h[(t - 1) * N + n];
+      }
+      return;
+    }
+    for (let n = 0; n < N; n++) {
+      for (let t = 0; t < L; t++) [seqA[t], seqX[t]] = [a[t * N + n], h[t * N + n]];
+      scanLinear(seqA, seqX, L, true);
+      for (let t = 0; t < L; t++) h[t * N + n] = seqX[t];
+    }
+  }
+
+  /** δ (L) and A (N) of channel e of sequence b into the scratch. */
+  #channelInputs(
+    s: ScanScratch,
+    delta: FloatArray,
+    dtBias: FloatArray,
+    aLog: FloatArray,
+    b: number,
+    e: number,
+    dims: ScanDims,
+  ): void {
+    const { length: L, channels: ED, state: N } = dims;
+    for (let t = 0; t < L; t++) s.dt[t] = softplus(delta[(b * L + t) * ED + e] + dtBias[e]);
+    for (let n = 0; n < N; n++) s.A[n] = -Math.exp(aLog[e * N + n]);
+  }
+
   selectiveScan(
     yBuf: DeviceBuffer,
     uBuf: DeviceBuffer,
@@ -352,30 +420,20 @@ export class CpuBackend implements Backend {
     zBuf: DeviceBuffer,
     dims: ScanDims,
   ): void {
-    const { batch, length: L, channels: ED, state: N, bcStride, zStride, parallel } = dims;
+    const { batch, length: L, channels: ED, state: N, bcStride, zStride } = dims;
     const y = f(yBuf), u = f(uBuf), delta = f(deltaBuf), dtBias = f(dtBiasBuf);
     const aLog = f(aLogBuf), B = f(bBuf), C = f(cBuf), D = f(dBuf), z = f(zBuf);
-    const dt = new this.#Float(L); // δ (L) of one channel
-    const s = new this.#Float(L); // Σ_n h·C (L) of one channel
-    const a = new this.#Float(L), h = new this.#Float(L); // one (channel, n) sequence
+    const s = new ScanScratch(this.#Float, L, N);
     for (let b = 0; b < batch; b++) {
       for (let e = 0; e < ED; e++) {
-        for (let t = 0; t < L; t++) dt[t] = softplus(delta[(b * L + t) * ED + e] + dtBias[e]);
-        s.fill(0);
-        for (let n = 0; n < N; n++) {
-          const A = -Math.exp(aLog[e * N + n]);
-          for (let t = 0; t < L; t++) {
-            const r = b * L + t;
-            a[t] = Math.exp(dt[t] * A);
-            h[t] = dt[t] * B[r * bcStride + n] * u[r * ED + e];
-          }
-          scanLinear(a, h, L, parallel);
-          for (let t = 0; t < L; t++) s[t] += h[t] * C[(b * L + t) * bcStride + n];
-        }
+        this.#channelInputs(s, delta, dtBias, aLog, b, e, dims);
+        this.#channelStates(s, u, B, b, e, dims);
         for (let t = 0; t < L; t++) {
           const r = b * L + t;
+          let hc = 0; // h[t] · C[t]
+          for (let n = 0; n < N; n++) hc += s.h[t * N + n] * C[r * bcStride + n];
           const zv = z[r * zStride + e];
-          y[r * ED + e] = (s[t] + D[e] * u[r * ED + e]) * zv * sigmoid(zv);
+          y[r * ED + e] = (hc + D[e] * u[r * ED + e]) * zv * sigmoid(zv);
         }
       }
     }
@@ -406,74 +464,76 @@ export class CpuBackend implements Backend {
     const dB = f(dbBuf), dC = f(dcBuf), dD = f(ddBuf), dz = f(dzBuf), dy = f(dyBuf);
     const u = f(uBuf), delta = f(deltaBuf), dtBias = f(dtBiasBuf), aLog = f(aLogBuf);
     const B = f(bBuf), C = f(cBuf), D = f(dBuf), z = f(zBuf);
-    const F = this.#Float;
-    const dt = new F(L), dpre = new F(L), ddt = new F(L), s = new F(L);
-    // The states of ONE channel, (N, L), recomputed here: never (B, L, ED, N).
-    const aAll = new F(N * L), hAll = new F(N * L), ga = new F(L), g = new F(L);
+    const s = new ScanScratch(this.#Float, L, N);
+    const { dt, A, a, h, seqA, seqX } = s;
+    const dpre = new this.#Float(L), ddt = new this.#Float(L), dA = new this.#Float(N);
+    const dh = new this.#Float(L * N); // ∂loss/∂h of one channel, (L, N)
     for (let r = 0; r < batch * L; r++) {
       dB.fill(0, r * bcStride, r * bcStride + N);
       dC.fill(0, r * bcStride, r * bcStride + N);
     }
     for (let b = 0; b < batch; b++) {
       for (let e = 0; e < ED; e++) {
-        for (let t = 0; t < L; t++) dt[t] = softplus(delta[(b * L + t) * ED + e] + dtBias[e]);
-        s.fill(0);
-        ddt.fill(0);
-        for (let n = 0; n < N; n++) {
-          const A = -Math.exp(aLog[e * N + n]);
-          const a = aAll.subarray(n * L, n * L + L), h = hAll.subarray(n * L, n * L + L);
-          for (let t = 0; t < L; t++) {
-            const r = b * L + t;
-            a[t] = Math.exp(dt[t] * A);
-            h[t] = dt[t] * B[r * bcStride + n] * u[r * ED + e];
-          }
-          scanLinear(a, h, L, parallel);
-          for (let t = 0; t < L; t++) s[t] += h[t] * C[(b * L + t) * bcStride + n];
-        }
-        // y = (s + D·u)·silu(z): gradients of z, D, and of the pre-gate output.
+        this.#channelInputs(s, delta, dtBias, aLog, b, e, dims);
+        this.#channelStates(s, u, B, b, e, dims);
+        // y = (h·C + D·u)·silu(z): gradients of z, D, and of the output before the gate.
         let dDe = 0;
         for (let t = 0; t < L; t++) {
           const r = b * L + t;
+          let hc = 0;
+          for (let n = 0; n < N; n++) hc += h[t * N + n] * C[r * bcStride + n];
           const zv = z[r * zStride + e], sg = sigmoid(zv);
-          const pre = s[t] + D[e] * u[r * ED + e];
+          const pre = hc + D[e] * u[r * ED + e];
           dz[r * zStride + e] = dy[r * ED + e] * pre * sg * (1 + zv * (1 - sg));
           dpre[t] = dy[r * ED + e] * zv * sg;
           dDe += dpre[t] * u[r * ED + e];
           du[r * ED + e] = dpre[t] * D[e];
         }
         dD[e] += dDe;
-        for (let n = 0; n < N; n++) {
-          const A = -Math.exp(aLog[e * N + n]);
-          const a = aAll.subarray(n * L, n * L + L), h = hAll.subarray(n * L, n * L + L);
-          // dh[t] = dpre[t]·C[t] + a[t+1]·dh[t+1]: the same scan, run backwards in time.
-          for (let i = 0; i < L; i++) {
-            const t = L - 1 - i;
-            ga[i] = t + 1 < L ? a[t + 1] : 0;
-            g[i] = dpre[t] * C[(b * L + t) * bcStride + n];
-          }
-          scanLinear(ga, g, L, parallel);
-          let dA = 0;
-          for (let t = 0; t < L; t++) {
-            const r = b * L + t;
-            const dh = g[L - 1 - t];
-            const ut = u[r * ED + e], Bt = B[r * bcStride + n];
-            dC[r * bcStride + n] += dpre[t] * h[t];
-            // h[t] = a[t]·h[t-1] + dt·B·u with a[t] = exp(dt·A).
-            const hPrev = t > 0 ? h[t - 1] : 0;
-            const dat = dh * hPrev * a[t];
-            ddt[t] += dat * A + dh * Bt * ut;
-            dA += dat * dt[t];
-            dB[r * bcStride + n] += dh * dt[t] * ut;
-            du[r * ED + e] += dh * dt[t] * Bt;
-          }
-          daLog[e * N + n] += dA * A; // A = -exp(A_log): dA_log = dA · A
+        // dh[t] = dpre[t]·C[t] + a[t+1]·dh[t+1]: the same recurrence, backwards in time.
+        for (let t = 0; t < L; t++) {
+          for (let n = 0; n < N; n++) dh[t * N + n] = dpre[t] * C[(b * L + t) * bcStride + n];
         }
+        if (parallel) {
+          for (let n = 0; n < N; n++) {
+            for (let i = 0; i < L; i++) {
+              const t = L - 1 - i;
+              seqA[i] = t + 1 < L ? a[(t + 1) * N + n] : 0;
+              seqX[i] = dh[t * N + n];
+            }
+            scanLinear(seqA, seqX, L, true);
+            for (let i = 0; i < L; i++) dh[(L - 1 - i) * N + n] = seqX[i];
+          }
+        } else {
+          for (let t = L - 2; t >= 0; t--) {
+            for (let n = 0; n < N; n++) dh[t * N + n] += a[(t + 1) * N + n] * dh[(t + 1) * N + n];
+          }
+        }
+        // h[t] = a[t]·h[t-1] + δ[t]·B[t]·u[t] with a[t] = exp(δ[t]·A).
+        dA.fill(0);
+        for (let t = 0; t < L; t++) {
+          const r = b * L + t, ut = u[r * ED + e], bo = r * bcStride;
+          let ddtT = 0, duT = 0;
+          for (let n = 0; n < N; n++) {
+            const g = dh[t * N + n], Bt = B[bo + n];
+            const hPrev = t > 0 ? h[(t - 1) * N + n] : 0;
+            const da = g * hPrev * a[t * N + n];
+            ddtT += da * A[n] + g * Bt * ut;
+            dA[n] += da * dt[t];
+            dB[bo + n] += g * dt[t] * ut;
+            dC[bo + n] += dpre[t] * h[t * N + n];
+            duT += g * Bt;
+          }
+          ddt[t] = ddtT;
+          du[r * ED + e] += duT * dt[t];
+        }
+        for (let n = 0; n < N; n++) daLog[e * N + n] += dA[n] * A[n]; // A = -exp(A_log)
         let dBias = 0;
         for (let t = 0; t < L; t++) {
           const r = b * L + t;
-          const gr = ddt[t] * sigmoid(delta[r * ED + e] + dtBias[e]); // softplus' = sigmoid
-          ddelta[r * ED + e] = gr;
-          dBias += gr;
+          const g = ddt[t] * sigmoid(delta[r * ED + e] + dtBias[e]); // softplus' = sigmoid
+          ddelta[r * ED + e] = g;
+          dBias += g;
         }
         ddtBias[e] += dBias;
       }
