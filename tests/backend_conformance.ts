@@ -12,7 +12,7 @@ import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "../lib/back
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
-import { decayRuns } from "../lib/params.ts";
+import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
 
 /** Max |a - b| over max |b|: the fp32 budget of the contract is 1e-4. */
@@ -364,28 +364,15 @@ function batch(B: number, L: number, seed: number): { inputs: number[]; targets:
 
 /** Losses of `steps` AdamW steps on a fixed batch. */
 async function trainLosses(model: MambaByte, steps: number): Promise<number[]> {
-  const be = model.backend, size = model.table.size;
-  const m = be.alloc(size), v = be.alloc(size);
+  const optimizer = new AdamW(model.backend, model.table);
   const { inputs, targets } = batch(3, 19, 9);
   const losses: number[] = [];
   for (let step = 1; step <= steps; step++) {
     model.zeroGrad();
     losses.push((await model.lossAndBackward(inputs, targets, [3, 19])).loss);
-    for (const run of decayRuns(model.table)) {
-      const view = (x: DeviceBuffer) => be.view(x, run.offset, run.length);
-      be.adamw(view(model.params), view(model.grads), view(m), view(v), {
-        lr: 3e-3,
-        beta1: 0.9,
-        beta2: 0.95,
-        eps: 1e-8,
-        weightDecay: run.decay ? 0.1 : 0,
-        step,
-        gradScale: 1,
-      });
-    }
+    optimizer.step(model.params, model.grads, 3e-3, 1);
   }
-  be.free(m);
-  be.free(v);
+  optimizer.free();
   return losses;
 }
 

@@ -1,0 +1,144 @@
+/**
+ * `deno task bench`: a table, per backend and model size, of training bytes/s (forward +
+ * backward + AdamW), decode bytes/s at batch 1, and matmul GFLOP/s. Every backend in one
+ * run, so that ratios between them are measured side by side.
+ *
+ *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium,large] [--steps N]
+ */
+import { parseArgs } from "node:util";
+import { type Backend, createBackend, type Device, DEVICES } from "../lib/backend.ts";
+import { MambaConfig } from "../lib/config.ts";
+import { MambaByte } from "../lib/model.ts";
+import { AdamW } from "../lib/optim.ts";
+import { Random } from "../lib/random.ts";
+
+/** Model sizes: the small ones fit a CPU, the large ones are the issues' GPU targets. */
+const SIZES = {
+  tiny: { dim: 64, depth: 4, batch: 8, length: 256, decodeDim: 64, decodeDepth: 4, matmul: 256 },
+  small: { dim: 256, depth: 4, batch: 4, length: 512, decodeDim: 256, decodeDepth: 4, matmul: 1024 },
+  medium: { dim: 512, depth: 8, batch: 8, length: 2048, decodeDim: 1024, decodeDepth: 16, matmul: 4096 },
+} as const;
+type Size = keyof typeof SIZES;
+
+const DEFAULT_SIZES: Record<Device, Size[]> = { cpu: ["tiny"], webgpu: ["tiny", "medium"], cuda: ["medium"] };
+
+interface Row {
+  backend: string;
+  size: string;
+  model: string;
+  trainBytesPerSec: number;
+  decodeModel: string;
+  decodeBytesPerSec: number;
+  matmul: string;
+}
+
+async function timeIt(fn: () => Promise<unknown>, minSeconds: number, minRuns: number): Promise<number> {
+  await fn(); // warm up: pipelines, allocations
+  const start = performance.now();
+  let runs = 0;
+  while (runs < minRuns || performance.now() - start < minSeconds * 1000) {
+    await fn();
+    runs++;
+  }
+  return (performance.now() - start) / 1000 / runs;
+}
+
+async function benchTraining(backend: Backend, size: Size, steps: number): Promise<number> {
+  const s = SIZES[size];
+  const model = new MambaByte(new MambaConfig({ dim: s.dim, depth: s.depth }), { backend, seed: 1 });
+  const optimizer = new AdamW(backend, model.table);
+  const rng = new Random(1);
+  const n = s.batch * s.length;
+  const inputs = Uint8Array.from({ length: n }, () => 32 + rng.int(95));
+  const targets = Uint8Array.from({ length: n }, () => 32 + rng.int(95));
+  const seconds = await timeIt(async () => {
+    model.zeroGrad();
+    await model.lossAndBackward(inputs, targets, [s.batch, s.length]);
+    optimizer.step(model.params, model.grads, 1e-3, 1);
+  }, 3, steps);
+  optimizer.free();
+  model.dispose();
+  return n / seconds;
+}
+
+async function benchDecode(backend: Backend, size: Size, steps: number): Promise<number> {
+  const s = SIZES[size];
+  const model = new MambaByte(new MambaConfig({ dim: s.decodeDim, depth: s.decodeDepth }), { backend, seed: 1 });
+  const cache = model.createCache(1);
+  let byte = 65;
+  const seconds = await timeIt(async () => {
+    const logits = await model.step([byte], cache); // the logits come back to the host, as in generation
+    byte = 32 + (Math.abs(Math.floor(logits.data[0] * 1000)) % 95);
+  }, 2, steps * 4);
+  cache.free();
+  model.dispose();
+  return 1 / seconds;
+}
+
+async function benchMatmul(backend: Backend, n: number): Promise<number> {
+  const rng = new Random(2);
+  const a = backend.alloc(n * n), b = backend.alloc(n * n), c = backend.alloc(n * n);
+  backend.write(a, Float32Array.from({ length: n * n }, () => rng.normal()));
+  backend.write(b, Float32Array.from({ length: n * n }, () => rng.normal()));
+  const probe = backend.view(c, 0, 1);
+  const repeats = backend.device === "cpu" ? 1 : 10;
+  const seconds = await timeIt(async () => {
+    for (let r = 0; r < repeats; r++) backend.matmul(c, a, b, n, n, n);
+    await backend.read(probe); // waits for the GPU
+  }, 2, 3);
+  for (const x of [a, b, c]) backend.free(x);
+  return (2 * n ** 3 * repeats) / seconds / 1e9;
+}
+
+function format(n: number): string {
+  return n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} K` : n.toFixed(1);
+}
+
+async function main() {
+  const { values } = parseArgs({
+    options: {
+      backend: { type: "string" },
+      sizes: { type: "string" },
+      steps: { type: "string", default: "3" },
+    },
+  });
+  const wanted = values.backend ? values.backend.split(",") : [...DEVICES];
+  const steps = Number(values.steps);
+  const rows: Row[] = [];
+  for (const name of wanted) {
+    if (!DEVICES.includes(name as Device)) throw new Error(`unknown backend ${name}; choose from ${DEVICES}`);
+    let backend: Backend;
+    try {
+      backend = await createBackend(name as Device);
+    } catch (error) {
+      console.error(`skipping ${name}: ${(error as Error).message}`);
+      continue;
+    }
+    const sizes = values.sizes ? values.sizes.split(",") as Size[] : DEFAULT_SIZES[name as Device];
+    for (const size of sizes) {
+      const s = SIZES[size];
+      if (!s) throw new Error(`unknown size ${size}; choose from ${Object.keys(SIZES)}`);
+      console.error(`${name} ${size}: ${backend.description}`);
+      rows.push({
+        backend: name,
+        size,
+        model: `D=${s.dim}×${s.depth}, ${s.batch}×${s.length}`,
+        trainBytesPerSec: await benchTraining(backend, size, steps),
+        decodeModel: `D=${s.decodeDim}×${s.decodeDepth}`,
+        decodeBytesPerSec: await benchDecode(backend, size, steps),
+        matmul: `${(await benchMatmul(backend, s.matmul)).toFixed(1)} GFLOP/s at ${s.matmul}³`,
+      });
+    }
+    backend.dispose();
+  }
+  console.log("| backend | size | training model | train bytes/s | decode model (batch 1) | decode bytes/s | matmul fp32 |");
+  console.log("|---|---|---|---|---|---|---|");
+  for (const r of rows) {
+    console.log(
+      `| ${r.backend} | ${r.size} | ${r.model} | ${format(r.trainBytesPerSec)} | ${r.decodeModel} | ` +
+        `${format(r.decodeBytesPerSec)} | ${r.matmul} |`,
+    );
+  }
+}
+
+if (import.meta.main) await main();
