@@ -1,0 +1,112 @@
+/**
+ * `deno run -A generate.ts --checkpoint FILE|RUN_DIR --prompt TEXT`: streams bytes sampled
+ * from a checkpoint to stdout (never splitting a UTF-8 character) and reports bytes/s on
+ * stderr. `--prompt -` reads the prompt from stdin; `--help` lists the options.
+ */
+import { createBackend, type DeviceChoice } from "./lib/backend.ts";
+import { loadModel } from "./lib/checkpoint.ts";
+import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "./lib/cli_args.ts";
+import { generate, GENERATE_DEFAULTS } from "./lib/generate.ts";
+import { Utf8Stream } from "./lib/sample.ts";
+import { RUN_FILES } from "./lib/train.ts";
+
+const d = GENERATE_DEFAULTS;
+const SPECS = {
+  checkpoint: { kind: "string", help: "a .safetensors file, or a run directory (its best, else latest)" },
+  prompt: { kind: "string", help: "text to continue; - reads stdin" },
+  "max-bytes": { kind: "int", min: 0, default: d.maxBytes, help: "bytes to generate per sample" },
+  temperature: { kind: "number", min: 0, default: d.temperature, help: "0 = greedy" },
+  "top-k": { kind: "int", min: 0, default: d.topK, help: "keep the k most likely bytes, 0 = all" },
+  "top-p": { kind: "number", gt: 0, max: 1, default: d.topP, help: "nucleus probability mass" },
+  seed: { kind: "int", min: 0, default: d.seed, help: "sampling seed" },
+  "num-samples": {
+    kind: "int",
+    min: 1,
+    default: d.numSamples,
+    help: "samples decoded together as one batch",
+  },
+  backend: { kind: "string", choices: ["auto", "cpu", "webgpu", "cuda"], default: "auto", help: "device" },
+} satisfies Record<string, OptionSpec>;
+
+async function main(): Promise<number> {
+  const { options: o, help } = parseOptions(Deno.args, SPECS);
+  if (help) {
+    console.log(usage("deno run -A generate.ts", SPECS));
+    return 0;
+  }
+  if (o.checkpoint === undefined) throw new UsageError("--checkpoint FILE (or a run directory) is required");
+  if (o.prompt === undefined) throw new UsageError("--prompt TEXT is required (--prompt - reads stdin)");
+  const prompt = o.prompt === "-" ? await readStdin() : new TextEncoder().encode(o.prompt);
+  if (prompt.length === 0) {
+    throw new UsageError("the prompt is empty; give at least one byte of text to continue");
+  }
+  const backend = await createBackend(o.backend as DeviceChoice);
+  const model = await loadModel(await checkpointFile(o.checkpoint), { backend });
+
+  const B = o["num-samples"];
+  const stdout = Deno.stdout;
+  const encoder = new TextEncoder();
+  const out = (text: string) => text && stdout.writeSync(encoder.encode(text));
+  const start = performance.now();
+  const stream = generate(model, prompt, {
+    maxBytes: o["max-bytes"],
+    temperature: o.temperature,
+    topK: o["top-k"],
+    topP: o["top-p"],
+    seed: o.seed,
+    numSamples: B,
+  });
+  let generated = 0;
+  if (B === 1) {
+    // one sample: stream it as it comes, completing characters only
+    const utf8 = new Utf8Stream();
+    out(new TextDecoder().decode(prompt));
+    for await (const chunk of stream) {
+      out(utf8.push(chunk));
+      generated += chunk.length;
+    }
+    out(utf8.flush() + "\n");
+  } else {
+    // a batch: every sample is printed when the batch is done
+    const samples = Array.from({ length: B }, () => [] as number[]);
+    for await (const chunk of stream) {
+      chunk.forEach((byte, b) => samples[b].push(byte));
+      generated += chunk.length;
+    }
+    samples.forEach((s, b) =>
+      out(
+        `--- sample ${b + 1}/${B} ---\n${new TextDecoder().decode(prompt)}${
+          new TextDecoder().decode(new Uint8Array(s))
+        }\n`,
+      )
+    );
+  }
+  const seconds = (performance.now() - start) / 1000;
+  console.error(
+    `${generated} bytes in ${seconds.toFixed(2)} s: ${
+      (generated / seconds).toFixed(1)
+    } bytes/s (${backend.device})`,
+  );
+  return 0;
+}
+
+/** A file as is; a run directory → its best.safetensors, else its checkpoint.safetensors. */
+async function checkpointFile(path: string): Promise<string> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch {
+    throw new Error(`checkpoint ${path}: no such file or directory`);
+  }
+  if (!info.isDirectory) return path;
+  for (const name of [RUN_FILES.best, RUN_FILES.checkpoint]) {
+    if (await Deno.stat(`${path}/${name}`).then(() => true, () => false)) return `${path}/${name}`;
+  }
+  throw new Error(`${path} holds neither ${RUN_FILES.best} nor ${RUN_FILES.checkpoint}`);
+}
+
+async function readStdin(): Promise<Uint8Array> {
+  return new Uint8Array(await new Response(Deno.stdin.readable).arrayBuffer());
+}
+
+if (import.meta.main) await runCli("generate", main);

@@ -1,0 +1,167 @@
+/**
+ * `deno task train [options]`: trains MambaByte on the default corpus (or --data PATH) with the
+ * best backend available. `--help` lists the options; `--resume DIR` continues a run exactly.
+ */
+import { createBackend, type DeviceChoice } from "../lib/backend.ts";
+import { readSafetensors } from "../lib/checkpoint.ts";
+import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
+import { openCorpus } from "../lib/data.ts";
+import { logLine, progressBar } from "../lib/progress.ts";
+import {
+  checkpointSettings,
+  RUN_FILES,
+  runConfig,
+  train,
+  trainDefaults,
+  type TrainSettings,
+} from "../lib/train.ts";
+
+const BACKENDS = ["auto", "cpu", "webgpu", "cuda"] as const;
+const cpu = trainDefaults("cpu"), gpu = trainDefaults("cuda");
+const int = (help: string, min = 1) => ({ kind: "int" as const, help, min });
+const num = (help: string, min = 0) => ({ kind: "number" as const, help, min });
+
+/** Options without a default take the backend's (see trainDefaults): shown as cpu / gpu. */
+const SPECS = {
+  dim: int("model width D"),
+  depth: int("number of Mamba blocks"),
+  "d-state": int("SSM state size N"),
+  "expand-factor": int("inner width E·D"),
+  "d-conv": int("causal conv width K"),
+  pscan: { kind: "bool" as const, help: "parallel scan in training (else sequential)" },
+  steps: int("optimizer steps"),
+  "batch-size": int("windows per micro-batch"),
+  "seq-len": int("bytes per window"),
+  "grad-accum": int("micro-batches per step"),
+  lr: { kind: "number", gt: 0, help: "peak learning rate" },
+  "min-lr": num("final learning rate (cosine decay)"),
+  warmup: int("linear warmup steps", 0),
+  "weight-decay": num("AdamW weight decay"),
+  clip: num("global gradient-norm clip, 0 = off"),
+  seed: int("seed of the weights and data windows", 0),
+  "log-every": int("steps per log line"),
+  "eval-every": int("steps per validation"),
+  "eval-batches": int("validation batches"),
+  "save-every": int("steps per checkpoint"),
+  out: { kind: "string", help: "output directory (default runs/<timestamp>)" },
+  data: { kind: "string", help: "corpus file, directory or glob (default: State of the Union)" },
+  resume: { kind: "string", help: "continue the run in this directory" },
+  backend: { kind: "string", choices: BACKENDS, default: "auto", help: "device" },
+} satisfies Record<string, OptionSpec>;
+
+/** Options allowed with --resume (everything else comes from the checkpoint). */
+const RESUME_OPTIONS = ["resume", "backend", "steps"];
+
+function helpText(): string {
+  const specs: Record<string, OptionSpec> = { ...SPECS };
+  for (const key of Object.keys(cpu) as (keyof typeof cpu)[]) {
+    const name = key.replaceAll("_", "-");
+    if (specs[name]) {
+      specs[name] = { ...specs[name], help: `${specs[name].help} [cpu ${cpu[key]}, gpu ${gpu[key]}]` };
+    }
+  }
+  return usage("deno task train", specs);
+}
+
+async function main(): Promise<number> {
+  const { options, help } = parseOptions(Deno.args, SPECS);
+  if (help) {
+    console.log(helpText());
+    return 0;
+  }
+  const backend = await createBackend(options.backend as DeviceChoice);
+  let settings: TrainSettings;
+  const resume = options.resume === undefined ? undefined : await readResume(options.resume);
+  if (resume) {
+    const extra = Object.keys(options).filter((k) =>
+      (options as Record<string, unknown>)[k] !== undefined && !RESUME_OPTIONS.includes(k) && k !== "backend"
+    );
+    if (extra.length) {
+      throw new UsageError(
+        `--resume takes its settings from the checkpoint; only ${
+          RESUME_OPTIONS.map((o) => `--${o}`).join(", ")
+        } may be given (got --${extra.join(", --")})`,
+      );
+    }
+    settings = {
+      ...resume.settings,
+      out: options.resume!,
+      backend: options.backend,
+      steps: options.steps ?? resume.settings.steps,
+    };
+  } else {
+    const defaults = trainDefaults(backend.device);
+    const given: Partial<TrainSettings> = {};
+    for (const key of Object.keys(defaults) as (keyof typeof defaults)[]) {
+      const value = (options as Record<string, unknown>)[key.replaceAll("_", "-")];
+      if (value !== undefined) (given as Record<string, unknown>)[key] = value;
+    }
+    settings = {
+      ...defaults,
+      ...given,
+      out: options.out ?? `runs/${new Date().toISOString().slice(0, 19).replaceAll(":", "-")}`,
+      data: options.data ?? null,
+      backend: options.backend,
+    };
+    await checkFreshOut(settings.out);
+  }
+  const config = runConfig(settings);
+  const corpus = await openCorpus(settings.data ?? undefined);
+  console.log(`backend: ${backend.device} (${backend.description})`);
+  console.log(
+    `corpus: ${corpus.description}; ${corpus.train.length} training bytes, ${corpus.val.length} held out`,
+  );
+  console.log(`config: ${JSON.stringify(settings)}`);
+  console.log(`model: ${JSON.stringify(config.toJSON())}`);
+  if (resume) console.log(`resuming from step ${resume.step} of ${settings.out}`);
+
+  const controller = new AbortController();
+  const onSigint = () => {
+    if (controller.signal.aborted) Deno.exit(130);
+    controller.abort();
+    console.error("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
+  };
+  Deno.addSignalListener("SIGINT", onSigint);
+  const tty = Deno.stdout.isTerminal();
+  const encoder = new TextEncoder();
+  const write = (text: string) => Deno.stdout.writeSync(encoder.encode(text));
+  const result = await train(settings, backend, corpus, {
+    signal: controller.signal,
+    onStep: tty ? (info) => write(`\r${progressBar(info)}\x1b[K`) : undefined,
+    onLog: (record, info) => {
+      if (!tty) write(logLine(info) + "\n");
+      else if (record.val_bpb !== undefined) write(`\r${logLine(info)}\x1b[K\n`);
+    },
+  }, resume?.file);
+  Deno.removeSignalListener("SIGINT", onSigint);
+  if (tty) write("\n");
+  const files = Object.values(RUN_FILES).map((f) => `${settings.out}/${f}`).join(", ");
+  if (result.interrupted) {
+    console.log(`stopped at step ${result.step}; resume with: deno task train --resume ${settings.out}`);
+    return 130;
+  }
+  console.log(
+    `done: ${result.step} steps, best validation ${result.bestValBpb.toFixed(4)} bits/byte; wrote ${files}`,
+  );
+  return 0;
+}
+
+async function readResume(dir: string) {
+  const path = `${dir}/${RUN_FILES.checkpoint}`;
+  const file = await readSafetensors(path);
+  const settings = checkpointSettings(file, path);
+  return { file, settings, step: Number(file.metadata.step) };
+}
+
+async function checkFreshOut(dir: string): Promise<void> {
+  try {
+    await Deno.stat(`${dir}/${RUN_FILES.checkpoint}`);
+  } catch {
+    return;
+  }
+  throw new UsageError(
+    `${dir} already holds a run; continue it with --resume ${dir} or choose another --out`,
+  );
+}
+
+if (import.meta.main) await runCli("train", main);
