@@ -36,6 +36,11 @@ export interface ModelOptions {
   backend?: Backend;
   /** Seed of the initial weights. */
   seed?: number;
+  /**
+   * Activation recomputation: keep only each block's input during forward and recompute the
+   * block during backward (less memory, about one more forward pass of compute).
+   */
+  recompute?: boolean;
 }
 
 /** What Mamba and MambaByte share: config, backend, parameter table, flat buffers. */
@@ -45,6 +50,8 @@ abstract class FlatModel {
   readonly table: ParamTable;
   /** All parameters, one flat buffer laid out by `table`. */
   readonly params: DeviceBuffer;
+  /** Recompute block activations in backward instead of keeping them (see ModelOptions). */
+  readonly recompute: boolean;
   #grads: DeviceBuffer | null = null;
   protected readonly stack: ResidualStack;
   #gradStack: ReturnType<typeof layerViews>[] | null = null;
@@ -55,6 +62,7 @@ abstract class FlatModel {
     }
     this.config = config;
     this.backend = options.backend ?? new CpuBackend();
+    this.recompute = options.recompute ?? false;
     this.table = paramTable(config, lm);
     this.params = this.backend.alloc(this.table.size);
     this.backend.write(this.params, initParams(this.table, config, options.seed ?? 0));
@@ -126,7 +134,7 @@ export class Mamba extends FlatModel {
   #activations(batch: number, length: number): StackActivations {
     if (!this.#acts || this.#acts.batch !== batch || this.#acts.length !== length) {
       this.#acts?.free();
-      this.#acts = new StackActivations(this.backend, this.config, batch, length);
+      this.#acts = new StackActivations(this.backend, this.config, batch, length, this.recompute);
     }
     return this.#acts;
   }
@@ -191,9 +199,10 @@ class LmActivations {
     config: MambaConfig,
     readonly batch: number,
     readonly length: number,
+    recompute: boolean,
   ) {
     const rows = batch * length, D = config.dim;
-    this.stack = new StackActivations(backend, config, batch, length);
+    this.stack = new StackActivations(backend, config, batch, length, recompute);
     this.tokens = backend.allocIndices(rows);
     this.targets = backend.allocIndices(rows);
     this.hidden = backend.alloc(rows * D);
@@ -256,6 +265,15 @@ export class MambaByte extends FlatModel {
     super(config, true, options);
   }
 
+  /**
+   * A model from a safetensors checkpoint (this project's, or mamba_ssm's MambaLMHeadModel
+   * layout): config from its metadata when present, else inferred from the tensor shapes.
+   */
+  static async load(path: string, options: { backend?: Backend } = {}): Promise<MambaByte> {
+    const { loadModel } = await import("./checkpoint.ts");
+    return await loadModel(path, options);
+  }
+
   protected freeActivations(): void {
     this.#acts?.free();
     this.#acts = null;
@@ -264,7 +282,7 @@ export class MambaByte extends FlatModel {
   #activations(batch: number, length: number): LmActivations {
     if (!this.#acts || this.#acts.batch !== batch || this.#acts.length !== length) {
       this.#acts?.free();
-      this.#acts = new LmActivations(this.backend, this.config, batch, length);
+      this.#acts = new LmActivations(this.backend, this.config, batch, length, this.recompute);
     }
     return this.#acts;
   }

@@ -80,7 +80,11 @@ interface BlockActivations {
   y: DeviceBuffer; // (B, L, ED) gated scan output
 }
 
-/** Activations of the whole stack for one (B, L), plus backward scratch shared by blocks. */
+/**
+ * Activations of the whole stack for one (B, L), plus backward scratch shared by blocks.
+ * With `recompute`, only each block's input x is kept per block; the block's intermediates
+ * share one set of buffers and backward recomputes them, block by block.
+ */
 export class StackActivations {
   readonly blocks: BlockActivations[] = [];
   /** (B, L, D) output of the last block. */
@@ -100,6 +104,7 @@ export class StackActivations {
     config: MambaConfig,
     readonly batch: number,
     readonly length: number,
+    readonly recompute = false,
   ) {
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R } = config;
     const rows = batch * length;
@@ -108,17 +113,18 @@ export class StackActivations {
       this.#owned.push(buffer);
       return buffer;
     };
+    const intermediates = () => ({
+      xn: alloc(rows * D),
+      rstd: alloc(rows),
+      xz: alloc(rows * 2 * ED),
+      u: alloc(rows * ED),
+      dbc: alloc(rows * (R + 2 * N)),
+      delta: alloc(rows * ED),
+      y: alloc(rows * ED),
+    });
+    const shared = recompute ? intermediates() : null;
     for (let l = 0; l < config.depth; l++) {
-      this.blocks.push({
-        x: alloc(rows * D),
-        xn: alloc(rows * D),
-        rstd: alloc(rows),
-        xz: alloc(rows * 2 * ED),
-        u: alloc(rows * ED),
-        dbc: alloc(rows * (R + 2 * N)),
-        delta: alloc(rows * ED),
-        y: alloc(rows * ED),
-      });
+      this.blocks.push({ x: alloc(rows * D), ...(shared ?? intermediates()) });
     }
     this.out = alloc(rows * D);
     this.scratch = {
@@ -219,24 +225,33 @@ export class ResidualStack {
   /** acts.input (B, L, D) → acts.out (B, L, D), saving what backward needs. */
   forward(acts: StackActivations): void {
     const be = this.backend;
-    const { dim: D, d_inner: ED, d_state: N, dt_rank: R } = this.config;
+    const { dim: D, d_inner: ED } = this.config;
     const rows = acts.batch * acts.length;
-    const dims = this.#dims(acts.batch, acts.length);
     for (let l = 0; l < this.params.length; l++) {
       const p = this.params[l], a = acts.blocks[l];
       const next = l + 1 < this.params.length ? acts.blocks[l + 1].x : acts.out;
-      const s = splitViews(be, this.config, rows, a.xz, a.dbc);
-      be.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, D, RMS_EPS);
-      be.matmul(a.xz, a.xn, p.inProj, rows, 2 * ED, D, { transB: true }); // (B, L, 2ED)
-      if (p.inProjBias) be.addBias(a.xz, p.inProjBias, rows, 2 * ED);
-      be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
-      be.matmul(a.dbc, a.u, p.xProj, rows, R + 2 * N, ED, { transB: true }); // (B, L, R + 2N)
-      be.matmul(a.delta, s.dtIn, p.dtProj, rows, ED, R, { transB: true, lda: R + 2 * N }); // (B, L, ED)
-      be.selectiveScan(a.y, a.u, a.delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, dims.scan); // (B, L, ED)
+      this.#mixer(l, acts);
       be.copy(next, a.x); // residual
       be.matmul(next, a.y, p.outProj, rows, D, ED, { transB: true, accumulate: true }); // (B, L, D)
       if (p.outProjBias) be.addBias(next, p.outProjBias, rows, D);
     }
+  }
+
+  /** Block l from its input a.x up to the gated scan output a.y (everything but out_proj). */
+  #mixer(l: number, acts: StackActivations): void {
+    const be = this.backend;
+    const { dim: D, d_inner: ED, d_state: N, dt_rank: R } = this.config;
+    const rows = acts.batch * acts.length;
+    const dims = this.#dims(acts.batch, acts.length);
+    const p = this.params[l], a = acts.blocks[l];
+    const s = splitViews(be, this.config, rows, a.xz, a.dbc);
+    be.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, D, RMS_EPS);
+    be.matmul(a.xz, a.xn, p.inProj, rows, 2 * ED, D, { transB: true }); // (B, L, 2ED)
+    if (p.inProjBias) be.addBias(a.xz, p.inProjBias, rows, 2 * ED);
+    be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
+    be.matmul(a.dbc, a.u, p.xProj, rows, R + 2 * N, ED, { transB: true }); // (B, L, R + 2N)
+    be.matmul(a.delta, s.dtIn, p.dtProj, rows, ED, R, { transB: true, lda: R + 2 * N }); // (B, L, ED)
+    be.selectiveScan(a.y, a.u, a.delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, dims.scan); // (B, L, ED)
   }
 
   /**
@@ -252,6 +267,7 @@ export class ResidualStack {
     const { dxn, dxz, du, ddbc, ddelta, dy } = acts.scratch;
     for (let l = this.params.length - 1; l >= 0; l--) {
       const p = this.params[l], g = grads[l], a = acts.blocks[l];
+      if (acts.recompute) this.#mixer(l, acts);
       const s = splitViews(be, this.config, rows, a.xz, a.dbc);
       const ds = splitViews(be, this.config, rows, dxz, ddbc);
       // out_proj: next = x + y·W_outᵀ (+ b)

@@ -67,3 +67,17 @@ Deno.test("forward rejects bytes that do not fill the shape", async () => {
   await assert.rejects(() => model.forward([1, 2, 3], [2, 2]), /3 bytes do not fill shape \[2, 2\]/);
   await assert.rejects(() => model.forward([1, 2], [0, 2]), /positive integers/);
 });
+
+Deno.test("activation recomputation gives the same loss and gradients", async () => {
+  const config = new MambaConfig({ dim: 12, depth: 3, d_state: 4 });
+  const inputs = text(2 * 15, 4), targets = text(2 * 15, 5);
+  const results = [];
+  for (const recompute of [false, true]) {
+    const model = new MambaByte(config, { seed: 9, recompute });
+    model.zeroGrad();
+    const { loss } = await model.lossAndBackward(inputs, targets, [2, 15]);
+    results.push({ loss, grads: await model.backend.read(model.grads) });
+  }
+  assert.equal(results[1].loss, results[0].loss);
+  assert.deepEqual(results[1].grads, results[0].grads);
+});
