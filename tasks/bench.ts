@@ -3,7 +3,10 @@
  * backward + AdamW), decode bytes/s at batch 1, and matmul GFLOP/s. Every backend in one
  * run, so that ratios between them are measured side by side.
  *
- *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium,large] [--steps N]
+ *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium] [--steps N] [--torch]
+ *
+ * --torch also runs the PyTorch reference (tests/reference/bench_torch.py: the seed's model,
+ * Blelloch pscan, fp32) at the same sizes in the same command, and prints ratios against it.
  */
 import { parseArgs } from "node:util";
 import { type Backend, createBackend, type Device, DEVICES } from "../lib/backend.ts";
@@ -51,11 +54,15 @@ async function benchTraining(backend: Backend, size: Size, steps: number): Promi
   const n = s.batch * s.length;
   const inputs = Uint8Array.from({ length: n }, () => 32 + rng.int(95));
   const targets = Uint8Array.from({ length: n }, () => 32 + rng.int(95));
-  const seconds = await timeIt(async () => {
-    model.zeroGrad();
-    await model.lossAndBackward(inputs, targets, [s.batch, s.length]);
-    optimizer.step(model.params, model.grads, 1e-3, 1);
-  }, 3, steps);
+  const seconds = await timeIt(
+    async () => {
+      model.zeroGrad();
+      await model.lossAndBackward(inputs, targets, [s.batch, s.length]);
+      optimizer.step(model.params, model.grads, 1e-3, 1);
+    },
+    3,
+    steps,
+  );
   optimizer.free();
   model.dispose();
   return n / seconds;
@@ -63,13 +70,20 @@ async function benchTraining(backend: Backend, size: Size, steps: number): Promi
 
 async function benchDecode(backend: Backend, size: Size, steps: number): Promise<number> {
   const s = SIZES[size];
-  const model = new MambaByte(new MambaConfig({ dim: s.decodeDim, depth: s.decodeDepth }), { backend, seed: 1 });
+  const model = new MambaByte(new MambaConfig({ dim: s.decodeDim, depth: s.decodeDepth }), {
+    backend,
+    seed: 1,
+  });
   const cache = model.createCache(1);
   let byte = 65;
-  const seconds = await timeIt(async () => {
-    const logits = await model.step([byte], cache); // the logits come back to the host, as in generation
-    byte = 32 + (Math.abs(Math.floor(logits.data[0] * 1000)) % 95);
-  }, 2, steps * 4);
+  const seconds = await timeIt(
+    async () => {
+      const logits = await model.step([byte], cache); // the logits come back to the host, as in generation
+      byte = 32 + (Math.abs(Math.floor(logits.data[0] * 1000)) % 95);
+    },
+    2,
+    steps * 4,
+  );
   cache.free();
   model.dispose();
   return 1 / seconds;
@@ -82,12 +96,45 @@ async function benchMatmul(backend: Backend, n: number): Promise<number> {
   backend.write(b, Float32Array.from({ length: n * n }, () => rng.normal()));
   const probe = backend.view(c, 0, 1);
   const repeats = backend.device === "cpu" ? 1 : 10;
-  const seconds = await timeIt(async () => {
-    for (let r = 0; r < repeats; r++) backend.matmul(c, a, b, n, n, n);
-    await backend.read(probe); // waits for the GPU
-  }, 2, 3);
+  const seconds = await timeIt(
+    async () => {
+      for (let r = 0; r < repeats; r++) backend.matmul(c, a, b, n, n, n);
+      await backend.read(probe); // waits for the GPU
+    },
+    2,
+    3,
+  );
   for (const x of [a, b, c]) backend.free(x);
   return (2 * n ** 3 * repeats) / seconds / 1e9;
+}
+
+/** The PyTorch reference at the same sizes, one row per size (python3 with torch needed). */
+async function benchTorch(sizes: Size[]): Promise<Row[]> {
+  const args = ["tests/reference/bench_torch.py"];
+  for (const size of sizes) {
+    const s = SIZES[size];
+    args.push(
+      "--train",
+      `${s.dim},${s.depth},${s.batch},${s.length}`,
+      "--decode",
+      `${s.decodeDim},${s.decodeDepth}`,
+    );
+  }
+  const output = await new Deno.Command("python3", { args, stderr: "inherit" }).output();
+  if (!output.success) throw new Error("the PyTorch benchmark failed (is torch installed?)");
+  const results = new TextDecoder().decode(output.stdout).trim().split("\n").map((line) => JSON.parse(line));
+  return sizes.map((size, i) => {
+    const s = SIZES[size], train = results[2 * i], decode = results[2 * i + 1];
+    return {
+      backend: "pytorch (seed)",
+      size,
+      model: `D=${s.dim}×${s.depth}, ${s.batch}×${s.length}`,
+      trainBytesPerSec: train.bytes_per_s ?? NaN,
+      decodeModel: `D=${s.decodeDim}×${s.decodeDepth}`,
+      decodeBytesPerSec: decode.bytes_per_s,
+      matmul: train.peak_gib ? `(peak ${train.peak_gib.toFixed(1)} GiB)` : train.error ?? "",
+    };
+  });
 }
 
 function format(n: number): string {
@@ -100,6 +147,7 @@ async function main() {
       backend: { type: "string" },
       sizes: { type: "string" },
       steps: { type: "string", default: "3" },
+      torch: { type: "boolean", default: false },
     },
   });
   const wanted = values.backend ? values.backend.split(",") : [...DEVICES];
@@ -131,13 +179,29 @@ async function main() {
     }
     backend.dispose();
   }
-  console.log("| backend | size | training model | train bytes/s | decode model (batch 1) | decode bytes/s | matmul fp32 |");
+  if (values.torch) rows.push(...await benchTorch([...new Set(rows.map((r) => r.size as Size))]));
+  console.log(
+    "| backend | size | training model | train bytes/s | decode model (batch 1) | decode bytes/s | matmul fp32 |",
+  );
   console.log("|---|---|---|---|---|---|---|");
   for (const r of rows) {
     console.log(
       `| ${r.backend} | ${r.size} | ${r.model} | ${format(r.trainBytesPerSec)} | ${r.decodeModel} | ` +
         `${format(r.decodeBytesPerSec)} | ${r.matmul} |`,
     );
+  }
+  const torch = rows.filter((r) => r.backend === "pytorch (seed)");
+  if (torch.length) {
+    console.log("\n| backend | size | train ÷ pytorch | decode ÷ pytorch |\n|---|---|---|---|");
+    for (const r of rows.filter((r) => r.backend !== "pytorch (seed)")) {
+      const t = torch.find((x) => x.size === r.size);
+      if (!t) continue;
+      const ratio = (a: number, b: number) => (a / b).toFixed(2) + "×";
+      console.log(
+        `| ${r.backend} | ${r.size} | ${ratio(r.trainBytesPerSec, t.trainBytesPerSec)} | ` +
+          `${ratio(r.decodeBytesPerSec, t.decodeBytesPerSec)} |`,
+      );
+    }
   }
 }
 
