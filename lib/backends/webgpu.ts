@@ -1,0 +1,658 @@
+/**
+ * The WebGPU backend: every op of the Backend contract as WGSL compute kernels (kernels/*.wgsl),
+ * through Deno's navigator.gpu (wgpu: Vulkan, Metal, D3D12; Mesa's lavapipe on a CPU-only
+ * machine) or a browser's. Ops are recorded lazily into one compute pass (webgpu_runtime.ts);
+ * nothing is read back except by `read` and `sumOfSquares`.
+ */
+import type {
+  AdamWOptions,
+  Backend,
+  ConvDims,
+  DeviceBuffer,
+  FloatArray,
+  IndexBuffer,
+  MatmulOptions,
+  ScanDims,
+} from "../backend.ts";
+import { KERNEL_FILES, loadKernelSources } from "./webgpu_kernel_source.ts";
+import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
+
+/** Rows summed by one invocation of a column reduction before the partials are added up. */
+const ROWS_PER_BLOCK = 64;
+/** Chunk length of the selective scan's backward (states are recomputed per chunk). */
+const SCAN_CHUNK = 64;
+/** Workgroups of sumOfSquares' first level. */
+const SQUARE_GROUPS = 1024;
+/** The byte vocabulary: embedding tables are (256, dim). */
+const VOCAB = 256;
+
+/** Limits worth more than the defaults: big buffers, many bindings, big workgroup memory. */
+const WANTED_LIMITS = [
+  "maxStorageBufferBindingSize",
+  "maxBufferSize",
+  "maxStorageBuffersPerShaderStage",
+  "maxComputeWorkgroupStorageSize",
+  "maxComputeInvocationsPerWorkgroup",
+  "maxComputeWorkgroupSizeX",
+  "maxComputeWorkgroupsPerDimension",
+] as const;
+
+/**
+ * A WebGPU backend on the default adapter, or null when this runtime has no `navigator.gpu`
+ * or no adapter. Throws if an adapter exists but a kernel fails to compile.
+ */
+export async function createWebGpuBackend(): Promise<Backend | null> {
+  const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
+  if (!gpu) return null;
+  const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
+  if (!adapter) return null;
+  const requiredLimits: Record<string, number> = {};
+  for (const name of WANTED_LIMITS) requiredLimits[name] = adapter.limits[name];
+  const device = await adapter.requestDevice({ requiredLimits });
+  const sources = await loadKernelSources();
+  const runtime = new GpuRuntime(device, sources);
+  // Compile every kernel file once now, so that WGSL errors surface with file, line and column.
+  for (const file of KERNEL_FILES) {
+    if (file !== "common") await runtime.check(file, DEFAULT_DEFINES[file] ?? {});
+  }
+  return new WebGpuBackend(runtime, adapter.info.description || adapter.info.vendor || "webgpu");
+}
+
+/** Defines for the startup compile check of the kernels that need them. */
+const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string, number>>> = {
+  matmul: { TM: 4, TN: 4, BK: 16 },
+  scan: { NS: 16, WG: 64, T: SCAN_CHUNK },
+};
+
+/** An index buffer, plus its rows grouped by token value for embeddingBackward. */
+class GpuIndexView extends GpuView {
+  constructor(root: GPUBuffer, length: number, readonly byToken: GpuView) {
+    super(root, 0, length);
+  }
+}
+
+const gv = (buffer: DeviceBuffer | IndexBuffer): GpuView => {
+  if (!(buffer instanceof GpuView)) throw new Error("webgpu backend: a buffer from another backend");
+  return buffer;
+};
+
+/** Workgroups of 256 invocations for n elements. */
+const per256 = (n: number): number => Math.ceil(n / 256);
+
+export class WebGpuBackend implements Backend {
+  readonly device = "webgpu" as const;
+  readonly #rt: GpuRuntime;
+  /** Scratch for partial sums and the scan's chunk states, grown on demand. */
+  #scratch: GpuView | null = null;
+
+  constructor(runtime: GpuRuntime, readonly description: string) {
+    this.#rt = runtime;
+  }
+
+  get #gpu(): GPUDevice {
+    return this.#rt.device;
+  }
+
+  #buffer(bytes: number): GPUBuffer {
+    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    if (size > this.#gpu.limits.maxBufferSize) {
+      throw new Error(
+        `webgpu: ${size} bytes exceed this adapter's maxBufferSize (${this.#gpu.limits.maxBufferSize})`,
+      );
+    }
+    return this.#gpu.createBuffer({
+      size,
+      usage: GPUBufferUsage.STORAGE | GPUBufferUsage.COPY_SRC | GPUBufferUsage.COPY_DST,
+    });
+  }
+
+  /** A scratch view of at least `length` floats (contents undefined; reused by later ops). */
+  #work(length: number): GpuView {
+    if (!this.#scratch || this.#scratch.length < length) {
+      if (this.#scratch) this.#rt.release(this.#scratch.root);
+      this.#scratch = new GpuView(this.#buffer(length * 4), 0, length);
+    }
+    return this.#scratch;
+  }
+
+  #run(d: Dispatch): void {
+    this.#rt.dispatch(d);
+  }
+
+  // ---- memory ----
+  alloc(length: number): DeviceBuffer {
+    return new GpuView(this.#buffer(length * 4), 0, length);
+  }
+
+  allocIndices(length: number): IndexBuffer {
+    const byToken = new GpuView(this.#buffer((VOCAB + 1 + length) * 4), 0, VOCAB + 1 + length);
+    return new GpuIndexView(this.#buffer(length * 4), length, byToken);
+  }
+
+  view(buffer: DeviceBuffer, offset: number, length: number): DeviceBuffer {
+    const v = gv(buffer);
+    if (offset < 0 || offset + length > v.length) {
+      throw new RangeError(`view [${offset}, ${offset + length}) outside a buffer of ${v.length}`);
+    }
+    return new GpuView(v.root, v.offset + offset, length);
+  }
+
+  write(dst: DeviceBuffer, src: ArrayLike<number>): void {
+    this.#upload(gv(dst), Float32Array.from(src));
+  }
+
+  writeIndices(dst: IndexBuffer, src: ArrayLike<number>): void {
+    const view = gv(dst);
+    if (!(view instanceof GpuIndexView)) throw new Error("webgpu: writeIndices needs an allocIndices buffer");
+    const tokens = Int32Array.from(src);
+    this.#upload(view, tokens);
+    this.#upload(view.byToken, groupByToken(tokens));
+  }
+
+  #upload(dst: GpuView, data: Float32Array<ArrayBuffer> | Int32Array<ArrayBuffer>): void {
+    if (data.length > dst.length) {
+      throw new RangeError(`write of ${data.length} values into a buffer of ${dst.length}`);
+    }
+    this.#rt.flush(); // the recorded commands must see the old contents
+    this.#gpu.queue.writeBuffer(dst.root, dst.offset * 4, data);
+  }
+
+  async read(src: DeviceBuffer): Promise<FloatArray> {
+    const view = gv(src);
+    const staging = this.#gpu.createBuffer({
+      size: Math.max(4, view.length * 4),
+      usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
+    });
+    if (view.length) {
+      this.#rt.encoder().copyBufferToBuffer(view.root, view.offset * 4, staging, 0, view.length * 4);
+    }
+    this.#rt.flush();
+    try {
+      await this.#rt.throwErrors();
+      await staging.mapAsync(GPUMapMode.READ);
+      return new Float32Array(staging.getMappedRange().slice(0, view.length * 4));
+    } finally {
+      staging.destroy();
+    }
+  }
+
+  fill(dst: DeviceBuffer, value: number): void {
+    const view = gv(dst);
+    this.#run({
+      file: "copy",
+      entry: "fill",
+      bindings: [view],
+      ints: [view.length],
+      floats: [value],
+      groups: per256(view.length),
+    });
+  }
+
+  copy(dst: DeviceBuffer, src: DeviceBuffer): void {
+    const d = gv(dst), s = gv(src);
+    if (d.length !== s.length) throw new RangeError(`copy: lengths differ (${d.length} vs ${s.length})`);
+    this.#run({ file: "copy", entry: "copy", bindings: [d, s], ints: [d.length], groups: per256(d.length) });
+  }
+
+  free(buffer: DeviceBuffer | IndexBuffer): void {
+    const view = gv(buffer);
+    this.#rt.release(view.root);
+    if (view instanceof GpuIndexView) this.#rt.release(view.byToken.root);
+  }
+
+  dispose(): void {
+    this.#rt.dispose();
+    this.#scratch?.root.destroy();
+    this.#scratch = null;
+    this.#gpu.destroy();
+  }
+
+  // ---- dense ----
+  matmul(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options: MatmulOptions = {},
+  ): void {
+    const { transA = false, transB = false, accumulate = false } = options;
+    const lda = options.lda ?? (transA ? m : k);
+    const ldb = options.ldb ?? (transB ? k : n);
+    const ldc = options.ldc ?? n;
+    // Big outputs take 128×128 tiles (8×8 per invocation); small ones 64×64 for more workgroups.
+    const big = m >= 1024 && n >= 1024;
+    const tile = big ? { TM: 8, TN: 8, BK: 8 } : { TM: 4, TN: 4, BK: 16 };
+    this.#run({
+      file: "matmul",
+      entry: "matmul",
+      defines: tile,
+      bindings: [gv(c), gv(a), gv(b)],
+      ints: [m, n, k, lda, ldb, ldc, +transA, +transB, +accumulate],
+      groups: [Math.ceil(n / (16 * tile.TN)), Math.ceil(m / (16 * tile.TM))],
+    });
+  }
+
+  addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void {
+    this.#run({
+      file: "bias",
+      entry: "add_bias",
+      bindings: [gv(out), gv(bias)],
+      ints: [rows, cols],
+      groups: per256(rows * cols),
+    });
+  }
+
+  addBiasBackward(dbias: DeviceBuffer, dout: DeviceBuffer, rows: number, cols: number): void {
+    const blocks = Math.ceil(rows / ROWS_PER_BLOCK);
+    const partials = this.#work(blocks * cols);
+    this.#run({
+      file: "reduce",
+      entry: "column_partials",
+      bindings: [partials, gv(dout)],
+      ints: [rows, cols, ROWS_PER_BLOCK],
+      groups: [per256(cols), blocks],
+    });
+    this.#sumPartials(gv(dbias), partials, cols, blocks);
+  }
+
+  /** dst (cols) += Σ_blocks partials (blocks, cols). */
+  #sumPartials(dst: GpuView, partials: GpuView, cols: number, blocks: number): void {
+    this.#run({
+      file: "reduce",
+      entry: "sum_partials",
+      bindings: [dst, partials],
+      ints: [cols, blocks],
+      groups: per256(cols),
+    });
+  }
+
+  // ---- embedding ----
+  embedding(out: DeviceBuffer, table: DeviceBuffer, tokens: IndexBuffer, rows: number, dim: number): void {
+    this.#run({
+      file: "embedding",
+      entry: "embedding",
+      bindings: [gv(out), gv(table), gv(tokens)],
+      ints: [rows, dim],
+      groups: per256(rows * dim),
+    });
+  }
+
+  embeddingBackward(
+    dtable: DeviceBuffer,
+    dout: DeviceBuffer,
+    tokens: IndexBuffer,
+    rows: number,
+    dim: number,
+  ): void {
+    const view = gv(tokens);
+    if (!(view instanceof GpuIndexView)) {
+      throw new Error("webgpu: embeddingBackward needs an allocIndices buffer");
+    }
+    if (rows !== view.length) {
+      throw new Error(
+        `webgpu: embeddingBackward over ${rows} rows needs a token buffer of exactly that length`,
+      );
+    }
+    this.#run({
+      file: "embedding",
+      entry: "embedding_backward",
+      bindings: [undefined, undefined, undefined, gv(dtable), gv(dout), view.byToken],
+      ints: [dim],
+      groups: per256(VOCAB * dim),
+    });
+  }
+
+  // ---- RMSNorm ----
+  rmsnorm(
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rows: number,
+    dim: number,
+    eps: number,
+  ): void {
+    this.#run({
+      file: "rmsnorm",
+      entry: "rmsnorm",
+      bindings: [gv(out), gv(rstd), gv(x), gv(weight)],
+      ints: [rows, dim],
+      floats: [eps],
+      groups: rows,
+    });
+  }
+
+  rmsnormBackward(
+    dx: DeviceBuffer,
+    dweight: DeviceBuffer,
+    dout: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    dim: number,
+  ): void {
+    const blocks = Math.ceil(rows / ROWS_PER_BLOCK);
+    const partials = this.#work(blocks * dim);
+    this.#run({
+      file: "rmsnorm",
+      entry: "rmsnorm_backward_dx",
+      bindings: [undefined, undefined, gv(x), gv(weight), gv(dx), gv(dout), gv(rstd)],
+      ints: [rows, dim],
+      groups: rows,
+    });
+    this.#run({
+      file: "rmsnorm",
+      entry: "rmsnorm_dweight_partials",
+      bindings: [undefined, undefined, gv(x), undefined, undefined, gv(dout), gv(rstd), partials],
+      ints: [rows, dim, ROWS_PER_BLOCK],
+      groups: [per256(dim), blocks],
+    });
+    this.#sumPartials(gv(dweight), partials, dim, blocks);
+  }
+
+  // ---- causal depthwise conv1d + SiLU ----
+  /** ints 0..5 of every conv kernel. */
+  #convInts(dims: ConvDims, bias: DeviceBuffer | null): number[] {
+    return [dims.batch, dims.length, dims.channels, dims.width, dims.xStride, bias ? 1 : 0];
+  }
+
+  conv1dSilu(
+    out: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    dims: ConvDims,
+  ): void {
+    this.#run({
+      file: "conv1d",
+      entry: "conv1d_silu",
+      // Without a bias the kernel skips binding 4; any buffer can stand in for it.
+      bindings: [gv(out), gv(x), gv(weight), gv(bias ?? weight)],
+      ints: this.#convInts(dims, bias),
+      groups: per256(dims.batch * dims.length * dims.channels),
+    });
+  }
+
+  conv1dSiluBackward(
+    dx: DeviceBuffer,
+    dweight: DeviceBuffer,
+    dbias: DeviceBuffer | null,
+    dout: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    dims: ConvDims,
+  ): void {
+    const { batch, length, channels: C, width: K } = dims;
+    const rows = batch * length;
+    const blocks = Math.ceil(rows / ROWS_PER_BLOCK);
+    const partialsLength = blocks * C * (K + 1);
+    const work = this.#work(partialsLength + rows * C);
+    const partials = new GpuView(work.root, work.offset, partialsLength);
+    const g = new GpuView(work.root, work.offset + partialsLength, rows * C); // (B·L, C)
+    const ints = this.#convInts(dims, bias);
+    const xv = gv(x), wv = gv(weight), bv = gv(bias ?? weight);
+    this.#run({
+      file: "conv1d",
+      entry: "conv1d_silu_grad",
+      bindings: [undefined, xv, wv, bv, g, gv(dout)],
+      ints,
+      groups: per256(rows * C),
+    });
+    this.#run({
+      file: "conv1d",
+      entry: "conv1d_dx",
+      bindings: [undefined, undefined, wv, undefined, undefined, undefined, gv(dx), g],
+      ints,
+      groups: per256(rows * C),
+    });
+    this.#run({
+      file: "conv1d",
+      entry: "conv1d_weight_partials",
+      bindings: [undefined, xv, undefined, undefined, undefined, undefined, undefined, g, partials],
+      ints: [...ints, ROWS_PER_BLOCK, blocks],
+      groups: [per256(C), blocks],
+    });
+    this.#sumPartials(gv(dweight), partials, C * K, blocks);
+    if (dbias) {
+      const biasPartials = new GpuView(work.root, work.offset + blocks * C * K, blocks * C);
+      this.#sumPartials(gv(dbias), biasPartials, C, blocks);
+    }
+  }
+
+  // ---- fused selective scan ----
+  /** Defines of the scan kernels: N, channels per backward workgroup, chunk length. */
+  #scanDefines(state: number): Record<string, number> {
+    const budget = this.#gpu.limits.maxComputeWorkgroupStorageSize - 256 * 4; // minus common's scratch
+    let wg = 64;
+    while (wg > 1 && wg * 2 * state * 4 > budget) wg /= 2;
+    return { NS: state, WG: wg, T: SCAN_CHUNK };
+  }
+
+  /** ints 0..4 of every scan kernel. */
+  #scanInts(d: Omit<ScanDims, "parallel">): number[] {
+    return [d.batch, d.length, d.channels, d.bcStride, d.zStride];
+  }
+
+  selectiveScan(
+    y: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: ScanDims,
+  ): void {
+    // The GPU kernel runs one recurrence for both settings of dims.parallel (same numbers).
+    this.#run({
+      file: "scan",
+      entry: "scan_forward",
+      defines: this.#scanDefines(dims.state),
+      bindings: [gv(y), gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)],
+      ints: this.#scanInts(dims),
+      groups: [Math.ceil(dims.channels / 64), dims.batch],
+    });
+  }
+
+  selectiveScanBackward(
+    du: DeviceBuffer,
+    ddelta: DeviceBuffer,
+    ddtBias: DeviceBuffer,
+    daLog: DeviceBuffer,
+    db: DeviceBuffer,
+    dc: DeviceBuffer,
+    dd: DeviceBuffer,
+    dz: DeviceBuffer,
+    dy: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: ScanDims,
+  ): void {
+    const { batch: B, length: L, channels: ED, state: N } = dims;
+    const defines = this.#scanDefines(N);
+    const chunks = Math.ceil(L / SCAN_CHUNK);
+    const blocks = Math.ceil(ED / defines.WG);
+    // Regions of the scratch: hc (B, Q, N, ED), hs (B, T, N, ED), bc partials (B·L, blocks, 2N),
+    // param partials (B, N + 2, ED).
+    const hc = 0;
+    const hs = hc + B * chunks * N * ED;
+    const bc = hs + B * SCAN_CHUNK * N * ED;
+    const pp = bc + B * L * blocks * 2 * N;
+    const work = this.#work(pp + B * (N + 2) * ED);
+    const ints = [...this.#scanInts(dims), chunks, hc, hs, bc, pp];
+    const inputs = [gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)];
+    const base = { file: "scan" as const, defines, ints };
+    this.#run({
+      ...base,
+      entry: "scan_chunk_states",
+      bindings: [undefined, ...inputs.slice(0, 5), undefined, undefined, undefined, undefined, work],
+      groups: [Math.ceil(ED / 64), B],
+    });
+    this.#run({
+      ...base,
+      entry: "scan_backward",
+      bindings: [undefined, ...inputs, undefined, work, gv(dy), gv(du), gv(ddelta), gv(dz)],
+      groups: [blocks, B],
+    });
+    const none = new Array(10).fill(undefined);
+    this.#run({
+      ...base,
+      entry: "scan_reduce_bc",
+      bindings: [...none, work, undefined, gv(db), gv(dc)],
+      groups: per256(B * L * 2 * N),
+    });
+    this.#run({
+      ...base,
+      entry: "scan_reduce_params",
+      bindings: [...none, work, undefined, gv(daLog), gv(dd), gv(ddtBias)],
+      groups: Math.ceil(ED / 64),
+    });
+  }
+
+  // ---- loss ----
+  crossEntropy(
+    losses: DeviceBuffer,
+    dlogits: DeviceBuffer | null,
+    logits: DeviceBuffer,
+    targets: IndexBuffer,
+    rows: number,
+    vocab: number,
+    gradScale: number,
+  ): void {
+    this.#run({
+      file: "cross_entropy",
+      entry: "cross_entropy",
+      // Without dlogits the kernel writes nothing through binding 2; losses stands in for it.
+      bindings: [gv(losses), gv(dlogits ?? losses), gv(logits), gv(targets)],
+      ints: [rows, vocab, dlogits ? 1 : 0],
+      floats: [gradScale],
+      groups: rows,
+    });
+  }
+
+  // ---- optimizer ----
+  async sumOfSquares(x: DeviceBuffer): Promise<number> {
+    const view = gv(x);
+    const groups = Math.min(SQUARE_GROUPS, Math.max(1, per256(view.length)));
+    const work = this.#work(groups + 1);
+    const partials = new GpuView(work.root, work.offset, groups);
+    const total = new GpuView(work.root, work.offset + groups, 1);
+    this.#run({
+      file: "reduce",
+      entry: "block_sums",
+      bindings: [partials, view],
+      ints: [view.length, 1],
+      groups: [groups, 1],
+    });
+    this.#run({
+      file: "reduce",
+      entry: "block_sums",
+      bindings: [total, partials],
+      ints: [groups, 0],
+      groups: [1, 1],
+    });
+    return (await this.read(total))[0];
+  }
+
+  adamw(param: DeviceBuffer, grad: DeviceBuffer, m: DeviceBuffer, v: DeviceBuffer, o: AdamWOptions): void {
+    const p = gv(param);
+    for (const other of [grad, m, v]) {
+      if (other.length !== p.length) {
+        throw new RangeError("adamw: param, grad, m and v must have equal lengths");
+      }
+    }
+    const c1 = 1 - o.beta1 ** o.step, c2 = 1 - o.beta2 ** o.step;
+    this.#run({
+      file: "adamw",
+      entry: "adamw",
+      bindings: [p, gv(grad), gv(m), gv(v)],
+      ints: [p.length],
+      floats: [o.lr, o.beta1, o.beta2, o.eps, 1 - o.lr * o.weightDecay, c1, c2, o.gradScale],
+      groups: per256(p.length),
+    });
+  }
+
+  // ---- single-step decode ----
+  conv1dSiluStep(
+    out: DeviceBuffer,
+    state: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    batch: number,
+    channels: number,
+    width: number,
+    xStride: number,
+  ): void {
+    const w = gv(weight);
+    this.#run({
+      file: "conv1d",
+      entry: "conv1d_silu_step",
+      bindings: [
+        gv(out),
+        gv(x),
+        w,
+        gv(bias ?? weight),
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        gv(state),
+      ],
+      ints: [batch, channels, width, xStride, bias ? 1 : 0],
+      groups: per256(batch * channels),
+    });
+  }
+
+  selectiveScanStep(
+    y: DeviceBuffer,
+    h: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: Omit<ScanDims, "length" | "parallel">,
+  ): void {
+    this.#run({
+      file: "scan",
+      entry: "scan_step",
+      defines: this.#scanDefines(dims.state),
+      bindings: [gv(y), gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z), gv(h)],
+      ints: this.#scanInts({ ...dims, length: 1 }),
+      groups: [Math.ceil(dims.channels / 64), dims.batch],
+    });
+  }
+}
+
+/**
+ * Rows grouped by token value (a counting sort): 257 starts, then the row indices of token 0,
+ * of token 1, … — what embedding_backward walks instead of using float atomics.
+ */
+function groupByToken(tokens: Int32Array): Int32Array<ArrayBuffer> {
+  const out = new Int32Array(VOCAB + 1 + tokens.length);
+  for (const t of tokens) {
+    if (!(t >= 0 && t < VOCAB)) throw new RangeError(`token ${t} is not a byte (0..255)`);
+    out[t + 1]++;
+  }
+  for (let v = 0; v < VOCAB; v++) out[v + 1] += out[v];
+  const next = out.slice(0, VOCAB);
+  for (let r = 0; r < tokens.length; r++) out[VOCAB + 1 + next[tokens[r]]++] = r;
+  return out;
+}

@@ -1,0 +1,246 @@
+/**
+ * The machinery under the WebGPU backend: buffers and views, the pipeline cache, and a lazy
+ * recorder that puts every dispatch of a step into ONE compute pass and submits only when the
+ * host needs a result (`read`), writes memory, or the uniform ring is full.
+ *
+ * Kernel conventions (kernels/common.wgsl): binding 0 is a 256-byte uniform block of 64 words;
+ * words 0..15 hold the element offset of the view bound at binding 1..16, then come the integer
+ * arguments, then the float arguments. Views are bound as whole buffers (or as a 256-byte
+ * aligned window when a buffer exceeds maxStorageBufferBindingSize) and the kernel adds the
+ * element offset, so views need no binding-offset alignment.
+ */
+import type { DeviceBuffer, IndexBuffer } from "../backend.ts";
+import type { KernelFile } from "./webgpu_kernel_source.ts";
+
+/** A float or int32 view: `length` elements of `root` from element `offset`. */
+export class GpuView implements DeviceBuffer, IndexBuffer {
+  constructor(readonly root: GPUBuffer, readonly offset: number, readonly length: number) {}
+}
+
+/** Words of the uniform block reserved for binding offsets (bindings 1..16). */
+const OFFSET_WORDS = 16;
+/** Bytes of one dispatch's uniform block (and the stride of the ring: every alignment divides it). */
+const UNIFORM_BYTES = 256;
+/** Dispatches recorded before a forced submit. */
+const RING_SLOTS = 1024;
+/** Workgroups per grid dimension that every adapter supports. */
+const MAX_GROUPS_PER_DIM = 65535;
+
+/** One dispatch: which kernel, what it reads and writes, its arguments and its grid. */
+export interface Dispatch {
+  file: KernelFile;
+  entry: string;
+  /** Compile-time constants prepended as `const NAME: u32 = value;`. */
+  defines?: Record<string, number>;
+  /** View bound at binding i + 1 (undefined: a binding this entry point does not use). */
+  bindings: (GpuView | undefined)[];
+  ints?: number[];
+  floats?: number[];
+  /** Workgroups wanted; spread over x and y when over 65535 (kernels read `group_index`). */
+  groups: number | [number, number];
+}
+
+/** Storage binding numbers of a kernel file by access mode (entry points may reuse numbers). */
+interface StorageModes {
+  read: Set<number>;
+  readWrite: Set<number>;
+}
+
+function storageModes(source: string): StorageModes {
+  const modes: StorageModes = { read: new Set(), readWrite: new Set() };
+  for (const m of source.matchAll(/@binding\((\d+)\)\s*var<storage,\s*(read_write|read)>/g)) {
+    (m[2] === "read" ? modes.read : modes.readWrite).add(Number(m[1]));
+  }
+  return modes;
+}
+
+export class GpuRuntime {
+  readonly #pipelines = new Map<string, GPUComputePipeline>();
+  readonly #modes = new Map<KernelFile, StorageModes>();
+  readonly #uniforms: GPUBuffer;
+  readonly #staging = new ArrayBuffer(UNIFORM_BYTES * RING_SLOTS);
+  #slots = 0;
+  #encoder: GPUCommandEncoder | null = null;
+  #pass: GPUComputePassEncoder | null = null;
+  #doomed: GPUBuffer[] = [];
+  #errors: Promise<string | null>[] = [];
+
+  constructor(readonly device: GPUDevice, readonly sources: Map<KernelFile, string>) {
+    this.#uniforms = device.createBuffer({
+      size: UNIFORM_BYTES * RING_SLOTS,
+      usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
+    });
+    for (const [file, source] of sources) this.#modes.set(file, storageModes(source));
+  }
+
+  /** The source a pipeline compiles: defines, then the common prelude, then the kernel file. */
+  #source(file: KernelFile, defines: Record<string, number>, widen: boolean): string {
+    const header = Object.entries(defines).map(([k, v]) => `const ${k}: u32 = ${v}u;\n`).join("");
+    let body = this.sources.get(file)!;
+    // WebGPU forbids read-only and writable bindings of one buffer in a dispatch: aliasing
+    // dispatches use a variant whose read-only bindings are declared read_write.
+    if (widen) body = body.replaceAll("var<storage, read>", "var<storage, read_write>");
+    return header + this.sources.get("common")! + body;
+  }
+
+  /** Compiles a kernel (async, for startup): throws with file, line, column and message. */
+  async check(file: KernelFile, defines: Record<string, number>): Promise<void> {
+    const module = this.device.createShaderModule({ code: this.#source(file, defines, false) });
+    const info = await module.getCompilationInfo();
+    const errors = info.messages.filter((m) => m.type === "error");
+    if (errors.length) throw new Error(this.#describe(file, defines, errors));
+  }
+
+  /** "file.wgsl:line:col: message" for compilation messages, lines mapped back to the files. */
+  #describe(file: KernelFile, defines: Record<string, number>, messages: readonly GPUCompilationMessage[]) {
+    const headerLines = Object.keys(defines).length;
+    const commonLines = this.sources.get("common")!.split("\n").length - 1;
+    return messages.map((m) => {
+      let line = m.lineNum - headerLines, name: string = file;
+      if (line <= 0) name = "<defines>";
+      else if (line <= commonLines) name = "common";
+      else line -= commonLines;
+      return `WGSL error in kernels/${name}.wgsl:${line}:${m.linePos}: ${m.message}`;
+    }).join("\n");
+  }
+
+  #pipeline(file: KernelFile, entry: string, defines: Record<string, number>, widen: boolean) {
+    const key = `${file}:${entry}:${JSON.stringify(defines)}:${widen}`;
+    let pipeline = this.#pipelines.get(key);
+    if (!pipeline) {
+      this.device.pushErrorScope("validation");
+      const module = this.device.createShaderModule({ code: this.#source(file, defines, widen) });
+      pipeline = this.device.createComputePipeline({
+        layout: "auto",
+        compute: { module, entryPoint: entry },
+      });
+      this.#errors.push(
+        this.device.popErrorScope().then(async (error) => {
+          if (!error) return null;
+          const info = await module.getCompilationInfo();
+          const errors = info.messages.filter((m) => m.type === "error");
+          return errors.length
+            ? this.#describe(file, defines, errors)
+            : `${file}.wgsl (${entry}): ${error.message}`;
+        }),
+      );
+      this.#pipelines.set(key, pipeline);
+    }
+    return pipeline;
+  }
+
+  /** Records one dispatch into the open compute pass. */
+  dispatch(d: Dispatch): void {
+    const [gx, gy] = typeof d.groups === "number" ? this.#grid(d.groups) : d.groups;
+    if (gx === 0 || gy === 0) return;
+    if (this.#slots === RING_SLOTS) this.flush();
+    const modes = this.#modes.get(d.file)!;
+    const widen = aliases(d.bindings, modes);
+    const pipeline = this.#pipeline(d.file, d.entry, d.defines ?? {}, widen);
+
+    const slot = this.#slots++;
+    const words = new Uint32Array(this.#staging, slot * UNIFORM_BYTES, UNIFORM_BYTES / 4);
+    const floats = new Float32Array(this.#staging, slot * UNIFORM_BYTES, UNIFORM_BYTES / 4);
+    const ints = d.ints ?? [], fl = d.floats ?? [];
+    if (d.bindings.length > OFFSET_WORDS || OFFSET_WORDS + ints.length + fl.length > UNIFORM_BYTES / 4) {
+      throw new Error(`${d.file}.wgsl (${d.entry}): too many bindings or arguments`);
+    }
+    const entries: GPUBindGroupEntry[] = [
+      { binding: 0, resource: { buffer: this.#uniforms, offset: slot * UNIFORM_BYTES, size: UNIFORM_BYTES } },
+    ];
+    d.bindings.forEach((view, i) => {
+      if (!view) return;
+      const { offset, size, skip } = this.#window(view);
+      words[i] = skip;
+      entries.push({ binding: i + 1, resource: { buffer: view.root, offset, size } });
+    });
+    ints.forEach((v, i) => words[OFFSET_WORDS + i] = v);
+    fl.forEach((v, i) => floats[OFFSET_WORDS + ints.length + i] = v);
+
+    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    this.#encoder ??= this.device.createCommandEncoder();
+    this.#pass ??= this.#encoder.beginComputePass();
+    this.#pass.setPipeline(pipeline);
+    this.#pass.setBindGroup(0, bindGroup);
+    this.#pass.dispatchWorkgroups(gx, gy);
+  }
+
+  /** The grid for `n` workgroups: x ≤ 65535, y as needed (kernels recombine with group_index). */
+  #grid(n: number): [number, number] {
+    if (n <= MAX_GROUPS_PER_DIM) return [n, 1];
+    const gy = Math.ceil(n / MAX_GROUPS_PER_DIM);
+    return [Math.ceil(n / gy), gy];
+  }
+
+  /** The binding range for a view, and the element offset of the view inside it. */
+  #window(view: GpuView): { offset: number; size: number; skip: number } {
+    const max = this.device.limits.maxStorageBufferBindingSize;
+    if (view.root.size <= max) return { offset: 0, size: view.root.size, skip: view.offset };
+    const align = this.device.limits.minStorageBufferOffsetAlignment;
+    const start = view.offset * 4, end = (view.offset + view.length) * 4;
+    const offset = Math.floor(start / align) * align;
+    if (end - offset > max) {
+      throw new Error(
+        `a view of ${view.length} floats exceeds maxStorageBufferBindingSize (${max} bytes) of this adapter`,
+      );
+    }
+    return { offset, size: Math.max(4, end - offset), skip: (start - offset) / 4 };
+  }
+
+  /** The command encoder with the compute pass closed, for copies. */
+  encoder(): GPUCommandEncoder {
+    this.#pass?.end();
+    this.#pass = null;
+    this.#encoder ??= this.device.createCommandEncoder();
+    return this.#encoder;
+  }
+
+  /** Submits what was recorded (uniforms first). */
+  flush(): void {
+    if (!this.#encoder) return;
+    this.#pass?.end();
+    this.device.queue.writeBuffer(this.#uniforms, 0, this.#staging, 0, this.#slots * UNIFORM_BYTES);
+    this.device.pushErrorScope("validation");
+    this.device.queue.submit([this.#encoder.finish()]);
+    this.#errors.push(this.device.popErrorScope().then((e) => e && e.message));
+    this.#encoder = null;
+    this.#pass = null;
+    this.#slots = 0;
+    for (const buffer of this.#doomed) buffer.destroy();
+    this.#doomed = [];
+  }
+
+  /** Destroys a buffer once the commands recorded so far no longer need it. */
+  release(buffer: GPUBuffer): void {
+    if (this.#encoder) this.#doomed.push(buffer);
+    else buffer.destroy();
+  }
+
+  /** Throws the first validation or compilation error reported since the last check. */
+  async throwErrors(): Promise<void> {
+    const pending = this.#errors;
+    this.#errors = [];
+    const messages = (await Promise.all(pending)).filter((m) => m !== null);
+    if (messages.length) throw new Error(`WebGPU error: ${messages.join("\n")}`);
+  }
+
+  dispose(): void {
+    this.flush();
+    this.#uniforms.destroy();
+    this.#pipelines.clear();
+  }
+}
+
+/**
+ * Whether a writable binding may share its buffer with a read-only one (conservative when
+ * entry points of a file declare one binding number with different access modes).
+ */
+function aliases(bindings: (GpuView | undefined)[], modes: StorageModes): boolean {
+  for (let i = 0; i < bindings.length; i++) {
+    if (!bindings[i] || !modes.readWrite.has(i + 1)) continue;
+    for (let j = 0; j < bindings.length; j++) {
+      if (j !== i && bindings[j]?.root === bindings[i]!.root && modes.read.has(j + 1)) return true;
+    }
+  }
+  return false;
+}

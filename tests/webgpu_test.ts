@@ -1,0 +1,323 @@
+/**
+ * The WebGPU backend against the CPU reference, op by op (forward and backward) on random inputs
+ * at shapes that are not multiples of the tile, chunk and workgroup sizes, and end to end.
+ * Runs on any adapter, including Mesa's lavapipe; with CI set, a missing adapter is a failure.
+ */
+import assert from "node:assert/strict";
+import type { Backend, DeviceBuffer, IndexBuffer, MatmulOptions } from "../lib/backend.ts";
+import { CpuBackend } from "../lib/backends/cpu.ts";
+import { createWebGpuBackend } from "../lib/backends/webgpu.ts";
+import { MambaConfig } from "../lib/config.ts";
+import { MambaByte } from "../lib/model.ts";
+import { Random } from "../lib/random.ts";
+
+const TOLERANCE = 1e-4;
+
+const gpu = await createWebGpuBackend();
+if (!gpu && Deno.env.get("CI")) throw new Error("CI is set but WebGPU has no adapter on this machine");
+if (gpu) console.log(`webgpu adapter: ${gpu.description}`);
+const cpu = new CpuBackend();
+const ignore = gpu === null;
+
+/** The same buffer on both backends. */
+interface Pair {
+  c: DeviceBuffer;
+  g: DeviceBuffer;
+}
+
+function pair(values: ArrayLike<number>): Pair {
+  const c = cpu.alloc(values.length), g = gpu!.alloc(values.length);
+  cpu.write(c, values);
+  gpu!.write(g, values);
+  return { c, g };
+}
+
+function indices(values: number[]): { c: IndexBuffer; g: IndexBuffer } {
+  const c = cpu.allocIndices(values.length), g = gpu!.allocIndices(values.length);
+  cpu.writeIndices(c, values);
+  gpu!.writeIndices(g, values);
+  return { c, g };
+}
+
+function view(p: Pair, offset: number, length: number): Pair {
+  return { c: cpu.view(p.c, offset, length), g: gpu!.view(p.g, offset, length) };
+}
+
+function randoms(n: number, rng: Random, scale = 1): Float32Array {
+  return Float32Array.from({ length: n }, () => scale * rng.normal());
+}
+
+/** max |gpu - cpu| / max |cpu|: fails above TOLERANCE. */
+async function assertClose(p: Pair, what: string): Promise<void> {
+  const want = await cpu.read(p.c), got = await gpu!.read(p.g);
+  assert.equal(got.length, want.length, `${what}: length`);
+  let diff = 0, scale = 1e-30;
+  for (let i = 0; i < want.length; i++) {
+    assert.ok(Number.isFinite(got[i]), `${what}[${i}] is ${got[i]}`);
+    diff = Math.max(diff, Math.abs(got[i] - want[i]));
+    scale = Math.max(scale, Math.abs(want[i]));
+  }
+  assert.ok(diff / scale <= TOLERANCE, `${what}: relative error ${(diff / scale).toExponential(2)}`);
+}
+
+/** Runs the same op on both backends. */
+function both(op: (be: Backend, side: "c" | "g") => void): void {
+  op(cpu, "c");
+  op(gpu!, "g");
+}
+
+Deno.test({ name: "webgpu: views, write, fill, copy", ignore }, async () => {
+  const rng = new Random(1);
+  const a = pair(randoms(300, rng)), b = pair(randoms(300, rng));
+  both((be, s) => be.fill(view(a, 7, 50)[s], 2.5));
+  both((be, s) => be.copy(view(b, 100, 101)[s], view(a, 1, 101)[s]));
+  await assertClose(a, "fill");
+  await assertClose(b, "copy");
+  assert.deepEqual(Array.from(await gpu!.read(view(a, 8, 2).g)), [2.5, 2.5]);
+});
+
+Deno.test({ name: "webgpu: matmul, every transposition, strides, accumulate", ignore }, async () => {
+  const rng = new Random(2);
+  const [m, n, k] = [70, 45, 33];
+  for (const transA of [false, true]) {
+    for (const transB of [false, true]) {
+      for (const accumulate of [false, true]) {
+        const lda = (transA ? m : k) + 3, ldb = (transB ? k : n) + 2, ldc = n + 5;
+        const a = pair(randoms((transA ? k : m) * lda, rng));
+        const b = pair(randoms((transB ? n : k) * ldb, rng));
+        const c = pair(randoms(m * ldc, rng));
+        const options: MatmulOptions = { transA, transB, accumulate, lda, ldb, ldc };
+        both((be, s) => be.matmul(c[s], a[s], b[s], m, n, k, options));
+        await assertClose(c, `matmul ${JSON.stringify(options)}`);
+      }
+    }
+  }
+});
+
+Deno.test({ name: "webgpu: matmul larger than a 128×128 tile in every dimension", ignore }, async () => {
+  const rng = new Random(3);
+  const [m, n, k] = [1030, 1043, 141];
+  const a = pair(randoms(m * k, rng)), b = pair(randoms(n * k, rng)), c = pair(new Float32Array(m * n));
+  both((be, s) => be.matmul(c[s], a[s], b[s], m, n, k, { transB: true }));
+  await assertClose(c, "matmul 1030×1043×141");
+});
+
+Deno.test({ name: "webgpu: addBias and its backward", ignore }, async () => {
+  const rng = new Random(4);
+  const [rows, cols] = [300, 37];
+  const out = pair(randoms(rows * cols, rng)),
+    bias = pair(randoms(cols, rng)),
+    dbias = pair(randoms(cols, rng));
+  both((be, s) => be.addBias(out[s], bias[s], rows, cols));
+  both((be, s) => be.addBiasBackward(dbias[s], out[s], rows, cols));
+  await assertClose(out, "addBias");
+  await assertClose(dbias, "addBiasBackward");
+});
+
+Deno.test({ name: "webgpu: embedding and its backward", ignore }, async () => {
+  const rng = new Random(5);
+  const [rows, dim] = [150, 33];
+  const tokens = indices(Array.from({ length: rows }, (_, i) => (i % 3 ? rng.int(256) : 7)));
+  const table = pair(randoms(256 * dim, rng)), out = pair(new Float32Array(rows * dim));
+  const dtable = pair(randoms(256 * dim, rng)), dout = pair(randoms(rows * dim, rng));
+  both((be, s) => be.embedding(out[s], table[s], tokens[s], rows, dim));
+  both((be, s) => be.embeddingBackward(dtable[s], dout[s], tokens[s], rows, dim));
+  await assertClose(out, "embedding");
+  await assertClose(dtable, "embeddingBackward");
+});
+
+Deno.test({ name: "webgpu: rmsnorm and its backward", ignore }, async () => {
+  const rng = new Random(6);
+  const [rows, dim] = [130, 300];
+  const x = pair(randoms(rows * dim, rng)), w = pair(randoms(dim, rng));
+  const out = pair(new Float32Array(rows * dim)), rstd = pair(new Float32Array(rows));
+  const dx = pair(randoms(rows * dim, rng)),
+    dw = pair(randoms(dim, rng)),
+    dout = pair(randoms(rows * dim, rng));
+  both((be, s) => be.rmsnorm(out[s], rstd[s], x[s], w[s], rows, dim, 1e-5));
+  both((be, s) => be.rmsnormBackward(dx[s], dw[s], dout[s], x[s], w[s], rstd[s], rows, dim));
+  await assertClose(out, "rmsnorm");
+  await assertClose(rstd, "rmsnorm rstd");
+  await assertClose(dx, "rmsnormBackward dx");
+  await assertClose(dw, "rmsnormBackward dweight");
+});
+
+Deno.test({ name: "webgpu: conv1d + SiLU, its backward and its step", ignore }, async () => {
+  const rng = new Random(7);
+  const [B, L, C, K] = [2, 70, 37, 4];
+  for (const withBias of [true, false]) {
+    const dims = { batch: B, length: L, channels: C, width: K, xStride: 2 * C };
+    const xz = pair(randoms(B * L * 2 * C, rng)), dxz = pair(randoms(B * L * 2 * C, rng));
+    const x = view(xz, 0, B * L * 2 * C - C), dx = view(dxz, 0, B * L * 2 * C - C);
+    const w = pair(randoms(C * K, rng)), bias = withBias ? pair(randoms(C, rng)) : null;
+    const dw = pair(randoms(C * K, rng)), dbias = withBias ? pair(randoms(C, rng)) : null;
+    const out = pair(new Float32Array(B * L * C)), dout = pair(randoms(B * L * C, rng));
+    both((be, s) => be.conv1dSilu(out[s], x[s], w[s], bias && bias[s], dims));
+    both((be, s) =>
+      be.conv1dSiluBackward(dx[s], dw[s], dbias && dbias[s], dout[s], x[s], w[s], bias && bias[s], dims)
+    );
+    await assertClose(out, "conv1dSilu");
+    await assertClose(dxz, "conv1dSiluBackward dx (and the untouched z half)");
+    await assertClose(dw, "conv1dSiluBackward dweight");
+    if (dbias) await assertClose(dbias, "conv1dSiluBackward dbias");
+    const state = pair(randoms(B * C * (K - 1), rng)), step = pair(new Float32Array(B * C));
+    both((be, s) => be.conv1dSiluStep(step[s], state[s], x[s], w[s], bias && bias[s], B, C, K, 2 * C));
+    await assertClose(step, "conv1dSiluStep out");
+    await assertClose(state, "conv1dSiluStep state");
+  }
+});
+
+/** Random inputs of the selective scan, B and C strided inside (rows, R + 2N), z inside (rows, 2ED). */
+function scanInputs(B: number, L: number, ED: number, N: number, R: number, rng: Random) {
+  const rows = B * L, S = R + 2 * N;
+  const dbc = pair(randoms(rows * S, rng)), xz = pair(randoms(rows * 2 * ED, rng));
+  return {
+    u: pair(randoms(rows * ED, rng)),
+    delta: pair(randoms(rows * ED, rng, 0.5)),
+    dtBias: pair(randoms(ED, rng, 0.5)),
+    aLog: pair(Float32Array.from({ length: ED * N }, (_, i) => Math.log(1 + (i % N)) + 0.1 * rng.normal())),
+    b: view(dbc, R, rows * S - R - N),
+    c: view(dbc, R + N, rows * S - R - N),
+    d: pair(randoms(ED, rng)),
+    z: view(xz, ED, rows * 2 * ED - ED),
+    dims: { batch: B, length: L, channels: ED, state: N, bcStride: S, zStride: 2 * ED, parallel: true },
+  };
+}
+
+Deno.test({ name: "webgpu: selective scan forward and backward over several chunks", ignore }, async () => {
+  const rng = new Random(8);
+  const [B, L, ED, N, R] = [2, 150, 70, 5, 3];
+  const rows = B * L;
+  const s = scanInputs(B, L, ED, N, R, rng);
+  const y = pair(new Float32Array(rows * ED)), dy = pair(randoms(rows * ED, rng));
+  both((be, k) =>
+    be.selectiveScan(y[k], s.u[k], s.delta[k], s.dtBias[k], s.aLog[k], s.b[k], s.c[k], s.d[k], s.z[k], s.dims)
+  );
+  await assertClose(y, "selectiveScan y");
+
+  const du = pair(new Float32Array(rows * ED)), ddelta = pair(new Float32Array(rows * ED));
+  const ddtBias = pair(randoms(ED, rng)), daLog = pair(randoms(ED * N, rng)), dd = pair(randoms(ED, rng));
+  const S = R + 2 * N;
+  const ddbc = pair(randoms(rows * S, rng)), dxz = pair(randoms(rows * 2 * ED, rng));
+  const db = view(ddbc, R, rows * S - R - N), dc = view(ddbc, R + N, rows * S - R - N);
+  const dz = view(dxz, ED, rows * 2 * ED - ED);
+  both((be, k) =>
+    be.selectiveScanBackward(
+      du[k],
+      ddelta[k],
+      ddtBias[k],
+      daLog[k],
+      db[k],
+      dc[k],
+      dd[k],
+      dz[k],
+      dy[k],
+      s.u[k],
+      s.delta[k],
+      s.dtBias[k],
+      s.aLog[k],
+      s.b[k],
+      s.c[k],
+      s.d[k],
+      s.z[k],
+      s.dims,
+    )
+  );
+  await assertClose(du, "du");
+  await assertClose(ddelta, "ddelta");
+  await assertClose(ddtBias, "ddtBias");
+  await assertClose(daLog, "daLog");
+  await assertClose(ddbc, "dB, dC (and the untouched δr columns)");
+  await assertClose(dd, "dD");
+  await assertClose(dxz, "dz (and the untouched u half)");
+});
+
+Deno.test({ name: "webgpu: selective scan step", ignore }, async () => {
+  const rng = new Random(9);
+  const [B, ED, N, R] = [3, 70, 5, 3];
+  const s = scanInputs(B, 1, ED, N, R, rng);
+  const h = pair(randoms(B * ED * N, rng)), y = pair(new Float32Array(B * ED));
+  both((be, k) =>
+    be.selectiveScanStep(
+      y[k],
+      h[k],
+      s.u[k],
+      s.delta[k],
+      s.dtBias[k],
+      s.aLog[k],
+      s.b[k],
+      s.c[k],
+      s.d[k],
+      s.z[k],
+      s.dims,
+    )
+  );
+  await assertClose(y, "selectiveScanStep y");
+  await assertClose(h, "selectiveScanStep h");
+});
+
+Deno.test({ name: "webgpu: cross-entropy with and without gradients", ignore }, async () => {
+  const rng = new Random(10);
+  for (const vocab of [256, 300]) {
+    const rows = 37;
+    const logits = pair(randoms(rows * vocab, rng, 3)),
+      targets = indices(Array.from({ length: rows }, () => rng.int(256)));
+    const losses = pair(new Float32Array(rows)), dlogits = pair(new Float32Array(rows * vocab));
+    both((be, s) => be.crossEntropy(losses[s], dlogits[s], logits[s], targets[s], rows, vocab, 0.25));
+    await assertClose(losses, "crossEntropy losses");
+    await assertClose(dlogits, "crossEntropy dlogits");
+    const only = pair(new Float32Array(rows));
+    both((be, s) => be.crossEntropy(only[s], null, logits[s], targets[s], rows, vocab, 1));
+    await assertClose(only, "crossEntropy without gradients");
+  }
+});
+
+Deno.test({ name: "webgpu: sumOfSquares over more than one grid stride", ignore }, async () => {
+  const rng = new Random(11);
+  const x = pair(randoms(300_001, rng));
+  const want = await cpu.sumOfSquares(x.c), got = await gpu!.sumOfSquares(view(x, 0, 300_001).g);
+  assert.ok(Math.abs(got - want) / want < TOLERANCE, `sumOfSquares ${got} vs ${want}`);
+});
+
+Deno.test({ name: "webgpu: adamw", ignore }, async () => {
+  const rng = new Random(12);
+  const n = 1000;
+  const p = pair(randoms(n, rng)), g = pair(randoms(n, rng)), m = pair(randoms(n, rng, 0.1));
+  const v = pair(Float32Array.from(randoms(n, rng), (x) => x * x));
+  const options = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 3, gradScale: 0.5 };
+  both((be, s) => be.adamw(p[s], g[s], m[s], v[s], options));
+  await assertClose(p, "adamw param");
+  await assertClose(m, "adamw m");
+  await assertClose(v, "adamw v");
+});
+
+Deno.test(
+  { name: "webgpu: MambaByte loss, gradients and decode match the CPU backend", ignore },
+  async () => {
+    const config = new MambaConfig({ dim: 24, depth: 2, d_state: 6 });
+    const rng = new Random(13);
+    const [B, L] = [2, 77];
+    const tokens = Array.from({ length: B * (L + 1) }, () => rng.int(256));
+    const inputs = tokens.slice(0, B * L), targets = tokens.slice(B, B * L + B);
+    const models = [cpu, gpu!].map((backend) => new MambaByte(config, { backend, seed: 5 }));
+    const results = [];
+    for (const model of models) {
+      model.zeroGrad();
+      const loss = await model.lossAndBackward(inputs, targets, [B, L]);
+      const cache = model.createCache(B);
+      let logits = await model.step(inputs.slice(0, B), cache);
+      logits = await model.step(inputs.slice(B, 2 * B), cache);
+      results.push({ loss: loss.loss, grads: await model.backend.read(model.grads), logits: logits.data });
+    }
+    const [want, got] = results;
+    assert.ok(Math.abs(got.loss - want.loss) / want.loss < TOLERANCE, `loss ${got.loss} vs ${want.loss}`);
+    for (const key of ["grads", "logits"] as const) {
+      let diff = 0, scale = 0;
+      for (let i = 0; i < want[key].length; i++) {
+        diff = Math.max(diff, Math.abs(got[key][i] - want[key][i]));
+        scale = Math.max(scale, Math.abs(want[key][i]));
+      }
+      assert.ok(diff / scale < TOLERANCE, `${key}: relative error ${(diff / scale).toExponential(2)}`);
+    }
+  },
+);
