@@ -64,8 +64,16 @@ export type TrainDefaults = Omit<TrainSettings, "out" | "data" | "backend">;
  * a 2-core machine. GPU: a larger model and longer windows.
  */
 export function trainDefaults(device: Device): TrainDefaults {
-  const common = { d_state: 16, expand_factor: 2, d_conv: 4, pscan: true, grad_accum: 1, weight_decay: 0.1 };
-  const shared = { ...common, clip: 1, seed: 1337 };
+  const shared = {
+    d_state: 16,
+    expand_factor: 2,
+    d_conv: 4,
+    pscan: true,
+    grad_accum: 1,
+    weight_decay: 0.1,
+    clip: 1,
+    seed: 1337,
+  };
   if (device === "cpu") {
     return {
       ...shared,

@@ -12,7 +12,7 @@ const SPECS = {
   checkpoint: { kind: "string", help: "a .safetensors checkpoint" },
   data: { kind: "string", help: "corpus file, directory or glob (default: the run's corpus)" },
   "seq-len": { kind: "int", min: 1, help: "bytes per window (default: the run's, else 128)" },
-  "batch-size": { kind: "int", min: 1, default: 8, help: "windows per batch" },
+  "batch-size": { kind: "int", min: 1, help: "windows per batch (default: the run's, else 8)" },
   "eval-batches": { kind: "int", min: 1, default: 16, help: "batches of held-out windows" },
   backend: { kind: "string", choices: ["auto", "cpu", "webgpu", "cuda"], default: "auto", help: "device" },
 } satisfies Record<string, OptionSpec>;
@@ -33,7 +33,12 @@ async function main(): Promise<number> {
   const seqLen = o["seq-len"] ?? run?.seq_len ?? 128;
   const corpus = await openCorpus(o.data ?? run?.data ?? undefined);
   checkCorpus(corpus, seqLen);
-  const batches = validationBatches(corpus.val, seqLen, o["batch-size"], o["eval-batches"]);
+  const batches = validationBatches(
+    corpus.val,
+    seqLen,
+    o["batch-size"] ?? run?.batch_size ?? 8,
+    o["eval-batches"],
+  );
   const windows = batches.reduce((n, b) => n + b.shape[0], 0);
   const bpb = await evaluateBpb(model, batches);
   console.log(
