@@ -1,0 +1,24 @@
+// The few cuBLAS declarations the library uses, so that it builds without cuBLAS headers;
+// the functions are looked up at run time (dlopen) by runtime.cu.
+#pragma once
+
+#include <cuda_runtime.h>
+
+typedef struct cublasContext* cublasHandle_t;
+typedef int cublasStatus_t;  // CUBLAS_STATUS_SUCCESS = 0
+enum { MB_CUBLAS_OP_N = 0, MB_CUBLAS_OP_T = 1 };
+enum { MB_CUBLAS_DEFAULT_MATH = 0, MB_CUBLAS_TF32_TENSOR_OP_MATH = 3 };
+
+struct MbCublas {
+  cublasHandle_t handle;
+  cublasStatus_t (*create)(cublasHandle_t*);
+  cublasStatus_t (*destroy)(cublasHandle_t);
+  cublasStatus_t (*set_stream)(cublasHandle_t, cudaStream_t);
+  cublasStatus_t (*set_math_mode)(cublasHandle_t, int);
+  cublasStatus_t (*sgemm)(cublasHandle_t, int, int, int, int, int, const float*, const float*, int,
+                          const float*, int, const float*, float*, int);
+  const char* (*status_string)(cublasStatus_t);  // may be null (older cuBLAS)
+};
+
+// The loaded cuBLAS (valid after mb_init).
+MbCublas* mb_cublas(void);

@@ -1,0 +1,98 @@
+/*
+ * MambaByte CUDA library: the flat C API loaded by lib/backends/cuda.ts with Deno.dlopen.
+ *
+ * Conventions:
+ * - Every function returns 0 on success, nonzero on failure; mb_last_error() then describes it
+ *   (the CUDA or cuBLAS message included).
+ * - Device memory is addressed by raw device pointers passed as uint64_t; views are pointer
+ *   arithmetic on the caller's side. Float data is float32, index data is int32.
+ * - Every op is enqueued on the library's one stream; only mb_read, mb_sum_of_squares and
+ *   mb_synchronize wait for it.
+ * - Op arguments follow lib/backend.ts: outputs, then inputs, then dimensions; backward ops
+ *   overwrite activation gradients and accumulate (+=) into parameter gradients.
+ */
+#ifndef MAMBABYTE_H
+#define MAMBABYTE_H
+
+#include <stdint.h>
+
+#ifdef __cplusplus
+extern "C" {
+#endif
+
+#define MB_API __attribute__((visibility("default")))
+
+/* ---- runtime ---- */
+MB_API const char* mb_last_error(void);
+/* Selects device 0, creates the stream and loads cuBLAS (libcublas.so.13, .so.12, .so, then from
+ * /usr/local/cuda/lib64). */
+MB_API int mb_init(void);
+/* The GPU's name, NUL-terminated, into name[0..capacity). */
+MB_API int mb_device_name(char* name, int capacity);
+/* free and total device memory in bytes. */
+MB_API int mb_mem_info(uint64_t* free_bytes, uint64_t* total_bytes);
+/* Zero-filled device memory of `bytes` bytes; *ptr receives its address. */
+MB_API int mb_alloc(uint64_t bytes, uint64_t* ptr);
+MB_API int mb_free(uint64_t ptr);
+MB_API int mb_write(uint64_t dst, const void* src, uint64_t bytes);
+MB_API int mb_read(void* dst, uint64_t src, uint64_t bytes);
+MB_API int mb_fill(uint64_t dst, int64_t n, float value);
+MB_API int mb_copy(uint64_t dst, uint64_t src, int64_t n);
+MB_API int mb_synchronize(void);
+/* Matmuls in TF32 on tensor cores when enabled (faster, ~1e-3 relative); exact FP32 by default. */
+MB_API int mb_set_tf32(int enabled);
+
+/* ---- dense ---- */
+/* C (M, N) = op(A) · op(B) (row-major, FP32 without TF32), or += when accumulate. */
+MB_API int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, int trans_a, int trans_b,
+                     int accumulate, int lda, int ldb, int ldc);
+MB_API int mb_add_bias(uint64_t out, uint64_t bias, int rows, int cols);
+MB_API int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int cols);
+
+/* ---- embedding ---- */
+MB_API int mb_embedding(uint64_t out, uint64_t table, uint64_t tokens, int rows, int dim);
+MB_API int mb_embedding_backward(uint64_t dtable, uint64_t dout, uint64_t tokens, int rows, int dim);
+
+/* ---- RMSNorm ---- */
+MB_API int mb_rmsnorm(uint64_t out, uint64_t rstd, uint64_t x, uint64_t weight, int rows, int dim, float eps);
+MB_API int mb_rmsnorm_backward(uint64_t dx, uint64_t dweight, uint64_t dout, uint64_t x, uint64_t weight,
+                               uint64_t rstd, int rows, int dim);
+
+/* ---- causal depthwise conv1d + SiLU (bias may be 0) ---- */
+MB_API int mb_conv1d_silu(uint64_t out, uint64_t x, uint64_t weight, uint64_t bias, int batch, int length,
+                          int channels, int width, int x_stride);
+MB_API int mb_conv1d_silu_backward(uint64_t dx, uint64_t dweight, uint64_t dbias, uint64_t dout, uint64_t x,
+                                   uint64_t weight, uint64_t bias, int batch, int length, int channels,
+                                   int width, int x_stride);
+MB_API int mb_conv1d_silu_step(uint64_t out, uint64_t state, uint64_t x, uint64_t weight, uint64_t bias,
+                               int batch, int channels, int width, int x_stride);
+
+/* ---- fused selective scan ---- */
+MB_API int mb_selective_scan(uint64_t y, uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
+                             uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int length,
+                             int channels, int state, int bc_stride, int z_stride);
+MB_API int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, uint64_t da_log,
+                                      uint64_t db, uint64_t dc, uint64_t dd, uint64_t dz, uint64_t dy,
+                                      uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
+                                      uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int length,
+                                      int channels, int state, int bc_stride, int z_stride);
+MB_API int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t delta, uint64_t dt_bias,
+                                  uint64_t a_log, uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch,
+                                  int channels, int state, int bc_stride, int z_stride);
+
+/* ---- loss ---- */
+/* dlogits may be 0 (no gradient). */
+MB_API int mb_cross_entropy(uint64_t losses, uint64_t dlogits, uint64_t logits, uint64_t targets, int rows,
+                            int vocab, float grad_scale);
+
+/* ---- optimizer ---- */
+/* *result = Σ x² (accumulated in double); waits for the stream. */
+MB_API int mb_sum_of_squares(uint64_t x, int64_t n, double* result);
+MB_API int mb_adamw(uint64_t param, uint64_t grad, uint64_t m, uint64_t v, int64_t n, float lr, float beta1,
+                    float beta2, float eps, float weight_decay, int step, float grad_scale);
+
+#ifdef __cplusplus
+}
+#endif
+
+#endif

@@ -1,0 +1,473 @@
+/**
+ * The CUDA backend: a Deno.dlopen binding to the library built from ffi/ (`deno task build:cuda`).
+ * Device memory is owned through raw device pointers; views are pointer arithmetic; every op is
+ * enqueued on the library's stream and nothing returns to the host except `read` and
+ * `sumOfSquares`. A nonzero status from the library becomes an Error carrying its message
+ * (the CUDA or cuBLAS error included).
+ */
+import type {
+  AdamWOptions,
+  Backend,
+  ConvDims,
+  DeviceBuffer,
+  FloatArray,
+  IndexBuffer,
+  MatmulOptions,
+  ScanDims,
+} from "../backend.ts";
+import { BUILD_HINT, type CudaLibrary, cudaLibraryPath, openCudaLibrary } from "./cuda_ffi.ts";
+
+/** float32 and int32 elements are both 4 bytes. */
+const BYTES = 4;
+
+/** Device memory: `ptr` is the address of element 0; `owned` when it came from alloc. */
+class CudaBuffer implements DeviceBuffer, IndexBuffer {
+  constructor(readonly ptr: bigint, readonly length: number, readonly owned: boolean) {}
+}
+
+const p = (buffer: DeviceBuffer | IndexBuffer): bigint => (buffer as CudaBuffer).ptr;
+const pOrNull = (buffer: DeviceBuffer | null): bigint => (buffer ? p(buffer) : 0n);
+
+let library: CudaLibrary | null = null;
+
+/** The library, loaded and initialised once per process; throws an Error that says why not. */
+function loadLibrary(): CudaLibrary {
+  if (library) return library;
+  const path = cudaLibraryPath();
+  if (!path) throw new Error(`the cuda backend needs a local libmambabyte.so: ${BUILD_HINT}`);
+  let lib: CudaLibrary;
+  try {
+    lib = openCudaLibrary(path);
+  } catch (cause) {
+    throw new Error(`cannot load the CUDA library ${path}: ${BUILD_HINT}`, { cause });
+  }
+  if (lib.mb_init() !== 0) throw new Error(`CUDA is not usable here: ${lastError(lib)}`);
+  library = lib;
+  return lib;
+}
+
+function lastError(lib: CudaLibrary): string {
+  const message = lib.mb_last_error();
+  return message ? Deno.UnsafePointerView.getCString(message) : "unknown error";
+}
+
+export interface CudaBackendOptions {
+  /**
+   * Matmuls in TF32 on tensor cores: faster, about 1e-3 relative instead of FP32's 1e-6.
+   * The library has one cuBLAS handle, so this applies to every CudaBackend of the process.
+   */
+  tf32?: boolean;
+}
+
+/**
+ * A CUDA backend on GPU 0. Throws an Error saying what is missing (the library: run
+ * `deno task build:cuda`; a driver or a GPU) — use this when the user asked for cuda by name.
+ */
+export function openCudaBackend(options: CudaBackendOptions = {}): Promise<CudaBackend> {
+  return Promise.resolve(new CudaBackend(loadLibrary(), options));
+}
+
+/** A CUDA backend, or null when this machine cannot run one (no library, driver or GPU). */
+export async function createCudaBackend(options: CudaBackendOptions = {}): Promise<CudaBackend | null> {
+  try {
+    return await openCudaBackend(options);
+  } catch {
+    return null;
+  }
+}
+
+/** The Backend contract on one CUDA GPU (see lib/backend.ts for the conventions). */
+export class CudaBackend implements Backend {
+  readonly device = "cuda" as const;
+  readonly description: string;
+  readonly #lib: CudaLibrary;
+  readonly #owned = new Set<CudaBuffer>();
+
+  constructor(lib: CudaLibrary, options: CudaBackendOptions = {}) {
+    this.#lib = lib;
+    const name = new Uint8Array(256);
+    this.#check(lib.mb_device_name(name, name.length), "device name");
+    this.#check(lib.mb_set_tf32(Number(options.tf32 ?? false)), "set TF32");
+    const math = options.tf32 ? "TF32 matmuls" : "FP32";
+    this.description = `cuda: ${new TextDecoder().decode(name.subarray(0, name.indexOf(0)))}, ${math}`;
+  }
+
+  #check(status: number, op: string): void {
+    if (status !== 0) throw new Error(`cuda ${op}: ${lastError(this.#lib)}`);
+  }
+
+  /** Waits until every op enqueued so far has finished (for timing). */
+  synchronize(): void {
+    this.#check(this.#lib.mb_synchronize(), "synchronize");
+  }
+
+  /** Free and total device memory in bytes. */
+  memoryInfo(): { free: number; total: number } {
+    const free = new BigUint64Array(1), total = new BigUint64Array(1);
+    this.#check(this.#lib.mb_mem_info(free, total), "memory info");
+    return { free: Number(free[0]), total: Number(total[0]) };
+  }
+
+  // ---- memory ----
+  #allocate(length: number): CudaBuffer {
+    if (!Number.isInteger(length) || length < 0) throw new RangeError(`alloc: bad length ${length}`);
+    const out = new BigUint64Array(1);
+    this.#check(this.#lib.mb_alloc(BigInt(length * BYTES), out), `alloc of ${length} elements`);
+    const buffer = new CudaBuffer(out[0], length, true);
+    this.#owned.add(buffer);
+    return buffer;
+  }
+  alloc(length: number): DeviceBuffer {
+    return this.#allocate(length);
+  }
+  allocIndices(length: number): IndexBuffer {
+    return this.#allocate(length);
+  }
+  view(buffer: DeviceBuffer, offset: number, length: number): DeviceBuffer {
+    if (offset < 0 || offset + length > buffer.length) {
+      throw new RangeError(`view [${offset}, ${offset + length}) outside a buffer of ${buffer.length}`);
+    }
+    return new CudaBuffer(p(buffer) + BigInt(offset * BYTES), length, false);
+  }
+  write(dst: DeviceBuffer, src: ArrayLike<number>): void {
+    const data = src instanceof Float32Array ? src : Float32Array.from(src);
+    this.#checkLength("write", dst, data.length);
+    this.#check(this.#lib.mb_write(p(dst), data, BigInt(data.byteLength)), "write");
+  }
+  writeIndices(dst: IndexBuffer, src: ArrayLike<number>): void {
+    const data = src instanceof Int32Array ? src : Int32Array.from(src);
+    this.#checkLength("writeIndices", dst, data.length);
+    this.#check(this.#lib.mb_write(p(dst), data, BigInt(data.byteLength)), "writeIndices");
+  }
+  read(src: DeviceBuffer): Promise<FloatArray> {
+    const out = new Float32Array(src.length);
+    this.#check(this.#lib.mb_read(out, p(src), BigInt(out.byteLength)), "read");
+    return Promise.resolve(out);
+  }
+  fill(dst: DeviceBuffer, value: number): void {
+    this.#check(this.#lib.mb_fill(p(dst), dst.length, value), "fill");
+  }
+  copy(dst: DeviceBuffer, src: DeviceBuffer): void {
+    if (dst.length !== src.length) {
+      throw new RangeError(`copy: lengths differ (${dst.length} vs ${src.length})`);
+    }
+    this.#check(this.#lib.mb_copy(p(dst), p(src), dst.length), "copy");
+  }
+  free(buffer: DeviceBuffer | IndexBuffer): void {
+    const b = buffer as CudaBuffer;
+    if (!b.owned) throw new Error("free: this buffer is a view; free the buffer it was made from");
+    if (!this.#owned.delete(b)) {
+      throw new Error("free: this buffer was already freed (or is not this backend's)");
+    }
+    this.#check(this.#lib.mb_free(b.ptr), "free");
+  }
+  dispose(): void {
+    for (const buffer of [...this.#owned]) this.free(buffer);
+  }
+
+  #checkLength(op: string, dst: DeviceBuffer | IndexBuffer, length: number): void {
+    if (length > dst.length) throw new RangeError(`${op}: ${length} values into a buffer of ${dst.length}`);
+  }
+
+  // ---- dense ----
+  matmul(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    b: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options: MatmulOptions = {},
+  ): void {
+    const { transA = false, transB = false, accumulate = false } = options;
+    const lda = options.lda ?? (transA ? m : k);
+    const ldb = options.ldb ?? (transB ? k : n);
+    const ldc = options.ldc ?? n;
+    const status = this.#lib.mb_matmul(
+      p(c),
+      p(a),
+      p(b),
+      m,
+      n,
+      k,
+      Number(transA),
+      Number(transB),
+      Number(accumulate),
+      lda,
+      ldb,
+      ldc,
+    );
+    this.#check(status, "matmul");
+  }
+  addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void {
+    this.#check(this.#lib.mb_add_bias(p(out), p(bias), rows, cols), "addBias");
+  }
+  addBiasBackward(dbias: DeviceBuffer, dout: DeviceBuffer, rows: number, cols: number): void {
+    this.#check(this.#lib.mb_add_bias_backward(p(dbias), p(dout), rows, cols), "addBiasBackward");
+  }
+
+  // ---- embedding ----
+  embedding(out: DeviceBuffer, table: DeviceBuffer, tokens: IndexBuffer, rows: number, dim: number): void {
+    this.#check(this.#lib.mb_embedding(p(out), p(table), p(tokens), rows, dim), "embedding");
+  }
+  embeddingBackward(
+    dtable: DeviceBuffer,
+    dout: DeviceBuffer,
+    tokens: IndexBuffer,
+    rows: number,
+    dim: number,
+  ): void {
+    this.#check(
+      this.#lib.mb_embedding_backward(p(dtable), p(dout), p(tokens), rows, dim),
+      "embeddingBackward",
+    );
+  }
+
+  // ---- RMSNorm ----
+  rmsnorm(
+    out: DeviceBuffer,
+    rstd: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rows: number,
+    dim: number,
+    eps: number,
+  ): void {
+    this.#check(this.#lib.mb_rmsnorm(p(out), p(rstd), p(x), p(weight), rows, dim, eps), "rmsnorm");
+  }
+  rmsnormBackward(
+    dx: DeviceBuffer,
+    dweight: DeviceBuffer,
+    dout: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    rstd: DeviceBuffer,
+    rows: number,
+    dim: number,
+  ): void {
+    const status = this.#lib.mb_rmsnorm_backward(
+      p(dx),
+      p(dweight),
+      p(dout),
+      p(x),
+      p(weight),
+      p(rstd),
+      rows,
+      dim,
+    );
+    this.#check(status, "rmsnormBackward");
+  }
+
+  // ---- causal depthwise conv1d + SiLU ----
+  conv1dSilu(
+    out: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    d: ConvDims,
+  ): void {
+    const status = this.#lib.mb_conv1d_silu(
+      p(out),
+      p(x),
+      p(weight),
+      pOrNull(bias),
+      d.batch,
+      d.length,
+      d.channels,
+      d.width,
+      d.xStride,
+    );
+    this.#check(status, "conv1dSilu");
+  }
+  conv1dSiluBackward(
+    dx: DeviceBuffer,
+    dweight: DeviceBuffer,
+    dbias: DeviceBuffer | null,
+    dout: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    d: ConvDims,
+  ): void {
+    const status = this.#lib.mb_conv1d_silu_backward(
+      p(dx),
+      p(dweight),
+      pOrNull(dbias),
+      p(dout),
+      p(x),
+      p(weight),
+      pOrNull(bias),
+      d.batch,
+      d.length,
+      d.channels,
+      d.width,
+      d.xStride,
+    );
+    this.#check(status, "conv1dSiluBackward");
+  }
+
+  // ---- fused selective scan (the chunked scan serves both values of dims.parallel) ----
+  selectiveScan(
+    y: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: ScanDims,
+  ): void {
+    const status = this.#lib.mb_selective_scan(
+      p(y),
+      p(u),
+      p(delta),
+      p(dtBias),
+      p(aLog),
+      p(b),
+      p(c),
+      p(d),
+      p(z),
+      dims.batch,
+      dims.length,
+      dims.channels,
+      dims.state,
+      dims.bcStride,
+      dims.zStride,
+    );
+    this.#check(status, "selectiveScan");
+  }
+  selectiveScanBackward(
+    du: DeviceBuffer,
+    ddelta: DeviceBuffer,
+    ddtBias: DeviceBuffer,
+    daLog: DeviceBuffer,
+    db: DeviceBuffer,
+    dc: DeviceBuffer,
+    dd: DeviceBuffer,
+    dz: DeviceBuffer,
+    dy: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: ScanDims,
+  ): void {
+    const status = this.#lib.mb_selective_scan_backward(
+      ...[du, ddelta, ddtBias, daLog, db, dc, dd, dz, dy, u, delta, dtBias, aLog, b, c, d, z].map(p),
+      dims.batch,
+      dims.length,
+      dims.channels,
+      dims.state,
+      dims.bcStride,
+      dims.zStride,
+    );
+    this.#check(status, "selectiveScanBackward");
+  }
+
+  // ---- loss ----
+  crossEntropy(
+    losses: DeviceBuffer,
+    dlogits: DeviceBuffer | null,
+    logits: DeviceBuffer,
+    targets: IndexBuffer,
+    rows: number,
+    vocab: number,
+    gradScale: number,
+  ): void {
+    const status = this.#lib.mb_cross_entropy(
+      p(losses),
+      pOrNull(dlogits),
+      p(logits),
+      p(targets),
+      rows,
+      vocab,
+      gradScale,
+    );
+    this.#check(status, "crossEntropy");
+  }
+
+  // ---- optimizer ----
+  sumOfSquares(x: DeviceBuffer): Promise<number> {
+    const out = new Float64Array(1);
+    this.#check(this.#lib.mb_sum_of_squares(p(x), x.length, out), "sumOfSquares");
+    return Promise.resolve(out[0]);
+  }
+  adamw(param: DeviceBuffer, grad: DeviceBuffer, m: DeviceBuffer, v: DeviceBuffer, o: AdamWOptions): void {
+    const n = param.length;
+    if (grad.length !== n || m.length !== n || v.length !== n) {
+      throw new RangeError(
+        `adamw: param, grad, m, v lengths differ (${n}, ${grad.length}, ${m.length}, ${v.length})`,
+      );
+    }
+    const status = this.#lib.mb_adamw(
+      p(param),
+      p(grad),
+      p(m),
+      p(v),
+      n,
+      o.lr,
+      o.beta1,
+      o.beta2,
+      o.eps,
+      o.weightDecay,
+      o.step,
+      o.gradScale,
+    );
+    this.#check(status, "adamw");
+  }
+
+  // ---- single-step decode ----
+  conv1dSiluStep(
+    out: DeviceBuffer,
+    state: DeviceBuffer,
+    x: DeviceBuffer,
+    weight: DeviceBuffer,
+    bias: DeviceBuffer | null,
+    batch: number,
+    channels: number,
+    width: number,
+    xStride: number,
+  ): void {
+    const status = this.#lib.mb_conv1d_silu_step(
+      p(out),
+      p(state),
+      p(x),
+      p(weight),
+      pOrNull(bias),
+      batch,
+      channels,
+      width,
+      xStride,
+    );
+    this.#check(status, "conv1dSiluStep");
+  }
+  selectiveScanStep(
+    y: DeviceBuffer,
+    h: DeviceBuffer,
+    u: DeviceBuffer,
+    delta: DeviceBuffer,
+    dtBias: DeviceBuffer,
+    aLog: DeviceBuffer,
+    b: DeviceBuffer,
+    c: DeviceBuffer,
+    d: DeviceBuffer,
+    z: DeviceBuffer,
+    dims: Omit<ScanDims, "length" | "parallel">,
+  ): void {
+    const status = this.#lib.mb_selective_scan_step(
+      ...[y, h, u, delta, dtBias, aLog, b, c, d, z].map(p),
+      dims.batch,
+      dims.channels,
+      dims.state,
+      dims.bcStride,
+      dims.zStride,
+    );
+    this.#check(status, "selectiveScanStep");
+  }
+}
