@@ -1,22 +1,30 @@
 // Tiled matmul: C (M, N) = op(A) (M, K) · op(B) (K, N), or C += with `accumulate`.
 // op(A)[i, p] = transA ? A[p·lda + i] : A[i·lda + p];  op(B)[p, j] = transB ? B[j·ldb + p] : B[p·ldb + j].
 //
-// Defines: TM, TN (outputs per invocation along M and N), BK (depth of a tile).
+// Defines: TM, TN (outputs per invocation along M and N; TN a multiple of 4), BK (tile depth).
 // A workgroup of 16×16 invocations computes a (16·TM, 16·TN) tile of C; each k-step stages a
 // (BK, BM) slice of op(A) and a (BK, BN) slice of op(B) in workgroup memory, loaded so that
-// consecutive invocations read consecutive addresses whatever the transposition.
+// consecutive invocations read consecutive addresses whatever the transposition. Invocation
+// (x, y) owns rows y + 16·r and the 4-column groups 4·x + 64·s: B is read from workgroup memory
+// and accumulated as vec4.
+//
+// Split-K: workgroup z covers k in [z·k_split, (z+1)·k_split); with more than one split each
+// writes its own (M, N) partial product at c + z·M·N (ldc = N, overwrite) and matmul_sum_splits
+// adds the partials into C.
 
 const BM: u32 = 16u * TM;
 const BN: u32 = 16u * TN;
+const TN4: u32 = TN / 4u;
 
 var<workgroup> tile_a: array<f32, BK * BM>; // [p][i]
-var<workgroup> tile_b: array<f32, BK * BN>; // [p][j]
+var<workgroup> tile_b: array<vec4<f32>, BK * BN / 4u>; // [p][j / 4][j % 4]
 
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> b: array<f32>;
 
-// ints: m, n, k, lda, ldb, ldc, transA, transB, accumulate. Grid: (ceil(N / BN), ceil(M / BM)).
+// ints: m, n, k, lda, ldb, ldc, transA, transB, accumulate, k_split.
+// Grid: (ceil(N / BN), ceil(M / BM), splits).
 @compute @workgroup_size(16, 16)
 fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) lid3: vec3<u32>,
           @builtin(local_invocation_index) lid: u32) {
@@ -32,13 +40,15 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
   let oc = view_offset(1u);
   let oa = view_offset(2u);
   let ob = view_offset(3u);
+  let k_split = arg_u(9u);
   let row0 = wid.y * BM;
   let col0 = wid.x * BN;
+  let k_begin = wid.z * k_split;
+  let k_end = min(K, k_begin + k_split);
 
-  var acc: array<f32, TM * TN>;
-  var ar: array<f32, TM>;
-  var bc: array<f32, TN>;
-  for (var p0 = 0u; p0 < K; p0 += BK) {
+  var acc: array<vec4<f32>, TM * TN4>;
+  var bc: array<vec4<f32>, TN4>;
+  for (var p0 = k_begin; p0 < k_end; p0 += BK) {
     for (var q = lid; q < BM * BK; q += 256u) {
       var i = q / BK;
       var p = q % BK;
@@ -49,7 +59,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
       let gi = row0 + i;
       let gp = p0 + p;
       var v = 0.0;
-      if (gi < M && gp < K) {
+      if (gi < M && gp < k_end) {
         v = a[oa + select(gi * lda + gp, gp * lda + gi, trans_a)];
       }
       tile_a[p * BM + i] = v;
@@ -64,40 +74,66 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
       let gj = col0 + j;
       let gp = p0 + p;
       var v = 0.0;
-      if (gj < N && gp < K) {
+      if (gj < N && gp < k_end) {
         v = b[ob + select(gp * ldb + gj, gj * ldb + gp, trans_b)];
       }
-      tile_b[p * BN + j] = v;
+      tile_b[(p * BN + j) / 4u][j % 4u] = v;
     }
     workgroupBarrier();
     for (var p = 0u; p < BK; p++) {
-      for (var r = 0u; r < TM; r++) {
-        ar[r] = tile_a[p * BM + lid3.y + 16u * r];
-      }
-      for (var s = 0u; s < TN; s++) {
-        bc[s] = tile_b[p * BN + lid3.x + 16u * s];
+      for (var s = 0u; s < TN4; s++) {
+        bc[s] = tile_b[p * BN / 4u + lid3.x + 16u * s];
       }
       for (var r = 0u; r < TM; r++) {
-        for (var s = 0u; s < TN; s++) {
-          acc[r * TN + s] = fma(ar[r], bc[s], acc[r * TN + s]);
+        let ar = vec4<f32>(tile_a[p * BM + lid3.y + 16u * r]);
+        for (var s = 0u; s < TN4; s++) {
+          acc[r * TN4 + s] = fma(ar, bc[s], acc[r * TN4 + s]);
         }
       }
     }
     workgroupBarrier();
   }
 
+  let split_offset = wid.z * M * N; // 0 without split-K
   for (var r = 0u; r < TM; r++) {
     let i = row0 + lid3.y + 16u * r;
-    for (var s = 0u; s < TN; s++) {
-      let j = col0 + lid3.x + 16u * s;
-      if (i < M && j < N) {
-        let idx = oc + i * ldc + j;
-        if (accumulate) {
-          c[idx] += acc[r * TN + s];
-        } else {
-          c[idx] = acc[r * TN + s];
+    for (var s = 0u; s < TN4; s++) {
+      for (var q = 0u; q < 4u; q++) {
+        let j = col0 + 4u * (lid3.x + 16u * s) + q;
+        if (i < M && j < N) {
+          let idx = oc + split_offset + i * ldc + j;
+          if (accumulate) {
+            c[idx] += acc[r * TN4 + s][q];
+          } else {
+            c[idx] = acc[r * TN4 + s][q];
+          }
         }
       }
     }
+  }
+}
+
+@group(0) @binding(4) var<storage, read> splits: array<f32>;
+
+// ints: m, n, splits, ldc, accumulate. C[i, j] (+)= Σ_z splits[z·M·N + i·N + j].
+@compute @workgroup_size(256)
+fn matmul_sum_splits(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>,
+                     @builtin(local_invocation_index) lid: u32) {
+  let M = arg_u(0u);
+  let N = arg_u(1u);
+  let count = arg_u(2u);
+  let idx = group_index(wid, ng) * 256u + lid;
+  if (idx >= M * N) {
+    return;
+  }
+  var acc = 0.0;
+  for (var z = 0u; z < count; z++) {
+    acc += splits[view_offset(4u) + z * M * N + idx];
+  }
+  let o = view_offset(1u) + (idx / N) * arg_u(3u) + idx % N;
+  if (arg_u(4u) != 0u) {
+    c[o] += acc;
+  } else {
+    c[o] = acc;
   }
 }

@@ -7,6 +7,8 @@ import assert from "node:assert/strict";
 import type { Backend, DeviceBuffer, IndexBuffer, MatmulOptions } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { createWebGpuBackend } from "../lib/backends/webgpu.ts";
+import { loadKernelSources } from "../lib/backends/webgpu_kernel_source.ts";
+import { GpuRuntime } from "../lib/backends/webgpu_runtime.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
 import { Random } from "../lib/random.ts";
@@ -100,6 +102,19 @@ Deno.test({ name: "webgpu: matmul larger than a 128×128 tile in every dimension
   const a = pair(randoms(m * k, rng)), b = pair(randoms(n * k, rng)), c = pair(new Float32Array(m * n));
   both((be, s) => be.matmul(c[s], a[s], b[s], m, n, k, { transB: true }));
   await assertClose(c, "matmul 1030×1043×141");
+});
+
+Deno.test({ name: "webgpu: matmul over a long k (split-K), as weight gradients", ignore }, async () => {
+  const rng = new Random(14);
+  const [m, n, k] = [37, 45, 3001];
+  for (const accumulate of [false, true]) {
+    const a = pair(randoms(k * m, rng)),
+      b = pair(randoms(k * (n + 3), rng)),
+      c = pair(randoms(m * (n + 1), rng));
+    const options = { transA: true, accumulate, ldb: n + 3, ldc: n + 1 };
+    both((be, s) => be.matmul(c[s], a[s], b[s], m, n, k, options));
+    await assertClose(c, `matmul ${m}×${n}×${k} ${JSON.stringify(options)}`);
+  }
 });
 
 Deno.test({ name: "webgpu: addBias and its backward", ignore }, async () => {
@@ -321,3 +336,21 @@ Deno.test(
     }
   },
 );
+
+Deno.test({ name: "webgpu: a WGSL error names the kernel file, line and column", ignore }, async () => {
+  const adapter = await navigator.gpu.requestAdapter();
+  const device = await adapter!.requestDevice();
+  const sources = await loadKernelSources();
+  const lines = sources.get("adamw")!.split("\n");
+  const broken = lines.findIndex((line) => line.includes("let beta1 = arg_f(2u);"));
+  lines[broken] = "  let beta1 = arg_f(2u) + undefined_name;";
+  sources.set("adamw", lines.join("\n"));
+  const runtime = new GpuRuntime(device, sources);
+  await assert.rejects(
+    () => runtime.check("adamw", {}),
+    (error: Error) =>
+      error.message.includes(`kernels/adamw.wgsl:${broken + 1}:`) &&
+      /undefined_name|no definition/.test(error.message),
+  );
+  device.destroy();
+});

@@ -21,6 +21,10 @@ import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
 const ROWS_PER_BLOCK = 64;
 /** Chunk length of the selective scan's backward (states are recomputed per chunk). */
 const SCAN_CHUNK = 64;
+/** Split-K of matmul: at most this many splits, each at least this deep, aiming at this many workgroups. */
+const MAX_K_SPLITS = 64;
+const MIN_K_PER_SPLIT = 256;
+const WANTED_WORKGROUPS = 256;
 /** Workgroups of sumOfSquares' first level. */
 const SQUARE_GROUPS = 1024;
 /** The byte vocabulary: embedding tables are (256, dim). */
@@ -222,15 +226,41 @@ export class WebGpuBackend implements Backend {
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
     // Big outputs take 128×128 tiles (8×8 per invocation); small ones 64×64 for more workgroups.
-    const big = m >= 1024 && n >= 1024;
-    const tile = big ? { TM: 8, TN: 8, BK: 8 } : { TM: 4, TN: 4, BK: 16 };
+    const tile = m >= 1024 && n >= 1024 ? { TM: 8, TN: 8, BK: 8 } : { TM: 4, TN: 4, BK: 16 };
+    const grid = [Math.ceil(n / (16 * tile.TN)), Math.ceil(m / (16 * tile.TM))] as const;
+    // Few output tiles over a long k (weight gradients: k = B·L) split k across workgroups.
+    const splits = Math.min(
+      MAX_K_SPLITS,
+      Math.ceil(k / MIN_K_PER_SPLIT),
+      Math.ceil(WANTED_WORKGROUPS / (grid[0] * grid[1])),
+    );
+    const kSplit = Math.ceil(k / Math.max(1, splits) / tile.BK) * tile.BK;
+    const count = Math.ceil(k / kSplit) || 1;
+    const base = { file: "matmul" as const, defines: tile };
+    if (count === 1) {
+      this.#run({
+        ...base,
+        entry: "matmul",
+        bindings: [gv(c), gv(a), gv(b)],
+        ints: [m, n, k, lda, ldb, ldc, +transA, +transB, +accumulate, k],
+        groups: [grid[0], grid[1], 1],
+      });
+      return;
+    }
+    const partials = this.#work(count * m * n); // (splits, M, N)
     this.#run({
-      file: "matmul",
+      ...base,
       entry: "matmul",
-      defines: tile,
-      bindings: [gv(c), gv(a), gv(b)],
-      ints: [m, n, k, lda, ldb, ldc, +transA, +transB, +accumulate],
-      groups: [Math.ceil(n / (16 * tile.TN)), Math.ceil(m / (16 * tile.TM))],
+      bindings: [partials, gv(a), gv(b)],
+      ints: [m, n, k, lda, ldb, n, +transA, +transB, 0, kSplit],
+      groups: [grid[0], grid[1], count],
+    });
+    this.#run({
+      ...base,
+      entry: "matmul_sum_splits",
+      bindings: [gv(c), undefined, undefined, partials],
+      ints: [m, n, count, ldc, +accumulate],
+      groups: per256(m * n),
     });
   }
 

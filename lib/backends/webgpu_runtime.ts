@@ -36,8 +36,8 @@ export interface Dispatch {
   bindings: (GpuView | undefined)[];
   ints?: number[];
   floats?: number[];
-  /** Workgroups wanted; spread over x and y when over 65535 (kernels read `group_index`). */
-  groups: number | [number, number];
+  /** Workgroups wanted; a count is spread over x and y when over 65535 (kernels read `group_index`). */
+  groups: number | [number, number] | [number, number, number];
 }
 
 /** Storage binding numbers of a kernel file by access mode (entry points may reuse numbers). */
@@ -85,7 +85,10 @@ export class GpuRuntime {
 
   /** Compiles a kernel (async, for startup): throws with file, line, column and message. */
   async check(file: KernelFile, defines: Record<string, number>): Promise<void> {
-    const module = this.device.createShaderModule({ code: this.#source(file, defines, false) });
+    const module = this.device.createShaderModule({
+      label: `kernels/${file}.wgsl`,
+      code: this.#source(file, defines, false),
+    });
     const info = await module.getCompilationInfo();
     const errors = info.messages.filter((m) => m.type === "error");
     if (errors.length) throw new Error(this.#describe(file, defines, errors));
@@ -109,7 +112,10 @@ export class GpuRuntime {
     let pipeline = this.#pipelines.get(key);
     if (!pipeline) {
       this.device.pushErrorScope("validation");
-      const module = this.device.createShaderModule({ code: this.#source(file, defines, widen) });
+      const module = this.device.createShaderModule({
+        label: `kernels/${file}.wgsl`,
+        code: this.#source(file, defines, widen),
+      });
       pipeline = this.device.createComputePipeline({
         layout: "auto",
         compute: { module, entryPoint: entry },
@@ -131,8 +137,8 @@ export class GpuRuntime {
 
   /** Records one dispatch into the open compute pass. */
   dispatch(d: Dispatch): void {
-    const [gx, gy] = typeof d.groups === "number" ? this.#grid(d.groups) : d.groups;
-    if (gx === 0 || gy === 0) return;
+    const [gx, gy, gz = 1] = typeof d.groups === "number" ? this.#grid(d.groups) : d.groups;
+    if (gx === 0 || gy === 0 || gz === 0) return;
     if (this.#slots === RING_SLOTS) this.flush();
     const modes = this.#modes.get(d.file)!;
     const widen = aliases(d.bindings, modes);
@@ -162,7 +168,7 @@ export class GpuRuntime {
     this.#pass ??= this.#encoder.beginComputePass();
     this.#pass.setPipeline(pipeline);
     this.#pass.setBindGroup(0, bindGroup);
-    this.#pass.dispatchWorkgroups(gx, gy);
+    this.#pass.dispatchWorkgroups(gx, gy, gz);
   }
 
   /** The grid for `n` workgroups: x ≤ 65535, y as needed (kernels recombine with group_index). */
