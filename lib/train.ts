@@ -79,7 +79,7 @@ export function trainDefaults(device: Device): TrainDefaults {
       ...shared,
       dim: 64,
       depth: 2,
-      steps: 2000,
+      steps: 1000,
       batch_size: 8,
       seq_len: 128,
       lr: 3e-3,
@@ -204,7 +204,9 @@ export async function train(
   const bytesPerStep = s.batch_size * s.seq_len * s.grad_accum;
   const startStep = step, startTime = performance.now();
   let intervalLoss = 0, intervalSteps = 0, intervalStart = startTime, savedStep = step;
-  while (step < s.steps && !hooks.signal?.aborted) {
+  while (step < s.steps) {
+    await yieldToEventLoop(); // lets a SIGINT listener run between steps, even on the synchronous CPU backend
+    if (hooks.signal?.aborted) break;
     step++;
     const lr = learningRate(step, { lr: s.lr, minLr: s.min_lr, warmup: s.warmup, steps: s.steps });
     model.zeroGrad();
@@ -303,6 +305,10 @@ function restore(
   });
   stream.state = JSON.parse(meta.data_state);
   return { step: Number(meta.step), bestValBpb: Number(meta.best_val_bpb ?? Infinity) };
+}
+
+function yieldToEventLoop(): Promise<void> {
+  return new Promise((resolve) => setTimeout(resolve, 0));
 }
 
 async function readMetrics(path: string): Promise<MetricRecord[]> {

@@ -4,7 +4,7 @@
  * left half-written.
  */
 import assert from "node:assert/strict";
-import { saveModel } from "../lib/checkpoint.ts";
+import { readSafetensors, saveModel } from "../lib/checkpoint.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
 
@@ -194,3 +194,40 @@ Deno.test("bad inputs: one clear line, exit 1, nothing half-written", async () =
 });
 
 globalThis.addEventListener("unload", () => Deno.removeSync(dir, { recursive: true }));
+
+Deno.test("Ctrl-C (SIGINT) writes a checkpoint of the last finished step and exits 130", async () => {
+  const out = `${dir}/interrupted`;
+  const child = new Deno.Command(Deno.execPath(), {
+    args: [
+      "run",
+      "-A",
+      "tasks/train.ts",
+      ...tiny,
+      "--steps=100000",
+      "--log-every=1",
+      `--data=${dir}/corpus.txt`,
+      "--out",
+      out,
+    ],
+    cwd: ROOT,
+    stdout: "piped",
+    stderr: "piped",
+  }).spawn();
+  const reader = child.stdout.pipeThrough(new TextDecoderStream()).getReader();
+  let stdout = "";
+  while (!/^step 3\//m.test(stdout)) stdout += (await reader.read()).value ?? "";
+  const seen = Number([...stdout.matchAll(/^step (\d+)\//gm)].at(-1)![1]);
+  child.kill("SIGINT");
+  for (let r = await reader.read(); !r.done; r = await reader.read()) stdout += r.value;
+  const { code } = await child.status;
+  await child.stderr.cancel();
+  assert.equal(code, 130);
+  const last = Number([...stdout.matchAll(/^step (\d+)\//gm)].at(-1)![1]);
+  assert.match(stdout, new RegExp(`stopped at step ${last}; resume with: deno task train --resume `));
+  const { metadata } = await readSafetensors(`${out}/checkpoint.safetensors`);
+  assert.equal(metadata.step, String(last));
+  assert.ok(
+    last >= seen && last < seen + 50,
+    `stopped promptly: signalled after step ${seen}, stopped at ${last}`,
+  );
+});
