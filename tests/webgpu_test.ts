@@ -1,7 +1,10 @@
 /**
- * The WebGPU backend against the CPU reference, op by op (forward and backward) on random inputs
- * at shapes that are not multiples of the tile, chunk and workgroup sizes, and end to end.
- * Runs on any adapter, including Mesa's lavapipe; with CI set, a missing adapter is a failure.
+ * The WebGPU backend: the conformance suite every backend passes, plus cases aimed at this
+ * backend's own machinery, against the CPU reference — every matmul transposition with padded
+ * strides, matmuls past a 128×128 tile in every dimension and over a long k (split-K); column
+ * reductions over several row blocks; rows wider than a workgroup; scans over several backward
+ * chunks and several workgroups of channels; sumOfSquares past one grid stride; WGSL errors. Runs on any adapter,
+ * including Mesa's lavapipe; with CI set, a missing adapter is a failure.
  */
 import assert from "node:assert/strict";
 import type { Backend, DeviceBuffer, IndexBuffer, MatmulOptions } from "../lib/backend.ts";
@@ -9,9 +12,8 @@ import { CpuBackend } from "../lib/backends/cpu.ts";
 import { createWebGpuBackend } from "../lib/backends/webgpu.ts";
 import { loadKernelSources } from "../lib/backends/webgpu_kernel_source.ts";
 import { GpuRuntime } from "../lib/backends/webgpu_runtime.ts";
-import { MambaConfig } from "../lib/config.ts";
-import { MambaByte } from "../lib/model.ts";
 import { Random } from "../lib/random.ts";
+import { conformanceSuite } from "./backend_conformance.ts";
 
 const TOLERANCE = 1e-4;
 
@@ -20,6 +22,8 @@ if (!gpu && Deno.env.get("CI")) throw new Error("CI is set but WebGPU has no ada
 if (gpu) console.log(`webgpu adapter: ${gpu.description}`);
 const cpu = new CpuBackend();
 const ignore = gpu === null;
+
+await conformanceSuite("webgpu", createWebGpuBackend, { requiredInCI: true });
 
 /** The same buffer on both backends. */
 interface Pair {
@@ -67,16 +71,6 @@ function both(op: (be: Backend, side: "c" | "g") => void): void {
   op(cpu, "c");
   op(gpu!, "g");
 }
-
-Deno.test({ name: "webgpu: views, write, fill, copy", ignore }, async () => {
-  const rng = new Random(1);
-  const a = pair(randoms(300, rng)), b = pair(randoms(300, rng));
-  both((be, s) => be.fill(view(a, 7, 50)[s], 2.5));
-  both((be, s) => be.copy(view(b, 100, 101)[s], view(a, 1, 101)[s]));
-  await assertClose(a, "fill");
-  await assertClose(b, "copy");
-  assert.deepEqual(Array.from(await gpu!.read(view(a, 8, 2).g)), [2.5, 2.5]);
-});
 
 Deno.test({ name: "webgpu: matmul, every transposition, strides, accumulate", ignore }, async () => {
   const rng = new Random(2);
@@ -127,18 +121,6 @@ Deno.test({ name: "webgpu: addBias and its backward", ignore }, async () => {
   both((be, s) => be.addBiasBackward(dbias[s], out[s], rows, cols));
   await assertClose(out, "addBias");
   await assertClose(dbias, "addBiasBackward");
-});
-
-Deno.test({ name: "webgpu: embedding and its backward", ignore }, async () => {
-  const rng = new Random(5);
-  const [rows, dim] = [150, 33];
-  const tokens = indices(Array.from({ length: rows }, (_, i) => (i % 3 ? rng.int(256) : 7)));
-  const table = pair(randoms(256 * dim, rng)), out = pair(new Float32Array(rows * dim));
-  const dtable = pair(randoms(256 * dim, rng)), dout = pair(randoms(rows * dim, rng));
-  both((be, s) => be.embedding(out[s], table[s], tokens[s], rows, dim));
-  both((be, s) => be.embeddingBackward(dtable[s], dout[s], tokens[s], rows, dim));
-  await assertClose(out, "embedding");
-  await assertClose(dtable, "embeddingBackward");
 });
 
 Deno.test({ name: "webgpu: rmsnorm and its backward", ignore }, async () => {
@@ -293,49 +275,6 @@ Deno.test({ name: "webgpu: sumOfSquares over more than one grid stride", ignore 
   const want = await cpu.sumOfSquares(x.c), got = await gpu!.sumOfSquares(view(x, 0, 300_001).g);
   assert.ok(Math.abs(got - want) / want < TOLERANCE, `sumOfSquares ${got} vs ${want}`);
 });
-
-Deno.test({ name: "webgpu: adamw", ignore }, async () => {
-  const rng = new Random(12);
-  const n = 1000;
-  const p = pair(randoms(n, rng)), g = pair(randoms(n, rng)), m = pair(randoms(n, rng, 0.1));
-  const v = pair(Float32Array.from(randoms(n, rng), (x) => x * x));
-  const options = { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1, step: 3, gradScale: 0.5 };
-  both((be, s) => be.adamw(p[s], g[s], m[s], v[s], options));
-  await assertClose(p, "adamw param");
-  await assertClose(m, "adamw m");
-  await assertClose(v, "adamw v");
-});
-
-Deno.test(
-  { name: "webgpu: MambaByte loss, gradients and decode match the CPU backend", ignore },
-  async () => {
-    const config = new MambaConfig({ dim: 24, depth: 2, d_state: 6 });
-    const rng = new Random(13);
-    const [B, L] = [2, 77];
-    const tokens = Array.from({ length: B * (L + 1) }, () => rng.int(256));
-    const inputs = tokens.slice(0, B * L), targets = tokens.slice(B, B * L + B);
-    const models = [cpu, gpu!].map((backend) => new MambaByte(config, { backend, seed: 5 }));
-    const results = [];
-    for (const model of models) {
-      model.zeroGrad();
-      const loss = await model.lossAndBackward(inputs, targets, [B, L]);
-      const cache = model.createCache(B);
-      let logits = await model.step(inputs.slice(0, B), cache);
-      logits = await model.step(inputs.slice(B, 2 * B), cache);
-      results.push({ loss: loss.loss, grads: await model.backend.read(model.grads), logits: logits.data });
-    }
-    const [want, got] = results;
-    assert.ok(Math.abs(got.loss - want.loss) / want.loss < TOLERANCE, `loss ${got.loss} vs ${want.loss}`);
-    for (const key of ["grads", "logits"] as const) {
-      let diff = 0, scale = 0;
-      for (let i = 0; i < want[key].length; i++) {
-        diff = Math.max(diff, Math.abs(got[key][i] - want[key][i]));
-        scale = Math.max(scale, Math.abs(want[key][i]));
-      }
-      assert.ok(diff / scale < TOLERANCE, `${key}: relative error ${(diff / scale).toExponential(2)}`);
-    }
-  },
-);
 
 Deno.test({ name: "webgpu: a WGSL error names the kernel file, line and column", ignore }, async () => {
   const adapter = await navigator.gpu.requestAdapter();
