@@ -5,7 +5,7 @@
  * moments and data-stream state, so a resumed run reproduces the uninterrupted one exactly) and
  * best.safetensors (lowest validation bits per byte).
  */
-import type { Backend, Device } from "./backend.ts";
+import type { Backend } from "./backend.ts";
 import { flatToTensors, type NamedTensor, type Safetensors, saveModel, tensorsToFlat } from "./checkpoint.ts";
 import { MambaConfig } from "./config.ts";
 import { type Batch, BatchStream, checkCorpus, type Corpus, validationBatches } from "./data.ts";
@@ -59,11 +59,23 @@ export interface TrainSettings {
 /** The settings with defaults: `out`, `data` and `backend` are the caller's. */
 export type TrainDefaults = Omit<TrainSettings, "out" | "data" | "backend">;
 
+/** Which defaults a backend gets: "gpu" for a hardware accelerator, else "cpu". */
+export type DefaultsKind = "cpu" | "gpu";
+
 /**
- * Defaults by device. CPU: a small model whose loss visibly falls within the first minute on
- * a 2-core machine. GPU: a larger model and longer windows.
+ * "gpu" for cuda and for webgpu on a hardware adapter; "cpu" for the cpu backend and for a
+ * software WebGPU adapter (Mesa's llvmpipe/lavapipe, SwiftShader), which runs on the CPU.
  */
-export function trainDefaults(device: Device): TrainDefaults {
+export function defaultsKind(backend: Pick<Backend, "device" | "description">): DefaultsKind {
+  if (backend.device === "cpu") return "cpu";
+  return /llvmpipe|lavapipe|swiftshader|software/i.test(backend.description) ? "cpu" : "gpu";
+}
+
+/**
+ * Default settings. "cpu": a small model whose loss visibly falls within the first minute on
+ * a 2-core machine. "gpu": a larger model and longer windows.
+ */
+export function trainDefaults(kind: DefaultsKind): TrainDefaults {
   const shared = {
     d_state: 16,
     expand_factor: 2,
@@ -74,7 +86,7 @@ export function trainDefaults(device: Device): TrainDefaults {
     clip: 1,
     seed: 1337,
   };
-  if (device === "cpu") {
+  if (kind === "cpu") {
     return {
       ...shared,
       dim: 64,

@@ -9,6 +9,7 @@ import { openCorpus } from "../lib/data.ts";
 import { logLine, progressBar } from "../lib/progress.ts";
 import {
   checkpointSettings,
+  defaultsKind,
   RUN_FILES,
   runConfig,
   train,
@@ -17,7 +18,7 @@ import {
 } from "../lib/train.ts";
 
 const BACKENDS = ["auto", "cpu", "webgpu", "cuda"] as const;
-const cpu = trainDefaults("cpu"), gpu = trainDefaults("cuda");
+const cpu = trainDefaults("cpu"), gpu = trainDefaults("gpu");
 const int = (help: string, min = 1) => ({ kind: "int" as const, help, min });
 const num = (help: string, min = 0) => ({ kind: "number" as const, help, min });
 
@@ -90,7 +91,7 @@ async function main(): Promise<number> {
       steps: options.steps ?? resume.settings.steps,
     };
   } else {
-    const defaults = trainDefaults(backend.device);
+    const defaults = trainDefaults(defaultsKind(backend));
     const given: Partial<TrainSettings> = {};
     for (const key of Object.keys(defaults) as (keyof typeof defaults)[]) {
       const value = (options as Record<string, unknown>)[key.replaceAll("_", "-")];

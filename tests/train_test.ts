@@ -6,7 +6,14 @@ import assert from "node:assert/strict";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { loadModel, readSafetensors } from "../lib/checkpoint.ts";
 import type { Corpus } from "../lib/data.ts";
-import { type MetricRecord, RUN_FILES, train, type TrainSettings } from "../lib/train.ts";
+import {
+  defaultsKind,
+  type MetricRecord,
+  RUN_FILES,
+  train,
+  trainDefaults,
+  type TrainSettings,
+} from "../lib/train.ts";
 
 /** A small corpus with structure a tiny model learns within a few dozen steps. */
 function corpus(): Corpus {
@@ -110,4 +117,13 @@ Deno.test("a corpus shorter than seq-len + 1 is an error before anything is writ
   );
   assert.deepEqual([...Deno.readDirSync(dir)], []);
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("the larger defaults go to hardware accelerators only, not to a software WebGPU adapter", () => {
+  assert.equal(defaultsKind({ device: "cpu", description: "cpu" }), "cpu");
+  assert.equal(defaultsKind({ device: "webgpu", description: "llvmpipe (LLVM 15.0.6, 256 bits)" }), "cpu");
+  assert.equal(defaultsKind({ device: "webgpu", description: "NVIDIA GeForce RTX 4090" }), "gpu");
+  assert.equal(defaultsKind({ device: "cuda", description: "cuda: NVIDIA H200" }), "gpu");
+  const cpu = trainDefaults("cpu"), gpu = trainDefaults("gpu");
+  assert.ok(gpu.dim > cpu.dim && gpu.seq_len > cpu.seq_len && gpu.depth > cpu.depth);
 });
