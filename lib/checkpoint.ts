@@ -171,7 +171,7 @@ export function encodeSafetensors(
 
 /** Writes `bytes` to `path` atomically: a temp file in the same directory, then a rename. */
 export async function writeFileAtomic(path: string, bytes: Uint8Array): Promise<void> {
-  const temp = `${path}.tmp-${Deno.pid}`;
+  const temp = `${path}.${Deno.pid}.tmp`; // *.tmp is git-ignored
   try {
     await Deno.writeFile(temp, bytes);
     await Deno.rename(temp, path);
