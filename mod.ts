@@ -18,7 +18,16 @@ export {
   type Tensor,
   tensor,
 } from "./lib/model.ts";
-export type { Backend, Device, DeviceBuffer, FloatArray, IndexBuffer } from "./lib/backend.ts";
+export {
+  type Backend,
+  createBackend,
+  type Device,
+  type DeviceBuffer,
+  type DeviceChoice,
+  type FloatArray,
+  type IndexBuffer,
+} from "./lib/backend.ts";
+export { createWebGpuBackend } from "./lib/backends/webgpu.ts";
 export { CpuBackend } from "./lib/backends/cpu.ts";
 export { type ParamSpec, type ParamTable, paramTable } from "./lib/params.ts";
 export { Random } from "./lib/random.ts";

@@ -300,14 +300,17 @@ export interface Backend {
 export type DeviceChoice = Device | "auto";
 
 /**
- * A backend for `device`. "auto" tries cuda, then webgpu, then cpu, taking the first that is
- * available. Asking for an unavailable device by name throws an Error that says why.
+ * A backend for `device`. "auto" tries cuda, then webgpu on a hardware adapter, then cpu,
+ * taking the first that is available (a software Vulkan device such as Mesa's lavapipe is
+ * slower than the cpu backend, so "auto" passes it over; ask for "webgpu" to use it anyway).
+ * Asking for an unavailable device by name throws an Error that says why.
  */
 export async function createBackend(device: DeviceChoice = "auto"): Promise<Backend> {
   if (device === "auto") {
     for (const candidate of DEVICES) {
       const backend = await openBackend(candidate);
-      if (backend) return backend;
+      if (backend && !(candidate === "webgpu" && isSoftwareAdapter(backend.description))) return backend;
+      backend?.dispose();
     }
     throw new Error("no backend is available (the cpu backend always should be)");
   }
@@ -315,8 +318,27 @@ export async function createBackend(device: DeviceChoice = "auto"): Promise<Back
     throw new Error(`unknown backend "${device}"; choose one of auto, ${DEVICES.join(", ")}`);
   }
   const backend = await openBackend(device);
-  if (!backend) throw new Error(`the ${device} backend is not available on this machine`);
+  if (!backend) throw new Error(unavailableMessage(device));
   return backend;
+}
+
+/** Mesa's lavapipe / llvmpipe, SwiftShader and other GPUs emulated on the CPU. */
+function isSoftwareAdapter(description: string): boolean {
+  return /llvmpipe|lavapipe|swiftshader|software/i.test(description);
+}
+
+function unavailableMessage(device: Device): string {
+  switch (device) {
+    case "webgpu":
+      return "the webgpu backend is not available: navigator.gpu found no adapter " +
+        "(on Linux without a GPU, install Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers libvulkan1)";
+    case "cuda":
+      return "the cuda backend is not available on this machine";
+    case "cpu":
+      return "the cpu backend is not available";
+    default:
+      return device satisfies never;
+  }
 }
 
 /** The backend for a device, or null when this machine cannot run it. */
@@ -326,7 +348,10 @@ async function openBackend(device: Device): Promise<Backend | null> {
       const { CpuBackend } = await import("./backends/cpu.ts");
       return new CpuBackend();
     }
-    case "webgpu":
+    case "webgpu": {
+      const { createWebGpuBackend } = await import("./backends/webgpu.ts");
+      return await createWebGpuBackend();
+    }
     case "cuda":
       return null;
     default:
