@@ -31,3 +31,16 @@ export { createWebGpuBackend } from "./lib/backends/webgpu.ts";
 export { CpuBackend } from "./lib/backends/cpu.ts";
 export { type ParamSpec, type ParamTable, paramTable } from "./lib/params.ts";
 export { Random } from "./lib/random.ts";
+export {
+  loadModel,
+  type NamedTensor,
+  readSafetensors,
+  type Safetensors,
+  saveModel,
+  writeSafetensors,
+} from "./lib/checkpoint.ts";
+export { generate, GENERATE_DEFAULTS, type GenerateOptions } from "./lib/generate.ts";
+export { sampleLogits, type SamplingOptions, Utf8Stream } from "./lib/sample.ts";
+export { evaluateBpb, train, trainDefaults, type TrainSettings } from "./lib/train.ts";
+export { type Corpus, loadCorpus, loadDefaultCorpus } from "./lib/data.ts";
+export { AdamW, clipScale, learningRate } from "./lib/optim.ts";

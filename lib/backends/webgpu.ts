@@ -48,6 +48,7 @@ const WANTED_LIMITS = [
 export async function createWebGpuBackend(): Promise<Backend | null> {
   const gpu = (globalThis.navigator as Navigator | undefined)?.gpu;
   if (!gpu) return null;
+  quietHeadlessVulkan();
   const adapter = await gpu.requestAdapter({ powerPreference: "high-performance" });
   if (!adapter) return null;
   const requiredLimits: Record<string, number> = {};
@@ -60,6 +61,21 @@ export async function createWebGpuBackend(): Promise<Backend | null> {
     if (file !== "common") await runtime.check(file, DEFAULT_DEFINES[file] ?? {});
   }
   return new WebGpuBackend(runtime, adapter.info.description || adapter.info.vendor || "webgpu");
+}
+
+/**
+ * On a headless Linux machine XDG_RUNTIME_DIR is often unset, and the Vulkan driver's window
+ * system layer then prints an error line for every device it opens, although compute needs no
+ * window. Pointing it at the temp directory keeps stderr clean (only when unset and allowed).
+ */
+function quietHeadlessVulkan(): void {
+  try {
+    if (Deno.build.os === "linux" && !Deno.env.get("XDG_RUNTIME_DIR")) {
+      Deno.env.set("XDG_RUNTIME_DIR", "/tmp");
+    }
+  } catch {
+    // No env permission: the driver's message is harmless.
+  }
 }
 
 /** Defines for the startup compile check of the kernels that need them. */
