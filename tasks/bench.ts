@@ -123,8 +123,11 @@ async function benchTorch(sizes: Size[]): Promise<Row[]> {
   const output = await new Deno.Command("python3", { args, stderr: "inherit" }).output();
   if (!output.success) throw new Error("the PyTorch benchmark failed (is torch installed?)");
   const results = new TextDecoder().decode(output.stdout).trim().split("\n").map((line) => JSON.parse(line));
-  return sizes.map((size, i) => {
-    const s = SIZES[size], train = results[2 * i], decode = results[2 * i + 1];
+  const find = (what: string, dim: number, depth: number) =>
+    results.find((r) => r.what === what && r.dim === dim && r.depth === depth);
+  return sizes.map((size) => {
+    const s = SIZES[size];
+    const train = find("train", s.dim, s.depth), decode = find("decode", s.decodeDim, s.decodeDepth);
     return {
       backend: "pytorch (seed)",
       size,
