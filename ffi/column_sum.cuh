@@ -23,6 +23,13 @@ __global__ void column_sum_kernel(float* dst, int rows, int cols, Value value) {
   }
 }
 
+// value(r, c) = m[r · cols + c] of a packed (rows, cols) matrix: plain column sums.
+struct MbRowValue {
+  const float* m;
+  int cols;
+  __device__ float operator()(int r, int c) const { return m[(int64_t)r * cols + c]; }
+};
+
 // Launches column_sum_kernel on the library's stream with enough row stripes to fill the GPU.
 template <typename Value>
 int mb_column_sum(const char* name, float* dst, int rows, int cols, Value value) {

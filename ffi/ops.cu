@@ -16,12 +16,6 @@ __global__ void add_bias_kernel(float* out, const float* bias, int rows, int col
   }
 }
 
-struct RowValue {  // dout (rows, cols)
-  const float* dout;
-  int cols;
-  __device__ float operator()(int r, int c) const { return dout[(int64_t)r * cols + c]; }
-};
-
 // ---- embedding ----
 
 __global__ void embedding_kernel(float* out, const float* table, const int* tokens, int rows, int dim) {
@@ -141,7 +135,7 @@ int mb_add_bias(uint64_t out, uint64_t bias, int rows, int cols) {
 }
 
 int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int cols) {
-  return mb_column_sum("add_bias_backward", mb_ptr<float>(dbias), rows, cols, RowValue{mb_ptr<float>(dout), cols});
+  return mb_column_sum("add_bias_backward", mb_ptr<float>(dbias), rows, cols, MbRowValue{mb_ptr<float>(dout), cols});
 }
 
 int mb_embedding(uint64_t out, uint64_t table, uint64_t tokens, int rows, int dim) {
