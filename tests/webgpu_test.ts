@@ -90,6 +90,44 @@ Deno.test({ name: "webgpu: matmul, every transposition, strides, accumulate", ig
   }
 });
 
+Deno.test(
+  { name: "webgpu: vec4 matmul, every transposition, views, strides, partial tiles", ignore },
+  async () => {
+    // Multiples of 4 (the vec4 kernel's condition) that are not multiples of its 128×128×16 tiles.
+    const rng = new Random(21);
+    const [m, n, k] = [132, 136, 36];
+    const at = 8; // every operand is a view starting 8 floats into its buffer
+    for (const transA of [false, true]) {
+      for (const transB of [false, true]) {
+        for (const accumulate of [false, true]) {
+          const lda = (transA ? m : k) + 4, ldb = (transB ? k : n) + 8, ldc = n + 4;
+          const a = pair(randoms(at + (transA ? k : m) * lda, rng));
+          const b = pair(randoms(at + (transB ? n : k) * ldb, rng));
+          const c = pair(randoms(at + m * ldc, rng));
+          const [av, bv, cv] = [
+            view(a, at, a.c.length - at),
+            view(b, at, b.c.length - at),
+            view(c, at, c.c.length - at),
+          ];
+          const options: MatmulOptions = { transA, transB, accumulate, lda, ldb, ldc };
+          both((be, s) => be.matmul(cv[s], av[s], bv[s], m, n, k, options));
+          await assertClose(c, `vec4 matmul ${JSON.stringify(options)}`);
+        }
+      }
+    }
+  },
+);
+
+Deno.test({ name: "webgpu: vec4 matmul over a long k (split-K)", ignore }, async () => {
+  const rng = new Random(22);
+  const [m, n, k] = [40, 44, 2052];
+  for (const accumulate of [false, true]) {
+    const a = pair(randoms(k * m, rng)), b = pair(randoms(k * n, rng)), c = pair(randoms(m * n, rng));
+    both((be, s) => be.matmul(c[s], a[s], b[s], m, n, k, { transA: true, accumulate }));
+    await assertClose(c, `vec4 matmul ${m}×${n}×${k} accumulate ${accumulate}`);
+  }
+});
+
 Deno.test({ name: "webgpu: matmul larger than a 128×128 tile in every dimension", ignore }, async () => {
   const rng = new Random(3);
   const [m, n, k] = [1030, 1043, 141];

@@ -25,6 +25,8 @@ const SCAN_CHUNK = 64;
 const MAX_K_SPLITS = 64;
 const MIN_K_PER_SPLIT = 256;
 const WANTED_WORKGROUPS = 256;
+/** The vec4 matmul needs at least this many rows of C to fill its 128-row tiles usefully. */
+const MIN_VEC4_ROWS = 16;
 /** Workgroups of sumOfSquares' first level. */
 const SQUARE_GROUPS = 1024;
 /** The byte vocabulary: embedding tables are (256, dim). */
@@ -81,6 +83,7 @@ function quietHeadlessVulkan(): void {
 /** Defines for the startup compile check of the kernels that need them. */
 const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string, number>>> = {
   matmul: { TM: 4, TN: 4, BK: 16 },
+  matmul_vec4: { TRANS_A: 0, TRANS_B: 1 },
   scan: { NS: 16, WG: 64, T: SCAN_CHUNK },
 };
 
@@ -114,7 +117,7 @@ export class WebGpuBackend implements Backend {
   }
 
   #buffer(bytes: number): GPUBuffer {
-    const size = Math.max(4, Math.ceil(bytes / 4) * 4);
+    const size = Math.max(16, Math.ceil(bytes / 16) * 16); // whole vec4: kernels may bind it as array<vec4<f32>>
     if (size > this.#gpu.limits.maxBufferSize) {
       throw new Error(
         `webgpu: ${size} bytes exceed this adapter's maxBufferSize (${this.#gpu.limits.maxBufferSize})`,
@@ -241,43 +244,98 @@ export class WebGpuBackend implements Backend {
     const lda = options.lda ?? (transA ? m : k);
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
-    // Big outputs take 128×128 tiles (8×8 per invocation); small ones 64×64 for more workgroups.
-    const tile = m >= 1024 && n >= 1024 ? { TM: 8, TN: 8, BK: 8 } : { TM: 4, TN: 4, BK: 16 };
-    const grid = [Math.ceil(n / (16 * tile.TN)), Math.ceil(m / (16 * tile.TM))] as const;
+    const [cv, av, bv] = [gv(c), gv(a), gv(b)];
+    const kernel = this.#matmulKernel(cv, av, bv, m, n, k, lda, ldb, ldc, transA, transB);
+    const grid = [Math.ceil(n / kernel.tileN), Math.ceil(m / kernel.tileM)] as const;
     // Few output tiles over a long k (weight gradients: k = B·L) split k across workgroups.
     const splits = Math.min(
       MAX_K_SPLITS,
       Math.ceil(k / MIN_K_PER_SPLIT),
       Math.ceil(WANTED_WORKGROUPS / (grid[0] * grid[1])),
     );
-    const kSplit = Math.ceil(k / Math.max(1, splits) / tile.BK) * tile.BK;
+    const kSplit = Math.ceil(k / Math.max(1, splits) / kernel.depth) * kernel.depth;
     const count = Math.ceil(k / kSplit) || 1;
-    const base = { file: "matmul" as const, defines: tile };
     if (count === 1) {
       this.#run({
-        ...base,
-        entry: "matmul",
-        bindings: [gv(c), gv(a), gv(b)],
-        ints: [m, n, k, lda, ldb, ldc, +transA, +transB, +accumulate, k],
-        groups: [grid[0], grid[1], 1],
+        ...kernel.base,
+        bindings: [cv, av, bv],
+        ints: kernel.ints(ldc, accumulate, k),
+        groups: [...grid, 1],
       });
       return;
     }
     const partials = this.#work(count * m * n); // (splits, M, N)
     this.#run({
-      ...base,
-      entry: "matmul",
-      bindings: [partials, gv(a), gv(b)],
-      ints: [m, n, k, lda, ldb, n, +transA, +transB, 0, kSplit],
-      groups: [grid[0], grid[1], count],
+      ...kernel.base,
+      bindings: [partials, av, bv],
+      ints: kernel.ints(n, false, kSplit),
+      groups: [...grid, count],
     });
     this.#run({
-      ...base,
+      file: "matmul",
       entry: "matmul_sum_splits",
-      bindings: [gv(c), undefined, undefined, partials],
+      defines: DEFAULT_DEFINES.matmul, // the file's tile constants (unused by this entry point)
+      bindings: [cv, undefined, undefined, partials],
       ints: [m, n, count, ldc, +accumulate],
       groups: per256(m * n),
     });
+  }
+
+  /**
+   * The matmul kernel for a shape: the vec4 kernel (128×128 tiles) when every operand allows
+   * 16-byte loads, else the general one (128×128 tiles for big outputs, 64×64 for small ones).
+   */
+  #matmulKernel(
+    c: GpuView,
+    a: GpuView,
+    b: GpuView,
+    m: number,
+    n: number,
+    k: number,
+    lda: number,
+    ldb: number,
+    ldc: number,
+    transA: boolean,
+    transB: boolean,
+  ) {
+    const dims = [m, n, k];
+    const vec4 = k % 4 === 0 && n % 4 === 0 && (!transA || m % 4 === 0) && m >= MIN_VEC4_ROWS &&
+      [lda, ldb, ldc].every((ld) => ld % 4 === 0) && [c, a, b].every((v) => this.#vec4Bindable(v));
+    if (vec4) {
+      return {
+        base: {
+          file: "matmul_vec4" as const,
+          entry: "matmul_vec4",
+          defines: { TRANS_A: +transA, TRANS_B: +transB },
+        },
+        tileM: 128,
+        tileN: 128,
+        depth: 16,
+        ints: (ldOut: number, acc: boolean, kSplit: number) => [...dims, lda, ldb, ldOut, +acc, kSplit],
+      };
+    }
+    const tile = m >= 1024 && n >= 1024 ? { TM: 8, TN: 8, BK: 8 } : { TM: 4, TN: 4, BK: 16 };
+    return {
+      base: { file: "matmul" as const, entry: "matmul", defines: tile },
+      tileM: 16 * tile.TM,
+      tileN: 16 * tile.TN,
+      depth: tile.BK,
+      ints: (ldOut: number, acc: boolean, kSplit: number) => [
+        ...dims,
+        lda,
+        ldb,
+        ldOut,
+        +transA,
+        +transB,
+        +acc,
+        kSplit,
+      ],
+    };
+  }
+
+  /** Whether a view can be bound as array<vec4<f32>>: 16-byte aligned, its buffer bound whole. */
+  #vec4Bindable(view: GpuView): boolean {
+    return view.offset % 4 === 0 && view.root.size <= this.#gpu.limits.maxStorageBufferBindingSize;
   }
 
   addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void {

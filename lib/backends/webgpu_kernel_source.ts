@@ -9,6 +9,7 @@ export const KERNEL_FILES = [
   "common",
   "copy",
   "matmul",
+  "matmul_vec4",
   "bias",
   "embedding",
   "rmsnorm",
