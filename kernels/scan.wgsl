@@ -2,10 +2,16 @@
 //   δ[t] = softplus(delta[t] + dt_bias[e]),  A[n] = -exp(A_log[e, n]),
 //   h[t, n] = exp(δ[t]·A[n])·h[t-1, n] + δ[t]·B[t, n]·u[t],   h[-1] = 0,
 //   y[t] = (Σ_n h[t, n]·C[t, n] + D[e]·u[t]) · silu(z[t]).
-// One invocation per (b, e) walks L with its N states in registers; (B, L, ED, N) never exists.
+// The recurrence is linear, so L is cut into Q = ceil(L / T) chunks of T steps, and only the
+// states at chunk boundaries are ever stored, hc (B, Q, N, ED); (B, L, ED, N) never exists.
+// Chunk states, one invocation per (b, e, chunk) and then one per (b, e):
+// - scan_chunk_local runs every chunk from a zero state: its end state goes to hc, and
+//   S = Σ δ over the chunk (the chunk multiplies an entering state by exp(S·A)) to sd (B, Q, ED);
+// - scan_chunk_carry walks the chunks in order, replacing hc[q] by the state entering chunk q.
+// Forward: scan_forward, one invocation per (b, e, chunk), runs its chunk from hc and writes y.
 //
 // Backward, chunked over L in chunks of T steps:
-// 1. scan_chunk_states stores the state entering every chunk, hc (B, Q, N, ED), Q = ceil(L / T).
+// 1. the chunk states as above.
 // 2. scan_backward walks the chunks last to first: recomputes the chunk's states from hc into
 //    hs (B, T, N, ED), then runs the reverse recurrence dh[t] = dpre[t]·C[t] + exp(δ[t+1]·A)·dh[t+1]
 //    through it. du, ddelta, dz are written per (b, e); the per-channel terms of dB and dC are
@@ -13,7 +19,8 @@
 //    (B·L, ceil(ED / WG), 2N); dA_log, dD, ddt_bias terms go to param partials (B, N + 2, ED).
 // 3. scan_reduce_bc sums the bc partials into dB, dC (overwritten); scan_reduce_params adds
 //    Σ_b of the param partials into dA_log, dD, ddt_bias.
-// hc, hs and both partials live in one scratch buffer `work` at offsets given as arguments.
+// hc, sd, hs and both partials live in one scratch buffer `work` at offsets given as arguments:
+// ints 5..10 are Q, then the offsets of hc, hs, bc partials, param partials, sd.
 //
 // Defines: NS (N), WG (channels per workgroup of scan_backward), T (chunk length).
 
@@ -67,11 +74,12 @@ fn gate(zv: f32) -> f32 {
   return zv * sigmoid(zv);
 }
 
-// Grid: (ceil(ED / 64), B).
+// Grid: (ceil(ED / 64), Q, B). hc holds the state entering every chunk.
 @compute @workgroup_size(64)
 fn scan_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
-  let b = wid.y;
+  let b = wid.z;
+  let q = wid.y;
   let e = wid.x * 64u + lid;
   if (e >= d.channels) {
     return;
@@ -80,10 +88,10 @@ fn scan_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation
   var h: array<f32, NS>;
   for (var n = 0u; n < NS; n++) {
     a[n] = minus_exp_a_log(e, n);
-    h[n] = 0.0;
+    h[n] = work[hc_index(d, b, q, n, e)];
   }
   let dv = dskip[view_offset(8u) + e];
-  for (var t = 0u; t < d.len; t++) {
+  for (var t = q * T; t < min(d.len, q * T + T); t++) {
     let r = b * d.len + t;
     let dt = delta_t(r, e, d.channels);
     let ut = u[view_offset(2u) + r * d.channels + e];
@@ -134,9 +142,47 @@ fn hs_index(d: ScanDims, b: u32, tl: u32, n: u32, e: u32) -> u32 {
   return view_offset(11u) + arg_u(7u) + ((b * T + tl) * NS + n) * d.channels + e;
 }
 
-// ints: batch, L, ED, bc_stride, z_stride, Q, hc offset. Grid: (ceil(ED / 64), B).
+/** Index in `work` of sd[b, q, e] = Σ δ over chunk q. */
+fn sd_index(d: ScanDims, b: u32, q: u32, e: u32) -> u32 {
+  return view_offset(11u) + arg_u(10u) + (b * arg_u(5u) + q) * d.channels + e;
+}
+
+// Grid: (ceil(ED / 64), Q, B). hc[b, q] ← chunk q's end state from a zero state; sd[b, q] ← Σ δ.
 @compute @workgroup_size(64)
-fn scan_chunk_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn scan_chunk_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let d = scan_dims();
+  let b = wid.z;
+  let q = wid.y;
+  let e = wid.x * 64u + lid;
+  if (e >= d.channels) {
+    return;
+  }
+  var a: array<f32, NS>;
+  var h: array<f32, NS>;
+  for (var n = 0u; n < NS; n++) {
+    a[n] = minus_exp_a_log(e, n);
+    h[n] = 0.0;
+  }
+  var sd = 0.0;
+  for (var t = q * T; t < min(d.len, q * T + T); t++) {
+    let r = b * d.len + t;
+    let dt = delta_t(r, e, d.channels);
+    sd += dt;
+    let ut = u[view_offset(2u) + r * d.channels + e];
+    let ob = view_offset(6u) + r * d.bc_stride;
+    for (var n = 0u; n < NS; n++) {
+      h[n] = exp(dt * a[n]) * h[n] + dt * bmat[ob + n] * ut;
+    }
+  }
+  for (var n = 0u; n < NS; n++) {
+    work[hc_index(d, b, q, n, e)] = h[n];
+  }
+  work[sd_index(d, b, q, e)] = sd;
+}
+
+// Grid: (ceil(ED / 64), B). hc[b, q] ← the state entering chunk q (from the local end states).
+@compute @workgroup_size(64)
+fn scan_chunk_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
   let b = wid.y;
   let e = wid.x * 64u + lid;
@@ -149,18 +195,13 @@ fn scan_chunk_states(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
     a[n] = minus_exp_a_log(e, n);
     h[n] = 0.0;
   }
-  for (var t = 0u; t < d.len; t++) {
-    if (t % T == 0u) {
-      for (var n = 0u; n < NS; n++) {
-        work[hc_index(d, b, t / T, n, e)] = h[n];
-      }
-    }
-    let r = b * d.len + t;
-    let dt = delta_t(r, e, d.channels);
-    let ut = u[view_offset(2u) + r * d.channels + e];
-    let ob = view_offset(6u) + r * d.bc_stride;
+  for (var q = 0u; q < arg_u(5u); q++) {
+    let sd = work[sd_index(d, b, q, e)];
     for (var n = 0u; n < NS; n++) {
-      h[n] = exp(dt * a[n]) * h[n] + dt * bmat[ob + n] * ut;
+      let i = hc_index(d, b, q, n, e);
+      let local_end = work[i];
+      work[i] = h[n];
+      h[n] = exp(sd * a[n]) * h[n] + local_end;
     }
   }
 }

@@ -553,13 +553,50 @@ export class WebGpuBackend implements Backend {
     z: DeviceBuffer,
     dims: ScanDims,
   ): void {
-    // The GPU kernel runs one recurrence for both settings of dims.parallel (same numbers).
+    // The GPU kernels run one chunked recurrence for both settings of dims.parallel.
+    const { batch: B, length: L, channels: ED, state: N } = dims;
+    const chunks = Math.ceil(L / SCAN_CHUNK);
+    const hc = 0, sd = B * chunks * N * ED; // regions of the scratch: hc (B, Q, N, ED), sd (B, Q, ED)
+    const work = this.#work(sd + B * chunks * ED);
+    const ints = [...this.#scanInts(dims), chunks, hc, 0, 0, 0, sd];
+    const inputs = [gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)];
+    this.#scanChunkStates(inputs, work, ints, dims);
     this.#run({
       file: "scan",
       entry: "scan_forward",
-      defines: this.#scanDefines(dims.state),
-      bindings: [gv(y), gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)],
-      ints: this.#scanInts(dims),
+      defines: this.#scanDefines(N),
+      bindings: [gv(y), ...inputs, undefined, work],
+      ints,
+      groups: [Math.ceil(ED / 64), chunks, B],
+    });
+  }
+
+  /** hc ← the state entering every chunk (scan.wgsl: scan_chunk_local, then scan_chunk_carry). */
+  #scanChunkStates(inputs: GpuView[], work: GpuView, ints: number[], dims: ScanDims): void {
+    const base = { file: "scan" as const, defines: this.#scanDefines(dims.state), ints };
+    const chunks = ints[5];
+    this.#run({
+      ...base,
+      entry: "scan_chunk_local",
+      bindings: [undefined, ...inputs.slice(0, 5), undefined, undefined, undefined, undefined, work],
+      groups: [Math.ceil(dims.channels / 64), chunks, dims.batch],
+    });
+    this.#run({
+      ...base,
+      entry: "scan_chunk_carry",
+      bindings: [
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        inputs[3],
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        undefined,
+        work,
+      ],
       groups: [Math.ceil(dims.channels / 64), dims.batch],
     });
   }
@@ -588,22 +625,18 @@ export class WebGpuBackend implements Backend {
     const defines = this.#scanDefines(N);
     const chunks = Math.ceil(L / SCAN_CHUNK);
     const blocks = Math.ceil(ED / defines.WG);
-    // Regions of the scratch: hc (B, Q, N, ED), hs (B, T, N, ED), bc partials (B·L, blocks, 2N),
-    // param partials (B, N + 2, ED).
+    // Regions of the scratch: hc (B, Q, N, ED), sd (B, Q, ED), hs (B, T, N, ED),
+    // bc partials (B·L, blocks, 2N), param partials (B, N + 2, ED).
     const hc = 0;
-    const hs = hc + B * chunks * N * ED;
+    const sd = hc + B * chunks * N * ED;
+    const hs = sd + B * chunks * ED;
     const bc = hs + B * SCAN_CHUNK * N * ED;
     const pp = bc + B * L * blocks * 2 * N;
     const work = this.#work(pp + B * (N + 2) * ED);
-    const ints = [...this.#scanInts(dims), chunks, hc, hs, bc, pp];
+    const ints = [...this.#scanInts(dims), chunks, hc, hs, bc, pp, sd];
     const inputs = [gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)];
     const base = { file: "scan" as const, defines, ints };
-    this.#run({
-      ...base,
-      entry: "scan_chunk_states",
-      bindings: [undefined, ...inputs.slice(0, 5), undefined, undefined, undefined, undefined, work],
-      groups: [Math.ceil(ED / 64), B],
-    });
+    this.#scanChunkStates(inputs, work, ints, dims);
     this.#run({
       ...base,
       entry: "scan_backward",
