@@ -3,7 +3,7 @@
  * Device memory is owned through raw device pointers; views are pointer arithmetic; every op is
  * enqueued on the library's stream and nothing returns to the host except `read` and
  * `sumOfSquares`. A nonzero status from the library becomes an Error carrying its message
- * (the CUDA or cuBLAS error included).
+ * (the CUDA or cuBLAS error included). Limits of the kernels: d_state ≤ 16, d_conv ≤ 8.
  */
 import type {
   AdamWOptions,
