@@ -317,6 +317,11 @@ export async function createBackend(device: DeviceChoice = "auto"): Promise<Back
   if (!DEVICES.includes(device)) {
     throw new Error(`unknown backend "${device}"; choose one of auto, ${DEVICES.join(", ")}`);
   }
+  if (device === "cuda") {
+    // Asked for by name: the error says why (no library built, no driver, no GPU).
+    const { openCudaBackend } = await import("./backends/cuda.ts");
+    return await openCudaBackend();
+  }
   const backend = await openBackend(device);
   if (!backend) throw new Error(unavailableMessage(device));
   return backend;
@@ -327,13 +332,11 @@ function isSoftwareAdapter(description: string): boolean {
   return /llvmpipe|lavapipe|swiftshader|software/i.test(description);
 }
 
-function unavailableMessage(device: Device): string {
+function unavailableMessage(device: Exclude<Device, "cuda">): string {
   switch (device) {
     case "webgpu":
       return "the webgpu backend is not available: navigator.gpu found no adapter " +
         "(on Linux without a GPU, install Mesa's Vulkan driver: apt-get install mesa-vulkan-drivers libvulkan1)";
-    case "cuda":
-      return "the cuda backend is not available on this machine";
     case "cpu":
       return "the cpu backend is not available";
     default:
@@ -352,8 +355,10 @@ async function openBackend(device: Device): Promise<Backend | null> {
       const { createWebGpuBackend } = await import("./backends/webgpu.ts");
       return await createWebGpuBackend();
     }
-    case "cuda":
-      return null;
+    case "cuda": {
+      const { createCudaBackend } = await import("./backends/cuda.ts");
+      return await createCudaBackend();
+    }
     default:
       return device satisfies never;
   }
