@@ -90,11 +90,99 @@ export interface AdamWOptions {
   gradScale: number;
 }
 
+/** Dimensions of a routed mixture-of-experts block. */
+export interface MoeDims {
+  /** T: routed positions (B·L in training, B in decode). */
+  rows: number;
+  /** E */
+  experts: number;
+  /** k: experts per position. */
+  topK: number;
+  /** C: rows per expert; expert e owns rows [e·C, (e+1)·C) of the dispatched buffers. */
+  capacity: number;
+  /** D: width of the rows that are gathered and scattered. */
+  dim: number;
+}
+
+/**
+ * The optional mixture-of-experts ops (BlackMamba). Routing state stays on the device:
+ * - `choice` (T, k) int32: the experts picked for each position, best first;
+ * - `slot` (T, k) int32: where that choice sits in the (E·C) dispatched rows, or -1 if dropped;
+ * - `slotRows` (E·C) int32: the position each dispatched row came from, or -1 if empty.
+ * Expert MLPs run as one matmul per expert over its C rows (empty rows are zero).
+ */
+export interface MoeOps {
+  /**
+   * From router logits (T, E): probs (T, E) = softmax over all experts; choice = top k
+   * (ties: lower expert first); gates (T, k) = softmax over the chosen logits. Positions are
+   * dispatched in order t = 0, 1, … (and choice order within t), each expert taking the first
+   * C; later ones are dropped (slot -1), so no position's dispatch depends on later positions.
+   * stats (2) = [aux, dropped]: aux = E · Σ_e f_e·P_e (Switch), f_e the fraction of the T·k
+   * choices that picked e (before dropping), P_e the mean of probs[:, e]; dropped = number of
+   * choices beyond capacity.
+   */
+  route(
+    gates: DeviceBuffer,
+    choice: IndexBuffer,
+    slot: IndexBuffer,
+    slotRows: IndexBuffer,
+    probs: DeviceBuffer,
+    stats: DeviceBuffer,
+    logits: DeviceBuffer,
+    dims: MoeDims,
+  ): void;
+  /**
+   * dlogits (T, E) overwritten: through the gates' softmax over the chosen logits (from dgates),
+   * plus auxScale · ∂aux/∂logits through probs (f_e is a constant: counts of choices).
+   */
+  routeBackward(
+    dlogits: DeviceBuffer,
+    dgates: DeviceBuffer,
+    gates: DeviceBuffer,
+    choice: IndexBuffer,
+    probs: DeviceBuffer,
+    auxScale: number,
+    dims: MoeDims,
+  ): void;
+  /** xe (E·C, D) = x[slotRows] (zero rows where slotRows is -1); x (T, D). */
+  gather(xe: DeviceBuffer, x: DeviceBuffer, slotRows: IndexBuffer, dims: MoeDims): void;
+  /** dx (T, D) += the rows of dxe (E·C, D) sent back to their positions. */
+  gatherBackward(dx: DeviceBuffer, dxe: DeviceBuffer, slotRows: IndexBuffer, dims: MoeDims): void;
+  /** out (T, D) += Σ_j gates[t, j] · ye[slot[t, j]] over the choices not dropped. */
+  scatter(out: DeviceBuffer, ye: DeviceBuffer, gates: DeviceBuffer, slot: IndexBuffer, dims: MoeDims): void;
+  /**
+   * dye (E·C, D) overwritten (zero for empty rows): gates · dout of its position;
+   * dgates (T, k) overwritten: dout[t] · ye[slot] (0 when dropped).
+   */
+  scatterBackward(
+    dye: DeviceBuffer,
+    dgates: DeviceBuffer,
+    dout: DeviceBuffer,
+    ye: DeviceBuffer,
+    gates: DeviceBuffer,
+    slot: IndexBuffer,
+    dims: MoeDims,
+  ): void;
+  /** act = silu(h1) ⊙ h3, elementwise over `length` values. */
+  swiglu(act: DeviceBuffer, h1: DeviceBuffer, h3: DeviceBuffer, length: number): void;
+  /** dh1, dh3 overwritten from dact. */
+  swigluBackward(
+    dh1: DeviceBuffer,
+    dh3: DeviceBuffer,
+    dact: DeviceBuffer,
+    h1: DeviceBuffer,
+    h3: DeviceBuffer,
+    length: number,
+  ): void;
+}
+
 /** A backend: memory and the ops of the model. See the conventions above. */
 export interface Backend {
   readonly device: Device;
   /** A human-readable description of the hardware (adapter name, GPU name, "cpu"). */
   readonly description: string;
+  /** Mixture-of-experts ops, on backends that have them (needed by configs with `moe`). */
+  readonly moe?: MoeOps;
 
   // ---- memory ----
   /** A new zero-filled buffer of `length` floats. */

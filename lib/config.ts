@@ -1,15 +1,17 @@
 /**
  * MambaConfig: the seed's fields, names and defaults, the derived fields, and validation.
+ * The optional `moe` field turns the stack into BlackMamba (see lib/moe_config.ts).
  *
  * Glossary (paper symbol → field): D = dim, N = d_state, E = expand_factor, ED = d_inner,
  * R = dt_rank, K = d_conv.
  */
+import { type MoeConfigOptions, type MoeSettings, resolveMoe } from "./moe_config.ts";
 
 /** What a user may pass to `new MambaConfig(…)`. `dim` and `depth` are required. */
 export interface MambaConfigOptions {
   /** D: model width. */
   dim: number;
-  /** Number of residual Mamba blocks. */
+  /** Number of residual blocks (Mamba blocks, plus the MoE blocks when `moe` is set). */
   depth: number;
   /** R: rank of the Δ projection; "auto" → ceil(dim / 16). */
   dt_rank?: number | "auto";
@@ -37,7 +39,13 @@ export interface MambaConfigOptions {
 
   /** Training scan: parallel (log-depth) when true, sequential when false. Same numbers. */
   pscan?: boolean;
+
+  /** BlackMamba: every `moe.every`-th block is a routed mixture of SwiGLU experts. Absent: MambaByte. */
+  moe?: MoeConfigOptions;
 }
+
+/** What `toJSON` returns (and checkpoints store): every field resolved; `moe` only when set. */
+export type MambaConfigJSON = Required<Omit<MambaConfigOptions, "moe">> & { moe?: MoeSettings };
 
 /** Bytes: the vocabulary of MambaByte. */
 export const VOCAB_SIZE = 256;
@@ -57,7 +65,7 @@ const DEFAULTS = {
   pscan: true,
 };
 
-const FIELDS = ["dim", "depth", ...Object.keys(DEFAULTS)] as const;
+const FIELDS = ["dim", "depth", ...Object.keys(DEFAULTS), "moe"] as const;
 
 /** A resolved, validated configuration. Immutable once built. */
 export class MambaConfig {
@@ -75,6 +83,8 @@ export class MambaConfig {
   readonly bias: boolean;
   readonly conv_bias: boolean;
   readonly pscan: boolean;
+  /** The mixture-of-experts settings, or null for plain MambaByte. */
+  readonly moe: MoeSettings | null;
 
   /** ED = expand_factor · dim. */
   readonly d_inner: number;
@@ -119,12 +129,13 @@ export class MambaConfig {
     this.bias = bool("bias", o.bias);
     this.conv_bias = bool("conv_bias", o.conv_bias);
     this.pscan = bool("pscan", o.pscan);
+    this.moe = options.moe === undefined ? null : resolveMoe(options.moe, this.dim, this.depth);
     this.d_inner = this.expand_factor * this.dim;
     Object.freeze(this);
   }
 
   /** The seed's fields with resolved values: what checkpoints store. */
-  toJSON(): Required<MambaConfigOptions> {
+  toJSON(): MambaConfigJSON {
     return {
       dim: this.dim,
       depth: this.depth,
@@ -140,6 +151,7 @@ export class MambaConfig {
       bias: this.bias,
       conv_bias: this.conv_bias,
       pscan: this.pscan,
+      ...(this.moe ? { moe: this.moe } : {}),
     };
   }
 }

@@ -7,6 +7,10 @@
  * R = dt_rank, K = d_conv, Δ = softplus(dt_proj(δr) + bias), A = -exp(A_log),
  * h_t = exp(Δ_t A) ⊙ h_{t-1} + Δ_t B_t u_t, y_t = (h_t · C_t + D ⊙ u_t) ⊙ silu(z_t).
  *
+ * BlackMamba (config.moe): every moe.every-th residual block is a routed mixture of SwiGLU
+ * experts instead (lib/moe_mlp.ts); training adds aux_loss_coef · (Switch load-balancing loss,
+ * averaged over the MoE blocks) to the cross-entropy.
+ *
  * Parameters, gradients (and the optimizer's moments) each live in ONE flat buffer laid out
  * by lib/params.ts.
  */
@@ -14,7 +18,14 @@ import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "./backend.t
 import { CpuBackend } from "./backends/cpu.ts";
 import { MambaConfig, VOCAB_SIZE } from "./config.ts";
 import { initParams, type ParamSpec, type ParamTable, paramTable } from "./params.ts";
-import { layerViews, ResidualStack, RMS_EPS, StackActivations, StackCache } from "./residual_stack.ts";
+import {
+  layerViews,
+  moeBlockCount,
+  ResidualStack,
+  RMS_EPS,
+  StackActivations,
+  StackCache,
+} from "./residual_stack.ts";
 
 /** Host-side data with a shape. */
 export interface Tensor {
@@ -186,6 +197,8 @@ class LmActivations {
   readonly stack: StackActivations;
   readonly tokens: IndexBuffer; // (B, L) input bytes
   readonly targets: IndexBuffer; // (B, L) next bytes
+  /** (B·L + 2·MoE blocks): the losses, then each MoE block's [aux, dropped]; read back at once. */
+  readonly readback: DeviceBuffer;
   readonly hidden: DeviceBuffer; // (B, L, D) RMSNorm of the stack's output
   readonly rstd: DeviceBuffer; // (B, L)
   readonly logits: DeviceBuffer; // (B, L, 256)
@@ -201,14 +214,16 @@ class LmActivations {
     readonly length: number,
     recompute: boolean,
   ) {
-    const rows = batch * length, D = config.dim;
-    this.stack = new StackActivations(backend, config, batch, length, recompute);
+    const rows = batch * length, D = config.dim, moeBlocks = moeBlockCount(config);
+    this.readback = backend.alloc(rows + 2 * moeBlocks);
+    const stats = moeBlocks ? backend.view(this.readback, rows, 2 * moeBlocks) : undefined;
+    this.stack = new StackActivations(backend, config, batch, length, recompute, stats);
     this.tokens = backend.allocIndices(rows);
     this.targets = backend.allocIndices(rows);
     this.hidden = backend.alloc(rows * D);
     this.rstd = backend.alloc(rows);
     this.logits = backend.alloc(rows * VOCAB_SIZE);
-    this.losses = backend.alloc(rows);
+    this.losses = backend.view(this.readback, 0, rows);
     this.dlogits = backend.alloc(rows * VOCAB_SIZE);
     this.dhidden = backend.alloc(rows * D);
     this.dx = backend.alloc(rows * D);
@@ -218,7 +233,7 @@ class LmActivations {
     this.stack.free();
     const b = this.backend;
     for (const x of [this.tokens, this.targets, this.hidden, this.rstd, this.logits]) b.free(x);
-    for (const x of [this.losses, this.dlogits, this.dhidden, this.dx]) b.free(x);
+    for (const x of [this.readback, this.dlogits, this.dhidden, this.dx]) b.free(x);
   }
 }
 
@@ -251,10 +266,18 @@ export class ByteCache {
   }
 }
 
-/** The loss of a batch: mean cross-entropy in nats, and the same in bits per byte. */
+/**
+ * The loss of a batch: mean cross-entropy in nats, and the same in bits per byte. MoE models
+ * (config.moe) add their routing statistics; their training objective is
+ * loss + aux_loss_coef · aux.
+ */
 export interface Loss {
   loss: number;
   bpb: number;
+  /** Switch load-balancing loss, mean over the MoE blocks (1 when perfectly balanced). */
+  aux?: number;
+  /** Choices (byte position → expert) beyond capacity, summed over the MoE blocks. */
+  dropped?: number;
 }
 
 /** MambaByte: bytes (B, L) → logits (B, L, 256) over the next byte. */
@@ -312,11 +335,12 @@ export class MambaByte extends FlatModel {
     const rows = shape[0] * shape[1];
     this.backend.writeIndices(acts.targets, targets);
     this.backend.crossEntropy(acts.losses, null, acts.logits, acts.targets, rows, VOCAB_SIZE, 0);
-    return meanLoss(await this.backend.read(acts.losses));
+    return lossOf(await this.backend.read(acts.readback), rows);
   }
 
   /**
-   * Forward, loss and backward: `grads` += gradScale · ∂(mean loss)/∂params. Returns the loss.
+   * Forward, loss and backward: `grads` += gradScale · ∂(mean loss)/∂params (MoE models:
+   * ∂(mean loss + aux_loss_coef · aux)/∂params). Returns the loss.
    * (gradScale = 1 / accumulation steps when gradients are accumulated over several batches.)
    */
   async lossAndBackward(
@@ -349,9 +373,11 @@ export class MambaByte extends FlatModel {
       rows,
       D,
     );
-    this.stack.backward(acts.dx, acts.stack, this.gradStack);
+    const moe = this.config.moe;
+    const auxScale = moe ? (gradScale * moe.aux_loss_coef) / moeBlockCount(this.config) : 0;
+    this.stack.backward(acts.dx, acts.stack, this.gradStack, auxScale);
     be.embeddingBackward(this.view(t.embedding!, this.grads), acts.dx, acts.tokens, rows, D);
-    return meanLoss(await be.read(acts.losses));
+    return lossOf(await be.read(acts.readback), rows);
   }
 
   /** A decode cache for `batch` sequences (memory constant in the length of the text). */
@@ -392,9 +418,17 @@ function checkShape(values: ArrayLike<number>, shape: [number, number]): [number
   return [batch, length];
 }
 
-function meanLoss(losses: FloatArray): Loss {
+/** The Loss from a read-back (rows) losses followed by each MoE block's [aux, dropped]. */
+function lossOf(values: FloatArray, rows: number): Loss {
   let sum = 0;
-  for (let i = 0; i < losses.length; i++) sum += losses[i];
-  const loss = sum / losses.length;
-  return { loss, bpb: loss / Math.LN2 };
+  for (let i = 0; i < rows; i++) sum += values[i];
+  const loss = sum / rows;
+  const moeBlocks = (values.length - rows) / 2;
+  if (moeBlocks === 0) return { loss, bpb: loss / Math.LN2 };
+  let aux = 0, dropped = 0;
+  for (let i = rows; i < values.length; i += 2) {
+    aux += values[i] / moeBlocks;
+    dropped += values[i + 1];
+  }
+  return { loss, bpb: loss / Math.LN2, aux, dropped };
 }

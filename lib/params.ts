@@ -2,8 +2,15 @@
  * The ONE ordered parameter table. It gives every tensor's checkpoint name (mamba_ssm's
  * MambaLMHeadModel names), shape, offset in the flat parameter buffer, initialisation and
  * whether weight decay applies. Sizes, offsets, init, checkpoints and the optimizer all read it.
+ *
+ * BlackMamba's MoE blocks (config.moe; which blocks: lib/moe_config.ts) are named, in order,
+ * `backbone.layers.{i}.moe.router.weight` (E, D), then per expert e
+ * `backbone.layers.{i}.moe.experts.{e}.w1.weight` (H, D), `….w3.weight` (H, D), `….w2.weight`
+ * (D, H), then `backbone.layers.{i}.norm.weight` (D): y = w2·(silu(w1·x) ⊙ w3·x).
+ * Router and expert matrices decay; the norm does not.
  */
 import type { MambaConfig } from "./config.ts";
+import { isMoeBlock } from "./moe_config.ts";
 import { Random } from "./random.ts";
 
 /** How a tensor is initialised (the seed's / PyTorch's defaults). */
@@ -31,6 +38,7 @@ export const ALIGN = 64;
 
 /** The tensors of one residual Mamba block, by role. */
 export interface LayerParams {
+  kind: "mamba";
   norm: ParamSpec;
   inProj: ParamSpec;
   inProjBias: ParamSpec | null;
@@ -45,6 +53,25 @@ export interface LayerParams {
   outProjBias: ParamSpec | null;
 }
 
+/** One SwiGLU expert: (H, D), (H, D), (D, H). */
+export interface ExpertParams {
+  w1: ParamSpec;
+  w3: ParamSpec;
+  w2: ParamSpec;
+}
+
+/** The tensors of one residual MoE-MLP block, by role. */
+export interface MoeLayerParams {
+  kind: "moe";
+  norm: ParamSpec;
+  /** (E, D) */
+  router: ParamSpec;
+  experts: ExpertParams[];
+}
+
+/** A residual block of either kind. */
+export type BlockParams = LayerParams | MoeLayerParams;
+
 /** The whole table plus the tensors by role. */
 export interface ParamTable {
   specs: ParamSpec[];
@@ -52,7 +79,7 @@ export interface ParamTable {
   size: number;
   /** Number of parameters (without padding). */
   count: number;
-  layers: LayerParams[];
+  layers: BlockParams[];
   /** MambaByte only: (256, D) embedding, final norm, (256, D) head. */
   embedding: ParamSpec | null;
   normF: ParamSpec | null;
@@ -78,11 +105,26 @@ export function paramTable(config: MambaConfig, lm: boolean): ParamTable {
   const prefix = lm ? "backbone." : "";
 
   const embedding = lm ? add(`${prefix}embedding.weight`, [256, D], { kind: "normal", std: 1 }, true) : null;
-  const layers: LayerParams[] = [];
+  const layers: BlockParams[] = [];
   for (let i = 0; i < config.depth; i++) {
     const p = `${prefix}layers.${i}.`;
+    if (isMoeBlock(config.moe, i)) {
+      const { experts: E, hidden: H } = config.moe!;
+      layers.push({
+        kind: "moe",
+        router: add(`${p}moe.router.weight`, [E, D], linear(D), true),
+        experts: Array.from({ length: E }, (_, e) => ({
+          w1: add(`${p}moe.experts.${e}.w1.weight`, [H, D], linear(D), true),
+          w3: add(`${p}moe.experts.${e}.w3.weight`, [H, D], linear(D), true),
+          w2: add(`${p}moe.experts.${e}.w2.weight`, [D, H], linear(H), true),
+        })),
+        norm: add(`${p}norm.weight`, [D], { kind: "constant", value: 1 }, false),
+      });
+      continue;
+    }
     const dtStd = R ** -0.5 * config.dt_scale;
     layers.push({
+      kind: "mamba",
       inProj: add(`${p}mixer.in_proj.weight`, [2 * ED, D], linear(D), true),
       inProjBias: config.bias ? add(`${p}mixer.in_proj.bias`, [2 * ED], linear(D), false) : null,
       // PyTorch's Conv1d(groups=ED): fan_in = in_channels/groups · K = K.

@@ -1,20 +1,33 @@
 /**
  * The residual stack of Mamba blocks — x_{l+1} = x_l + MambaBlock(RMSNorm(x_l)) — with its
  * forward pass, hand-written backward pass (the forward call list in reverse) and single-step
- * decode. Written only against the Backend interface.
+ * decode. Written only against the Backend interface. With config.moe (BlackMamba), every
+ * moe.every-th block is x_{l+1} = x_l + MoE(RMSNorm(x_l)) instead (lib/moe_mlp.ts).
  *
  * Glossary (code → paper): B batch, L sequence length, D = dim, ED = d_inner (expand·D),
  * N = d_state, R = dt_rank, K = d_conv; delta = Δ before softplus and bias, u = the conv branch
  * after SiLU, z = the gate branch, A = -exp(A_log), h = the SSM state (B, ED, N).
  */
-import type { Backend, ConvDims, DeviceBuffer, ScanDims } from "./backend.ts";
+import type { Backend, ConvDims, DeviceBuffer, IndexBuffer, ScanDims } from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
-import type { LayerParams, ParamSpec } from "./params.ts";
+import { expertCapacity, isMoeBlock } from "./moe_config.ts";
+import {
+  type Allocator,
+  allocMoeBuffers,
+  allocMoeScratch,
+  type MoeBuffers,
+  MoeMlp,
+  type MoeScratch,
+  type MoeViews,
+  moeViews,
+} from "./moe_mlp.ts";
+import type { BlockParams, LayerParams, ParamSpec } from "./params.ts";
 
 export const RMS_EPS = 1e-5;
 
-/** The parameter (or gradient) views of one block. */
+/** The parameter (or gradient) views of one Mamba block. */
 interface LayerViews {
+  kind: "mamba";
   norm: DeviceBuffer;
   inProj: DeviceBuffer;
   inProjBias: DeviceBuffer | null;
@@ -29,11 +42,19 @@ interface LayerViews {
   outProjBias: DeviceBuffer | null;
 }
 
+/** The parameter (or gradient) views of one block of either kind. */
+export type BlockViews = LayerViews | MoeViews;
+
 /** Views of one block's tensors inside a flat buffer laid out by the parameter table. */
-export function layerViews(backend: Backend, flat: DeviceBuffer, layer: LayerParams): LayerViews {
+export function layerViews(backend: Backend, flat: DeviceBuffer, layer: BlockParams): BlockViews {
+  return layer.kind === "moe" ? moeViews(backend, flat, layer) : mambaViews(backend, flat, layer);
+}
+
+function mambaViews(backend: Backend, flat: DeviceBuffer, layer: LayerParams): LayerViews {
   const v = (spec: ParamSpec) => backend.view(flat, spec.offset, spec.size);
   const vOrNull = (spec: ParamSpec | null) => (spec ? v(spec) : null);
   return {
+    kind: "mamba",
     norm: v(layer.norm),
     inProj: v(layer.inProj),
     inProjBias: vOrNull(layer.inProjBias),
@@ -68,8 +89,9 @@ function splitViews(
   };
 }
 
-/** What one block's forward saves for its backward, for one (B, L). */
+/** What one Mamba block's forward saves for its backward, for one (B, L). */
 interface BlockActivations {
+  kind: "mamba";
   x: DeviceBuffer; // (B, L, D) block input
   xn: DeviceBuffer; // (B, L, D) RMSNorm(x)
   rstd: DeviceBuffer; // (B, L)
@@ -80,15 +102,35 @@ interface BlockActivations {
   y: DeviceBuffer; // (B, L, ED) gated scan output
 }
 
+/** What one MoE block's forward saves for its backward, for one (B, L). */
+interface MoeBlockActivations extends MoeBuffers {
+  kind: "moe";
+  x: DeviceBuffer; // (B, L, D) block input
+  xn: DeviceBuffer; // (B, L, D) RMSNorm(x)
+  rstd: DeviceBuffer; // (B, L)
+  stats: DeviceBuffer; // (2) [aux, dropped]
+}
+
+/** The MoE blocks of a stack (in order) in a config: how many there are. */
+export function moeBlockCount(config: MambaConfig): number {
+  let count = 0;
+  for (let l = 0; l < config.depth; l++) if (isMoeBlock(config.moe, l)) count++;
+  return count;
+}
+
 /**
  * Activations of the whole stack for one (B, L), plus backward scratch shared by blocks.
  * With `recompute`, only each block's input x is kept per block; the block's intermediates
  * share one set of buffers and backward recomputes them, block by block.
  */
 export class StackActivations {
-  readonly blocks: BlockActivations[] = [];
+  readonly blocks: (BlockActivations | MoeBlockActivations)[] = [];
   /** (B, L, D) output of the last block. */
   readonly out: DeviceBuffer;
+  /** C: rows per expert in the MoE blocks (0 without moe). */
+  readonly capacity: number;
+  /** (MoE blocks, 2): [aux, dropped] of each MoE block's last forward; null without moe. */
+  readonly stats: DeviceBuffer | null;
   readonly scratch: {
     dxn: DeviceBuffer; // (B, L, D)
     dxz: DeviceBuffer; // (B, L, 2ED)
@@ -96,23 +138,34 @@ export class StackActivations {
     ddbc: DeviceBuffer; // (B, L, R + 2N)
     ddelta: DeviceBuffer; // (B, L, ED)
     dy: DeviceBuffer; // (B, L, ED)
+    moe: MoeScratch | null;
   };
-  readonly #owned: DeviceBuffer[] = [];
+  readonly #owned: (DeviceBuffer | IndexBuffer)[] = [];
 
+  /**
+   * `stats` ((MoE blocks, 2) floats, for configs with moe) lets the caller read the MoE
+   * statistics together with other values; allocated here when omitted.
+   */
   constructor(
     readonly backend: Backend,
     config: MambaConfig,
     readonly batch: number,
     readonly length: number,
     readonly recompute = false,
+    stats?: DeviceBuffer,
   ) {
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R } = config;
     const rows = batch * length;
-    const alloc = (n: number) => {
-      const buffer = backend.alloc(n);
-      this.#owned.push(buffer);
-      return buffer;
-    };
+    const m = ownedAllocator(backend, this.#owned), alloc = m.alloc;
+    const moe = config.moe;
+    this.capacity = moe ? expertCapacity(moe, rows) : 0;
+    const moeBlocks = moeBlockCount(config);
+    this.stats = moe ? (stats ?? alloc(2 * moeBlocks)) : null;
+    const moeIntermediates = () => ({
+      xn: alloc(rows * D),
+      rstd: alloc(rows),
+      ...allocMoeBuffers(m, moe!, D, rows, this.capacity),
+    });
     const intermediates = () => ({
       xn: alloc(rows * D),
       rstd: alloc(rows),
@@ -123,8 +176,14 @@ export class StackActivations {
       y: alloc(rows * ED),
     });
     const shared = recompute ? intermediates() : null;
-    for (let l = 0; l < config.depth; l++) {
-      this.blocks.push({ x: alloc(rows * D), ...(shared ?? intermediates()) });
+    const sharedMoe = recompute && moe ? moeIntermediates() : null;
+    for (let l = 0, i = 0; l < config.depth; l++) {
+      if (isMoeBlock(moe, l)) {
+        const stats = backend.view(this.stats!, 2 * i++, 2);
+        this.blocks.push({ kind: "moe", x: alloc(rows * D), stats, ...(sharedMoe ?? moeIntermediates()) });
+      } else {
+        this.blocks.push({ kind: "mamba", x: alloc(rows * D), ...(shared ?? intermediates()) });
+      }
     }
     this.out = alloc(rows * D);
     this.scratch = {
@@ -134,6 +193,7 @@ export class StackActivations {
       ddbc: alloc(rows * (R + 2 * N)),
       ddelta: alloc(rows * ED),
       dy: alloc(rows * ED),
+      moe: moe ? allocMoeScratch(m, moe, D, rows, this.capacity) : null,
     };
   }
 
@@ -148,10 +208,13 @@ export class StackActivations {
   }
 }
 
-/** Per-layer decode cache: the SSM state and the last K-1 conv inputs, plus step scratch. */
+/**
+ * Per-layer decode cache: the SSM state and the last K-1 conv inputs, plus step scratch.
+ * MoE blocks keep no state (null); decode routes the B positions with capacity B (no drops).
+ */
 export class StackCache {
-  /** Per layer: h (B, ED, N) and conv inputs (B, ED, K-1). */
-  readonly layers: { h: DeviceBuffer; conv: DeviceBuffer }[] = [];
+  /** Per layer: h (B, ED, N) and conv inputs (B, ED, K-1); null for an MoE block. */
+  readonly layers: ({ h: DeviceBuffer; conv: DeviceBuffer } | null)[] = [];
   readonly scratch: {
     xn: DeviceBuffer; // (B, D)
     rstd: DeviceBuffer; // (B)
@@ -160,18 +223,19 @@ export class StackCache {
     dbc: DeviceBuffer; // (B, R + 2N)
     delta: DeviceBuffer; // (B, ED)
     y: DeviceBuffer; // (B, ED)
+    moe: (MoeBuffers & { stats: DeviceBuffer }) | null; // MoE blocks, capacity B
   };
-  readonly #owned: DeviceBuffer[] = [];
+  readonly #owned: (DeviceBuffer | IndexBuffer)[] = [];
 
   constructor(readonly backend: Backend, config: MambaConfig, readonly batch: number) {
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R, d_conv: K } = config;
-    const alloc = (n: number) => {
-      const buffer = backend.alloc(n);
-      this.#owned.push(buffer);
-      return buffer;
-    };
+    const m = ownedAllocator(backend, this.#owned), alloc = m.alloc;
     for (let l = 0; l < config.depth; l++) {
-      this.layers.push({ h: alloc(batch * ED * N), conv: alloc(Math.max(1, batch * ED * (K - 1))) });
+      this.layers.push(
+        isMoeBlock(config.moe, l)
+          ? null
+          : { h: alloc(batch * ED * N), conv: alloc(Math.max(1, batch * ED * (K - 1))) },
+      );
     }
     this.scratch = {
       xn: alloc(batch * D),
@@ -181,14 +245,16 @@ export class StackCache {
       dbc: alloc(batch * (R + 2 * N)),
       delta: alloc(batch * ED),
       y: alloc(batch * ED),
+      moe: config.moe ? { stats: alloc(2), ...allocMoeBuffers(m, config.moe, D, batch, batch) } : null,
     };
   }
 
   /** Forget the text so far (states back to zero). */
   reset(): void {
-    for (const { h, conv } of this.layers) {
-      this.backend.fill(h, 0);
-      this.backend.fill(conv, 0);
+    for (const layer of this.layers) {
+      if (!layer) continue;
+      this.backend.fill(layer.h, 0);
+      this.backend.fill(layer.conv, 0);
     }
   }
 
@@ -198,13 +264,34 @@ export class StackCache {
   }
 }
 
+/** An Allocator whose buffers are recorded in `owned`, for the owner's free(). */
+function ownedAllocator(backend: Backend, owned: (DeviceBuffer | IndexBuffer)[]): Allocator {
+  return {
+    alloc: (n: number) => {
+      const buffer = backend.alloc(n);
+      owned.push(buffer);
+      return buffer;
+    },
+    allocIndices: (n: number) => {
+      const buffer = backend.allocIndices(n);
+      owned.push(buffer);
+      return buffer;
+    },
+  };
+}
+
 /** The stack's forward, backward and step over given parameter and gradient views. */
 export class ResidualStack {
+  /** The MoE blocks' mixture; null without config.moe. Throws when the backend lacks MoE ops. */
+  readonly #moe: MoeMlp | null;
+
   constructor(
     readonly backend: Backend,
     readonly config: MambaConfig,
-    readonly params: LayerViews[],
-  ) {}
+    readonly params: BlockViews[],
+  ) {
+    this.#moe = config.moe ? new MoeMlp(backend, config) : null;
+  }
 
   #dims(batch: number, length: number): { conv: ConvDims; scan: ScanDims } {
     const { d_inner: ED, d_state: N, dt_rank: R, d_conv: K, pscan } = this.config;
@@ -230,20 +317,26 @@ export class ResidualStack {
     for (let l = 0; l < this.params.length; l++) {
       const p = this.params[l], a = acts.blocks[l];
       const next = l + 1 < this.params.length ? acts.blocks[l + 1].x : acts.out;
-      this.#mixer(l, acts);
       be.copy(next, a.x); // residual
-      be.matmul(next, a.y, p.outProj, rows, D, ED, { transB: true, accumulate: true }); // (B, L, D)
+      if (p.kind === "moe") {
+        const m = a as MoeBlockActivations;
+        this.#moeMixer(p, m, acts);
+        this.#moe!.scatter(next, m, rows, acts.capacity); // (B, L, D) +=
+        continue;
+      }
+      const mamba = a as BlockActivations;
+      this.#mixer(p, mamba, acts);
+      be.matmul(next, mamba.y, p.outProj, rows, D, ED, { transB: true, accumulate: true }); // (B, L, D)
       if (p.outProjBias) be.addBias(next, p.outProjBias, rows, D);
     }
   }
 
-  /** Block l from its input a.x up to the gated scan output a.y (everything but out_proj). */
-  #mixer(l: number, acts: StackActivations): void {
+  /** Mamba block from its input a.x up to the gated scan output a.y (everything but out_proj). */
+  #mixer(p: LayerViews, a: BlockActivations, acts: StackActivations): void {
     const be = this.backend;
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R } = this.config;
     const rows = acts.batch * acts.length;
     const dims = this.#dims(acts.batch, acts.length);
-    const p = this.params[l], a = acts.blocks[l];
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     be.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, D, RMS_EPS);
     be.matmul(a.xz, a.xn, p.inProj, rows, 2 * ED, D, { transB: true }); // (B, L, 2ED)
@@ -254,62 +347,100 @@ export class ResidualStack {
     be.selectiveScan(a.y, a.u, a.delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, dims.scan); // (B, L, ED)
   }
 
+  /** MoE block from its input a.x up to the expert outputs a.ye (everything but the scatter). */
+  #moeMixer(p: MoeViews, a: MoeBlockActivations, acts: StackActivations): void {
+    const rows = acts.batch * acts.length;
+    this.backend.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, this.config.dim, RMS_EPS);
+    this.#moe!.mixture(p, a, a.xn, a.stats, rows, acts.capacity);
+  }
+
   /**
    * dx (B, L, D) holds ∂loss/∂acts.out on entry and ∂loss/∂acts.input on return; parameter
-   * gradients accumulate into `grads`.
+   * gradients accumulate into `grads`. MoE blocks add auxScale · ∂(aux loss of the block)/∂·.
    */
-  backward(dx: DeviceBuffer, acts: StackActivations, grads: LayerViews[]): void {
+  backward(dx: DeviceBuffer, acts: StackActivations, grads: BlockViews[], auxScale = 0): void {
+    const be = this.backend;
+    const rows = acts.batch * acts.length;
+    for (let l = this.params.length - 1; l >= 0; l--) {
+      const p = this.params[l], g = grads[l], a = acts.blocks[l];
+      if (p.kind === "moe") {
+        const m = a as MoeBlockActivations;
+        if (acts.recompute) this.#moeMixer(p, m, acts);
+        const dxn = acts.scratch.dxn;
+        this.#moe!.backward(
+          p,
+          g as MoeViews,
+          m,
+          acts.scratch.moe!,
+          m.xn,
+          dx,
+          dxn,
+          rows,
+          acts.capacity,
+          auxScale,
+        );
+        be.rmsnormBackward(dx, g.norm, dxn, m.x, p.norm, m.rstd, rows, this.config.dim);
+      } else {
+        this.#mambaBackward(p, g as LayerViews, a as BlockActivations, dx, acts);
+      }
+    }
+  }
+
+  #mambaBackward(
+    p: LayerViews,
+    g: LayerViews,
+    a: BlockActivations,
+    dx: DeviceBuffer,
+    acts: StackActivations,
+  ) {
     const be = this.backend;
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R } = this.config;
     const S = R + 2 * N;
     const rows = acts.batch * acts.length;
     const dims = this.#dims(acts.batch, acts.length);
     const { dxn, dxz, du, ddbc, ddelta, dy } = acts.scratch;
-    for (let l = this.params.length - 1; l >= 0; l--) {
-      const p = this.params[l], g = grads[l], a = acts.blocks[l];
-      if (acts.recompute) this.#mixer(l, acts);
-      const s = splitViews(be, this.config, rows, a.xz, a.dbc);
-      const ds = splitViews(be, this.config, rows, dxz, ddbc);
-      // out_proj: next = x + y·W_outᵀ (+ b)
-      if (g.outProjBias) be.addBiasBackward(g.outProjBias, dx, rows, D);
-      be.matmul(g.outProj, dx, a.y, D, ED, rows, { transA: true, accumulate: true }); // (D, ED)
-      be.matmul(dy, dx, p.outProj, rows, ED, D); // (B, L, ED)
-      // fused selective scan
-      be.selectiveScanBackward(
-        du,
-        ddelta,
-        g.dtBias,
-        g.aLog,
-        ds.b,
-        ds.c,
-        g.d,
-        ds.z,
-        dy,
-        a.u,
-        a.delta,
-        p.dtBias,
-        p.aLog,
-        s.b,
-        s.c,
-        p.d,
-        s.z,
-        dims.scan,
-      );
-      // dt_proj: delta = δr·W_dtᵀ
-      be.matmul(g.dtProj, ddelta, s.dtIn, ED, R, rows, { transA: true, ldb: S, accumulate: true }); // (ED, R)
-      be.matmul(ds.dtIn, ddelta, p.dtProj, rows, R, ED, { ldc: S }); // (B, L, R)
-      // x_proj: dbc = u·W_xᵀ
-      be.matmul(g.xProj, ddbc, a.u, S, ED, rows, { transA: true, accumulate: true }); // (R + 2N, ED)
-      be.matmul(du, ddbc, p.xProj, rows, ED, S, { accumulate: true }); // (B, L, ED)
-      // conv1d + SiLU
-      be.conv1dSiluBackward(ds.u, g.convWeight, g.convBias, du, s.u, p.convWeight, p.convBias, dims.conv);
-      // in_proj: xz = xn·W_inᵀ (+ b)
-      if (g.inProjBias) be.addBiasBackward(g.inProjBias, dxz, rows, 2 * ED);
-      be.matmul(g.inProj, dxz, a.xn, 2 * ED, D, rows, { transA: true, accumulate: true }); // (2ED, D)
-      be.matmul(dxn, dxz, p.inProj, rows, D, 2 * ED); // (B, L, D)
-      // RMSNorm, plus the residual path already in dx
-      be.rmsnormBackward(dx, g.norm, dxn, a.x, p.norm, a.rstd, rows, D);
-    }
+    if (acts.recompute) this.#mixer(p, a, acts);
+    const s = splitViews(be, this.config, rows, a.xz, a.dbc);
+    const ds = splitViews(be, this.config, rows, dxz, ddbc);
+    // out_proj: next = x + y·W_outᵀ (+ b)
+    if (g.outProjBias) be.addBiasBackward(g.outProjBias, dx, rows, D);
+    be.matmul(g.outProj, dx, a.y, D, ED, rows, { transA: true, accumulate: true }); // (D, ED)
+    be.matmul(dy, dx, p.outProj, rows, ED, D); // (B, L, ED)
+    // fused selective scan
+    be.selectiveScanBackward(
+      du,
+      ddelta,
+      g.dtBias,
+      g.aLog,
+      ds.b,
+      ds.c,
+      g.d,
+      ds.z,
+      dy,
+      a.u,
+      a.delta,
+      p.dtBias,
+      p.aLog,
+      s.b,
+      s.c,
+      p.d,
+      s.z,
+      dims.scan,
+    );
+    // dt_proj: delta = δr·W_dtᵀ
+    be.matmul(g.dtProj, ddelta, s.dtIn, ED, R, rows, { transA: true, ldb: S, accumulate: true }); // (ED, R)
+    be.matmul(ds.dtIn, ddelta, p.dtProj, rows, R, ED, { ldc: S }); // (B, L, R)
+    // x_proj: dbc = u·W_xᵀ
+    be.matmul(g.xProj, ddbc, a.u, S, ED, rows, { transA: true, accumulate: true }); // (R + 2N, ED)
+    be.matmul(du, ddbc, p.xProj, rows, ED, S, { accumulate: true }); // (B, L, ED)
+    // conv1d + SiLU
+    be.conv1dSiluBackward(ds.u, g.convWeight, g.convBias, du, s.u, p.convWeight, p.convBias, dims.conv);
+    // in_proj: xz = xn·W_inᵀ (+ b)
+    if (g.inProjBias) be.addBiasBackward(g.inProjBias, dxz, rows, 2 * ED);
+    be.matmul(g.inProj, dxz, a.xn, 2 * ED, D, rows, { transA: true, accumulate: true }); // (2ED, D)
+    be.matmul(dxn, dxz, p.inProj, rows, D, 2 * ED); // (B, L, D)
+    // RMSNorm, plus the residual path already in dx
+    be.rmsnormBackward(dx, g.norm, dxn, a.x, p.norm, a.rstd, rows, D);
   }
 
   /** One position for every sequence: x (B, D) is updated in place through every block. */
@@ -317,18 +448,24 @@ export class ResidualStack {
     const be = this.backend;
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R, d_conv: K } = this.config;
     const batch = cache.batch;
-    const { xn, rstd, xz, u, dbc, delta, y } = cache.scratch;
+    const { xn, rstd, xz, u, dbc, delta, y, moe } = cache.scratch;
     const s = splitViews(be, this.config, batch, xz, dbc);
     const scanDims = { batch, channels: ED, state: N, bcStride: R + 2 * N, zStride: 2 * ED };
     for (let l = 0; l < this.params.length; l++) {
       const p = this.params[l], c = cache.layers[l];
       be.rmsnorm(xn, rstd, x, p.norm, batch, D, RMS_EPS);
+      if (p.kind === "moe") {
+        // position-wise: the forward pass over B positions, with room for all of them
+        this.#moe!.mixture(p, moe!, xn, moe!.stats, batch, batch);
+        this.#moe!.scatter(x, moe!, batch, batch); // (B, D) +=
+        continue;
+      }
       be.matmul(xz, xn, p.inProj, batch, 2 * ED, D, { transB: true }); // (B, 2ED)
       if (p.inProjBias) be.addBias(xz, p.inProjBias, batch, 2 * ED);
-      be.conv1dSiluStep(u, c.conv, s.u, p.convWeight, p.convBias, batch, ED, K, 2 * ED); // (B, ED)
+      be.conv1dSiluStep(u, c!.conv, s.u, p.convWeight, p.convBias, batch, ED, K, 2 * ED); // (B, ED)
       be.matmul(dbc, u, p.xProj, batch, R + 2 * N, ED, { transB: true }); // (B, R + 2N)
       be.matmul(delta, s.dtIn, p.dtProj, batch, ED, R, { transB: true, lda: R + 2 * N }); // (B, ED)
-      be.selectiveScanStep(y, c.h, u, delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, scanDims);
+      be.selectiveScanStep(y, c!.h, u, delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, scanDims);
       be.matmul(x, y, p.outProj, batch, D, ED, { transB: true, accumulate: true }); // (B, D)
       if (p.outProjBias) be.addBias(x, p.outProjBias, batch, D);
     }

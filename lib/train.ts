@@ -8,6 +8,7 @@
 import type { Backend } from "./backend.ts";
 import { flatToTensors, type NamedTensor, type Safetensors, saveModel, tensorsToFlat } from "./checkpoint.ts";
 import { MambaConfig } from "./config.ts";
+import { MOE_DEFAULTS, type MoeConfigOptions } from "./moe_config.ts";
 import { type Batch, BatchStream, checkCorpus, type Corpus, validationBatches } from "./data.ts";
 import { MambaByte } from "./model.ts";
 import { AdamW, ADAMW_DEFAULTS, clipScale, gradNorm, learningRate } from "./optim.ts";
@@ -23,6 +24,19 @@ export interface TrainSettings {
   expand_factor: number;
   d_conv: number;
   pscan: boolean;
+  // mixture of experts (BlackMamba, lib/moe_config.ts); absent: lib/moe_config.ts's defaults
+  /** Experts per MoE block; 0 or absent: plain MambaByte (no MoE blocks). */
+  moe_experts?: number;
+  /** Experts per byte position. */
+  moe_top_k?: number;
+  /** Every moe_every-th block is an MoE block. */
+  moe_every?: number;
+  /** Hidden width of each SwiGLU expert; 0: 4·dim. */
+  moe_hidden?: number;
+  /** Weight of the load-balancing loss. */
+  moe_aux_loss_coef?: number;
+  /** Expert capacity factor (tokens beyond capacity are dropped). */
+  moe_capacity_factor?: number;
   // run
   /** Optimizer steps. */
   steps: number;
@@ -81,6 +95,12 @@ export function trainDefaults(kind: DefaultsKind): TrainDefaults {
     expand_factor: 2,
     d_conv: 4,
     pscan: true,
+    moe_experts: 0,
+    moe_top_k: MOE_DEFAULTS.top_k,
+    moe_every: MOE_DEFAULTS.every,
+    moe_hidden: 0,
+    moe_aux_loss_coef: MOE_DEFAULTS.aux_loss_coef,
+    moe_capacity_factor: MOE_DEFAULTS.capacity_factor,
     grad_accum: 1,
     weight_decay: 0.1,
     clip: 1,
@@ -129,7 +149,23 @@ export function runConfig(s: TrainSettings): MambaConfig {
     expand_factor: s.expand_factor,
     d_conv: s.d_conv,
     pscan: s.pscan,
+    ...(s.moe_experts ? { moe: moeOptions(s) } : {}),
   });
+}
+
+/** The `moe` config options of a run's settings (fields it leaves out take their defaults). */
+function moeOptions(s: TrainSettings): MoeConfigOptions {
+  const optional = {
+    top_k: s.moe_top_k,
+    every: s.moe_every,
+    hidden: s.moe_hidden || undefined,
+    aux_loss_coef: s.moe_aux_loss_coef,
+    capacity_factor: s.moe_capacity_factor,
+  };
+  return {
+    experts: s.moe_experts!,
+    ...Object.fromEntries(Object.entries(optional).filter(([, v]) => v !== undefined)),
+  };
 }
 
 /** One line of metrics.jsonl. */
@@ -141,6 +177,10 @@ export interface MetricRecord extends MetricPoint {
   lr: number;
   bytes_per_s: number;
   val_bpb?: number;
+  /** MoE models: mean load-balancing loss since the previous record (1 = balanced). */
+  aux_loss?: number;
+  /** MoE models: mean per step, since the previous record, of the choices dropped beyond capacity. */
+  dropped?: number;
 }
 
 export interface TrainHooks {
@@ -216,6 +256,7 @@ export async function train(
   const bytesPerStep = s.batch_size * s.seq_len * s.grad_accum;
   const startStep = step, startTime = performance.now();
   let intervalLoss = 0, intervalSteps = 0, intervalStart = startTime, savedStep = step;
+  let intervalAux = 0, intervalDropped = 0;
   while (step < s.steps) {
     await yieldToEventLoop(); // lets a SIGINT listener run between steps, even on the synchronous CPU backend
     if (hooks.signal?.aborted) break;
@@ -227,6 +268,8 @@ export async function train(
       const batch = stream.next(s.batch_size);
       const result = await model.lossAndBackward(batch.inputs, batch.targets, batch.shape, 1 / s.grad_accum);
       loss += result.loss / s.grad_accum;
+      intervalAux += (result.aux ?? 0) / s.grad_accum;
+      intervalDropped += result.dropped ?? 0;
     }
     if (!Number.isFinite(loss)) {
       throw new Error(`the training loss became ${loss} at step ${step}; try a lower --lr or --clip`);
@@ -263,12 +306,19 @@ export async function train(
         lr,
         bytes_per_s: info.bytesPerSecond,
         ...(info.valBpb !== undefined ? { val_bpb: info.valBpb } : {}),
+        ...(config.moe
+          ? { aux_loss: intervalAux / intervalSteps, dropped: intervalDropped / intervalSteps }
+          : {}),
       };
       history.push(record);
       await Deno.writeTextFile(out(RUN_FILES.metrics), JSON.stringify(record) + "\n", { append: true });
       await Deno.writeTextFile(out(RUN_FILES.plot), lossPlotSvg(history));
       hooks.onLog?.(record, { ...info, loss: mean });
-      intervalLoss = intervalSteps = 0;
+      intervalLoss =
+        intervalSteps =
+        intervalAux =
+        intervalDropped =
+          0;
       intervalStart = performance.now();
     }
     if (step % s.save_every === 0 || last) {

@@ -10,6 +10,7 @@ import { logLine, progressBar } from "../lib/progress.ts";
 import {
   checkpointSettings,
   defaultsKind,
+  type MetricRecord,
   RUN_FILES,
   runConfig,
   train,
@@ -30,6 +31,12 @@ const SPECS = {
   "expand-factor": int("inner width E·D"),
   "d-conv": int("causal conv width K"),
   pscan: { kind: "bool" as const, help: "parallel scan in training (else sequential)" },
+  "moe-experts": int("BlackMamba: experts per MoE block, 0 = plain MambaByte", 0),
+  "moe-top-k": int("experts per byte position"),
+  "moe-every": int("every N-th block is an MoE block (depth counts both kinds)", 2),
+  "moe-hidden": int("hidden width of each SwiGLU expert, 0 = 4·dim", 0),
+  "moe-aux-loss-coef": num("weight of the load-balancing loss"),
+  "moe-capacity-factor": { kind: "number", gt: 0, help: "expert capacity factor (extra tokens are dropped)" },
   steps: int("optimizer steps"),
   "batch-size": int("windows per micro-batch"),
   "seq-len": int("bytes per window"),
@@ -130,8 +137,8 @@ async function main(): Promise<number> {
     signal: controller.signal,
     onStep: tty ? (info) => write(`\r${progressBar(info)}\x1b[K`) : undefined,
     onLog: (record, info) => {
-      if (!tty) write(logLine(info) + "\n");
-      else if (record.val_bpb !== undefined) write(`\r${logLine(info)}\x1b[K\n`);
+      if (!tty) write(logLine(info) + moeLog(record) + "\n");
+      else if (record.val_bpb !== undefined) write(`\r${logLine(info)}${moeLog(record)}\x1b[K\n`);
     },
   }, resume?.file);
   Deno.removeSignalListener("SIGINT", onSigint);
@@ -145,6 +152,12 @@ async function main(): Promise<number> {
     `done: ${result.step} steps, best validation ${result.bestValBpb.toFixed(4)} bits/byte; wrote ${files}`,
   );
   return 0;
+}
+
+/** ` aux 1.012 dropped 3.5` for MoE runs (mean per step since the last line), else "". */
+function moeLog(record: MetricRecord): string {
+  if (record.aux_loss === undefined) return "";
+  return ` aux ${record.aux_loss.toFixed(3)} dropped ${record.dropped}`;
 }
 
 async function readResume(dir: string) {

@@ -12,8 +12,10 @@ import type {
   FloatArray,
   IndexBuffer,
   MatmulOptions,
+  MoeOps,
   ScanDims,
 } from "../backend.ts";
+import { CpuMoeOps } from "./cpu_moe.ts";
 import { scanLinear } from "./cpu_scan.ts";
 
 class CpuBuffer implements DeviceBuffer {
@@ -63,6 +65,7 @@ export interface CpuBackendOptions {
 export class CpuBackend implements Backend {
   readonly device = "cpu" as const;
   readonly description: string;
+  readonly moe: MoeOps = new CpuMoeOps(f, ix);
   readonly #Float: Float32ArrayConstructor | Float64ArrayConstructor;
 
   constructor(options: CpuBackendOptions = {}) {
