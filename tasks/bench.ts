@@ -7,13 +7,18 @@
  *
  * --torch also runs the PyTorch reference (tests/reference/bench_torch.py: the seed's model,
  * Blelloch pscan, fp32) at the same sizes in the same command, and prints ratios against it.
+ *
+ *   deno task bench --quality [--backend B] [--corpus-dir DIR] [--quality-steps 500] [--torch]
+ *
+ * runs the training-parity protocol instead (tasks/bench_quality.ts).
  */
 import { parseArgs } from "node:util";
-import { type Backend, createBackend, type Device, DEVICES } from "../lib/backend.ts";
+import { type Backend, createBackend, type Device, type DeviceChoice, DEVICES } from "../lib/backend.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
+import { benchQuality } from "./bench_quality.ts";
 
 /** Model sizes: the small ones fit a CPU, the large ones are the issues' GPU targets. */
 const SIZES = {
@@ -151,8 +156,19 @@ async function main() {
       sizes: { type: "string" },
       steps: { type: "string", default: "3" },
       torch: { type: "boolean", default: false },
+      quality: { type: "boolean", default: false },
+      "corpus-dir": { type: "string", default: ".cache/quality" },
+      "quality-steps": { type: "string", default: "500" },
     },
   });
+  if (values.quality) {
+    return await benchQuality({
+      backend: (values.backend ?? "auto") as DeviceChoice,
+      corpusDir: values["corpus-dir"],
+      steps: Number(values["quality-steps"]),
+      torch: values.torch,
+    });
+  }
   const wanted = values.backend ? values.backend.split(",") : [...DEVICES];
   const steps = Number(values.steps);
   const rows: Row[] = [];
