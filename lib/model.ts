@@ -18,14 +18,9 @@ import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "./backend.t
 import { CpuBackend } from "./backends/cpu.ts";
 import { MambaConfig, VOCAB_SIZE } from "./config.ts";
 import { initParams, type ParamSpec, type ParamTable, paramTable } from "./params.ts";
-import {
-  layerViews,
-  moeBlockCount,
-  ResidualStack,
-  RMS_EPS,
-  StackActivations,
-  StackCache,
-} from "./residual_stack.ts";
+import { moeBlockCount } from "./moe_config.ts";
+import { requireMoeOps } from "./moe_mlp.ts";
+import { layerViews, ResidualStack, RMS_EPS, StackActivations, StackCache } from "./residual_stack.ts";
 
 /** Host-side data with a shape. */
 export interface Tensor {
@@ -73,6 +68,7 @@ abstract class FlatModel {
     }
     this.config = config;
     this.backend = options.backend ?? new CpuBackend();
+    if (config.moe) requireMoeOps(this.backend); // before allocating anything
     this.recompute = options.recompute ?? false;
     this.table = paramTable(config, lm);
     this.params = this.backend.alloc(this.table.size);
@@ -164,7 +160,10 @@ export class Mamba extends FlatModel {
     return tensor(await this.backend.read(acts.out), [batch, length, dim]);
   }
 
-  /** Given ∂loss/∂out (B, L, D) of the last forward: accumulates parameter grads, returns ∂loss/∂x. */
+  /**
+   * Given ∂loss/∂out (B, L, D) of the last forward: accumulates parameter grads, returns ∂loss/∂x.
+   * (MoE blocks add no load-balancing gradient here: this module has no training loss.)
+   */
   async backward(dout: Tensor): Promise<Tensor> {
     const acts = this.#acts;
     if (!acts) throw new Error("Mamba.backward: call forward first");
@@ -214,7 +213,7 @@ class LmActivations {
     readonly length: number,
     recompute: boolean,
   ) {
-    const rows = batch * length, D = config.dim, moeBlocks = moeBlockCount(config);
+    const rows = batch * length, D = config.dim, moeBlocks = moeBlockCount(config.moe, config.depth);
     this.readback = backend.alloc(rows + 2 * moeBlocks);
     const stats = moeBlocks ? backend.view(this.readback, rows, 2 * moeBlocks) : undefined;
     this.stack = new StackActivations(backend, config, batch, length, recompute, stats);
@@ -374,7 +373,7 @@ export class MambaByte extends FlatModel {
       D,
     );
     const moe = this.config.moe;
-    const auxScale = moe ? (gradScale * moe.aux_loss_coef) / moeBlockCount(this.config) : 0;
+    const auxScale = moe ? (gradScale * moe.aux_loss_coef) / moeBlockCount(moe, this.config.depth) : 0;
     this.stack.backward(acts.dx, acts.stack, this.gradStack, auxScale);
     be.embeddingBackward(this.view(t.embedding!, this.grads), acts.dx, acts.tokens, rows, D);
     return lossOf(await be.read(acts.readback), rows);

@@ -19,7 +19,10 @@ export interface MoeConfigOptions {
   hidden?: number;
   /** Weight of the Switch load-balancing loss (mean over MoE blocks) in the training loss. */
   aux_loss_coef?: number;
-  /** Each expert takes at most ceil(capacity_factor · tokens · k / E) tokens; the rest are dropped. */
+  /**
+   * Each expert takes at most ceil(capacity_factor · tokens · k / E) of a forward pass's tokens
+   * (training and evaluation); the rest are dropped. Decode (`step`) never drops.
+   */
   capacity_factor?: number;
 }
 
@@ -84,6 +87,11 @@ export function resolveMoe(options: unknown, dim: number, depth: number): MoeSet
 /** Whether block `index` (0-based) of the stack is an MoE-MLP block. */
 export function isMoeBlock(moe: MoeSettings | null, index: number): boolean {
   return moe !== null && (index + 1) % moe.every === 0;
+}
+
+/** How many of a stack's `depth` blocks are MoE blocks. */
+export function moeBlockCount(moe: MoeSettings | null, depth: number): number {
+  return moe ? Math.floor(depth / moe.every) : 0;
 }
 
 /**

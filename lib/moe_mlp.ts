@@ -101,6 +101,17 @@ export function allocMoeScratch(m: Allocator, moe: MoeSettings, D: number, T: nu
   };
 }
 
+/** The backend's MoE ops, or an Error naming the backend when it has none. */
+export function requireMoeOps(backend: Backend): MoeOps {
+  if (!backend.moe) {
+    throw new Error(
+      `the ${backend.device} backend (${backend.description}) has no mixture-of-experts ops, ` +
+        "which this config's moe blocks need; use the cpu backend",
+    );
+  }
+  return backend.moe;
+}
+
 /** The mixture's forward, backward and scatter for one config, over given views and buffers. */
 export class MoeMlp {
   readonly ops: MoeOps;
@@ -108,13 +119,7 @@ export class MoeMlp {
 
   constructor(readonly backend: Backend, readonly config: MambaConfig) {
     if (!config.moe) throw new Error("MoeMlp: the config has no moe settings");
-    if (!backend.moe) {
-      throw new Error(
-        `the ${backend.device} backend (${backend.description}) has no mixture-of-experts ops, ` +
-          "which this config's moe blocks need; use the cpu backend",
-      );
-    }
-    this.ops = backend.moe;
+    this.ops = requireMoeOps(backend);
     this.moe = config.moe;
   }
 

@@ -10,7 +10,7 @@
  */
 import type { Backend, ConvDims, DeviceBuffer, IndexBuffer, ScanDims } from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
-import { expertCapacity, isMoeBlock } from "./moe_config.ts";
+import { expertCapacity, isMoeBlock, moeBlockCount } from "./moe_config.ts";
 import {
   type Allocator,
   allocMoeBuffers,
@@ -111,13 +111,6 @@ interface MoeBlockActivations extends MoeBuffers {
   stats: DeviceBuffer; // (2) [aux, dropped]
 }
 
-/** The MoE blocks of a stack (in order) in a config: how many there are. */
-export function moeBlockCount(config: MambaConfig): number {
-  let count = 0;
-  for (let l = 0; l < config.depth; l++) if (isMoeBlock(config.moe, l)) count++;
-  return count;
-}
-
 /**
  * Activations of the whole stack for one (B, L), plus backward scratch shared by blocks.
  * With `recompute`, only each block's input x is kept per block; the block's intermediates
@@ -159,7 +152,7 @@ export class StackActivations {
     const m = ownedAllocator(backend, this.#owned), alloc = m.alloc;
     const moe = config.moe;
     this.capacity = moe ? expertCapacity(moe, rows) : 0;
-    const moeBlocks = moeBlockCount(config);
+    const moeBlocks = moeBlockCount(moe, config.depth);
     this.stats = moe ? (stats ?? alloc(2 * moeBlocks)) : null;
     const moeIntermediates = () => ({
       xn: alloc(rows * D),

@@ -6,11 +6,12 @@
  * computed here, checkpoints, training, and the error on a backend without MoE ops.
  */
 import assert from "node:assert/strict";
+import type { IndexBuffer } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { loadModel, saveModel } from "../lib/checkpoint.ts";
 import { MambaConfig, type MambaConfigOptions } from "../lib/config.ts";
 import { Mamba, MambaByte, tensor } from "../lib/model.ts";
-import { expertCapacity, isMoeBlock } from "../lib/moe_config.ts";
+import { expertCapacity, isMoeBlock, moeBlockCount } from "../lib/moe_config.ts";
 import { paramTable } from "../lib/params.ts";
 import { Random } from "../lib/random.ts";
 import { RUN_FILES, train, trainDefaults } from "../lib/train.ts";
@@ -46,6 +47,8 @@ Deno.test("moe config: defaults, layout (depth counts both kinds), toJSON round 
     [false, false, true, false, false, true],
   );
   assert.deepEqual(new MambaConfig(JSON.parse(JSON.stringify(c.toJSON()))).toJSON(), c.toJSON());
+  assert.equal(moeBlockCount(c.moe, c.depth), 2);
+  assert.equal(moeBlockCount(null, 4), 0);
   assert.equal("moe" in new MambaConfig({ dim: 8, depth: 2 }).toJSON(), false);
   assert.equal(expertCapacity(c.moe!, 100), 16); // ceil(1.25 · 100 · 1 / 8)
   assert.equal(expertCapacity({ ...c.moe!, capacity_factor: 100 }, 10), 10); // never more than the tokens
@@ -102,7 +105,7 @@ Deno.test("route: top-k, gates over the chosen logits, capacity in position orde
   const rows = [[1, 3, 0], [2, 4, -1], [0, 1, -2], [0, 2, 1]];
   be.write(logits, rows.flat());
   be.moe.route(gates, choice, slot, slotRows, probs, stats, logits, dims);
-  const ints = (b: { length: number }) => [...(b as unknown as { data: Int32Array }).data];
+  const ints = (b: IndexBuffer) => [...(b as unknown as { data: Int32Array }).data]; // a CPU index buffer's array
   assert.deepEqual(ints(choice), [1, 0, 1, 0, 1, 0, 1, 2]);
   // expert 1 (rows 2..3) takes positions 0, 1; expert 0 (rows 0..1) takes positions 0, 1
   assert.deepEqual(ints(slot), [2, 0, 3, 1, -1, -1, -1, 4]);
@@ -323,4 +326,51 @@ Deno.test("an MoE config on a backend without MoE ops is a clear error naming th
     () => new MambaByte(new MambaConfig(MOE), { backend }),
     /the cpu backend \(cpu \(TypeScript, f32\)\) has no mixture-of-experts ops/,
   );
+});
+
+Deno.test("deno task train --moe-* trains a BlackMamba that generate.ts decodes; bad moe options are one line", async () => {
+  const dir = await Deno.makeTempDir();
+  const run = async (args: string[]) => {
+    const { code, stdout, stderr } = await new Deno.Command(Deno.execPath(), {
+      args: ["run", "-A", ...args],
+      cwd: new URL("../", import.meta.url).pathname,
+      stdout: "piped",
+      stderr: "piped",
+      env: { NO_COLOR: "1" },
+    }).output();
+    return { code, stdout: new TextDecoder().decode(stdout), stderr: new TextDecoder().decode(stderr) };
+  };
+  try {
+    await Deno.writeTextFile(`${dir}/corpus.txt`, "a mixture of experts, routed byte by byte. ".repeat(40));
+    const tiny = ["--dim=8", "--depth=2", "--d-state=4", "--batch-size=2", "--seq-len=16", "--backend=cpu"];
+    const moe = ["--moe-experts=8", "--moe-top-k=1", "--moe-every=2", "--moe-hidden=16"];
+    const trained = await run([
+      "tasks/train.ts",
+      ...tiny,
+      ...moe,
+      "--steps=2",
+      "--log-every=1",
+      `--data=${dir}/corpus.txt`,
+      `--out=${dir}/run`,
+    ]);
+    assert.equal(trained.code, 0, trained.stderr);
+    assert.match(trained.stdout, /^step 2\/2 loss .* aux \d+\.\d{3} dropped \d+/m);
+    const generated = await run([
+      "generate.ts",
+      `--checkpoint=${dir}/run`,
+      "--prompt=a ",
+      "--max-bytes=8",
+      "--backend=cpu",
+    ]);
+    assert.equal(generated.code, 0, generated.stderr);
+    const bad = await run(["tasks/train.ts", ...tiny, ...moe, "--moe-top-k=9", `--out=${dir}/bad`]);
+    assert.equal(bad.code, 1);
+    assert.match(
+      bad.stderr.trim(),
+      /^train: error: MambaConfig: moe\.top_k is 9; it must be an integer from 1 to 8/,
+    );
+    assert.equal(bad.stderr.trim().split("\n").length, 1);
+  } finally {
+    await Deno.remove(dir, { recursive: true });
+  }
 });
