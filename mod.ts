@@ -26,7 +26,10 @@ export {
   type DeviceChoice,
   type FloatArray,
   type IndexBuffer,
+  type MoeDims,
+  type MoeOps,
 } from "./lib/backend.ts";
+export { type MoeConfigOptions, type MoeSettings } from "./lib/moe_config.ts";
 export { createWebGpuBackend } from "./lib/backends/webgpu.ts";
 export { CpuBackend } from "./lib/backends/cpu.ts";
 export { type ParamSpec, type ParamTable, paramTable } from "./lib/params.ts";
