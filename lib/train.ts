@@ -38,6 +38,8 @@ export interface TrainSettings {
   /** Expert capacity factor (tokens beyond capacity are dropped). */
   moe_capacity_factor?: number;
   // run
+  /** Recompute each block's activations in backward instead of keeping them (less memory). */
+  recompute?: boolean;
   /** Optimizer steps. */
   steps: number;
   /** Windows per micro-batch. */
@@ -101,6 +103,7 @@ export function trainDefaults(kind: DefaultsKind): TrainDefaults {
     moe_hidden: 0,
     moe_aux_loss_coef: MOE_DEFAULTS.aux_loss_coef,
     moe_capacity_factor: MOE_DEFAULTS.capacity_factor,
+    recompute: false,
     grad_accum: 1,
     weight_decay: 0.1,
     clip: 1,
@@ -221,7 +224,7 @@ export async function train(
   checkCorpus(corpus, settings.seq_len);
   const s = settings;
   const config = runConfig(s);
-  const model = new MambaByte(config, { backend, seed: s.seed });
+  const model = new MambaByte(config, { backend, seed: s.seed, recompute: s.recompute ?? false });
   const optimizer = new AdamW(backend, model.table, { ...ADAMW_DEFAULTS, weightDecay: s.weight_decay });
   const stream = new BatchStream(corpus.train, s.seq_len, s.seed + 1);
   const valBatches = validationBatches(corpus.val, s.seq_len, s.batch_size, s.eval_batches);

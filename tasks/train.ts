@@ -31,6 +31,7 @@ const SPECS = {
   "expand-factor": int("inner width E·D"),
   "d-conv": int("causal conv width K"),
   pscan: { kind: "bool" as const, help: "parallel scan in training (else sequential)" },
+  recompute: { kind: "bool" as const, help: "recompute block activations in backward (less memory)" },
   "moe-experts": int("BlackMamba: experts per MoE block, 0 = plain MambaByte", 0),
   "moe-top-k": int("experts per byte position"),
   "moe-every": int("every N-th block is an MoE block (depth counts both kinds)", 2),
