@@ -42,8 +42,19 @@ MB_API int mb_synchronize(void);
 /* Matmuls in TF32 on tensor cores when enabled (faster, ~1e-3 relative); exact FP32 by default. */
 MB_API int mb_set_tf32(int enabled);
 
+/* ---- CUDA graphs ----
+ * mb_graph_begin starts recording the library's stream instead of running it; the ops enqueued
+ * until mb_graph_end (which must not synchronise or copy from the host) become a graph, run by
+ * mb_graph_launch with the device pointers they were given. mb_graph_cancel drops a recording. */
+MB_API int mb_graph_begin(void);
+MB_API int mb_graph_end(uint64_t* graph_exec);
+MB_API int mb_graph_cancel(void);
+MB_API int mb_graph_launch(uint64_t graph_exec);
+MB_API int mb_graph_free(uint64_t graph_exec);
+
 /* ---- dense ---- */
-/* C (M, N) = op(A) · op(B) (row-major, FP32 without TF32), or += when accumulate. */
+/* C (M, N) = op(A) · op(B) (row-major, FP32 without TF32), or += when accumulate. With at most 8
+ * rows, no transA and transB (decode's x · Wᵀ), a GEMV kernel of the library instead of cuBLAS. */
 MB_API int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, int trans_a, int trans_b,
                      int accumulate, int lda, int ldb, int ldc);
 MB_API int mb_add_bias(uint64_t out, uint64_t bias, int rows, int cols);

@@ -1,30 +1,42 @@
 // The fused selective scan: softplus(δ + bias), discretisation, the scan over L, the C readout,
 // the D skip and the silu(z) gate, forward and backward, plus the single decode step.
 //
-// Layout of the work: L is cut into chunks of kChunk steps; a thread owns one channel e of one
-// chunk of one sequence, with all of its kN = 16 states in registers (d_state ≤ 16; padding
-// states have A = B = C = 0 and stay 0). A block holds kBlock consecutive channels of
-// one chunk, so loads of u, δ, z, dy are coalesced and the chunk's rows of B and C sit in shared
-// memory, read by every thread of the block.
+// Layout of the work: L is cut into chunks of kChunk steps. A block owns kCh consecutive channels
+// of one chunk of one sequence; each channel's kN = 16 states (d_state ≤ 16; padding states have
+// A = B = C = 0 and stay 0) are split over a quad of kG adjacent lanes, kS states each in
+// registers, so a thread's chain of dependent operations per step is short and many warps fit
+// on an SM. The block first stages the chunk's per-channel inputs (δ, u, the gate gradient) and its
+// rows of B and C in shared memory with coalesced loads; per-channel sums over states are quad
+// shuffles; outputs go back through shared memory and are written coalesced.
 // Forward:  1. chunk_summary: each chunk scanned from h = 0 → its end state; and Σδ of the chunk;
 //           2. chunk_carry: per (b, e, n), the state at every chunk start, carried in chunk order
 //              with the chunk's decay exp(A·Σδ);
 //           3. chunk_output: each chunk rescanned from its start state → y.
 // Backward: 1-2 also summarise and carry the gradient of the state backwards in time; then
-//           chunk_backward recomputes a chunk's states sub-chunk by sub-chunk (kSub steps held
-//           in registers) and walks them backwards, writing every gradient. dB and dC, summed over
-//           channels, are reduced within a warp by a transposing butterfly, then in shared memory.
+//           chunk_backward recomputes a chunk's kChunk states in registers and walks them backwards,
+//           writing every gradient. dB and dC, summed over channels, are reduced within a warp by a
+//           transposing butterfly, over the block's warps in shared memory, then written per block
+//           and summed over blocks by reduce_bc (no atomics: the result is deterministic).
+// Steps past the end of L get δ = u = 0 and gate gradient 0, which leaves states and carries as
+// they are, so the inner loops need no bounds; only the writes are masked.
 // (B, L, ED, N) is never stored: only chunk-boundary states (B, L / kChunk, ED, N), in the
 // library's workspace. The `parallel` flag of the TypeScript API has no effect here: the chunked
 // scan is a parallel scan and gives the sequential scan's numbers up to float rounding.
-#include "column_sum.cuh"
 #include "common.cuh"
+#include "column_sum.cuh"
 
 namespace {
 
-constexpr int kChunk = 16;   // time steps per chunk
-constexpr int kBlock = 128;  // channels (threads) per block
+constexpr int kChunk = 16;          // time steps per chunk
+constexpr int kN = 16;              // states per channel (d_state padded)
+constexpr int kS = 4;               // states per thread
+constexpr int kG = kN / kS;         // threads per channel: a quad of adjacent lanes
+constexpr int kCh = 64;             // channels per block
+constexpr int kThreads = kCh * kG;  // 256
+constexpr int kWarps = kThreads / 32;
+constexpr int kRowsPerPass = kThreads / kCh;  // time steps covered by one pass of a block-wide loop
 constexpr unsigned kFull = 0xffffffffu;
+static_assert(kG == 4 && kS == 4, "quad_sum and channel_transpose_sum assume 4 lanes × 4 states per channel");
 
 struct ScanArgs {
   const float *u, *delta, *dt_bias, *a_log, *b, *c, *d, *z;
@@ -35,15 +47,19 @@ struct ScanArgs {
   float* sdt;  // (B, chunks, ED): Σδ over each chunk
 };
 
-// Where this thread sits: channel e of chunk c (steps t0 … t0 + steps) of sequence b.
+// Where this thread sits: states g·kS … of channel e (the block's channel ch) of chunk c
+// (steps t0 … t0 + steps) of sequence b.
 struct Slot {
-  int e, c, b, t0, steps;
+  int e0, ch, g, e, c, b, t0, steps;
   bool valid;  // e < ED (threads past the last channel still join barriers and shuffles)
 };
 
 __device__ inline Slot slot_of(const ScanArgs& s) {
   Slot q;
-  q.e = blockIdx.x * kBlock + threadIdx.x;
+  q.e0 = blockIdx.x * kCh;
+  q.ch = threadIdx.x / kG;
+  q.g = threadIdx.x % kG;
+  q.e = q.e0 + q.ch;
   q.c = blockIdx.y;
   q.b = blockIdx.z;
   q.t0 = q.c * kChunk;
@@ -57,106 +73,116 @@ __device__ inline int64_t row_of(const ScanArgs& s, const Slot& q, int t) {
   return (int64_t)q.b * s.length + q.t0 + t;
 }
 
-// Index of state n of this thread's channel and chunk in the (B, chunks, ED, N) arrays.
-__device__ inline int64_t state_index(const ScanArgs& s, const Slot& q, int n) {
-  return (((int64_t)q.b * s.chunks + q.c) * s.channels + q.e) * s.state + n;
+// Index of state n of channel e of this chunk in the (B, chunks, ED, N) arrays.
+__device__ inline int64_t state_index(const ScanArgs& s, const Slot& q, int e, int n) {
+  return (((int64_t)q.b * s.chunks + q.c) * s.channels + e) * s.state + n;
+}
+
+// Index of channel e of this chunk in the (B, chunks, ED) arrays.
+__device__ inline int64_t chunk_channel(const ScanArgs& s, const Slot& q, int e) {
+  return ((int64_t)q.b * s.chunks + q.c) * s.channels + e;
 }
 
 // The chunk's rows of B (or C), zero past the end and for padding states: tile[t][n].
-template <int kN>
-__device__ inline void load_tile(float (*tile)[kN], const float* m, const ScanArgs& s, const Slot& q) {
-  for (int i = threadIdx.x; i < kChunk * kN; i += blockDim.x) {
+__device__ inline void load_bc_tile(float (*tile)[kN], const float* m, const ScanArgs& s, const Slot& q) {
+  for (int i = threadIdx.x; i < kChunk * kN; i += kThreads) {
     int t = i / kN, n = i % kN;
     tile[t][n] = (t < q.steps && n < s.state) ? __ldg(m + row_of(s, q, t) * s.bc_stride + n) : 0.0f;
   }
 }
 
-// A[n] = -exp(A_log[e, n]), zero for padding states.
-template <int kN>
-__device__ inline void load_a(const ScanArgs& s, const Slot& q, float (&a)[kN]) {
+// Per (t, channel) of the chunk: δ = softplus(delta + bias), u and, when dp is given, the gate
+// gradient dpre = dy · silu(z) of the pre-gate output h·C + D·u. Zero past the end of L or ED.
+__device__ inline void load_inputs(const ScanArgs& s, const Slot& q, float (*dt)[kCh], float (*u)[kCh],
+                                   float (*dp)[kCh], const float* dy) {
 #pragma unroll
-  for (int n = 0; n < kN; n++) a[n] = (q.valid && n < s.state) ? -expf(__ldg(s.a_log + q.e * s.state + n)) : 0.0f;
-}
-
-// This thread's states from (B, chunks, ED, N) storage, zero when invalid.
-template <int kN>
-__device__ inline void load_states(const ScanArgs& s, const Slot& q, const float* src, float (&h)[kN]) {
-#pragma unroll
-  for (int n = 0; n < kN; n++) h[n] = (q.valid && n < s.state) ? src[state_index(s, q, n)] : 0.0f;
-}
-
-template <int kN>
-__device__ inline void store_states(const ScanArgs& s, const Slot& q, float* dst, const float (&h)[kN]) {
-  if (!q.valid) return;
-#pragma unroll
-  for (int n = 0; n < kN; n++) {
-    if (n < s.state) dst[state_index(s, q, n)] = h[n];
+  for (int k = 0; k < kChunk / kRowsPerPass; k++) {
+    int i = threadIdx.x + k * kThreads, t = i / kCh, c = i % kCh, e = q.e0 + c;
+    bool in = t < q.steps && e < s.channels;
+    int64_t r = row_of(s, q, t), x = r * s.channels + e;
+    dt[t][c] = in ? mb_softplus(__ldg(s.delta + x) + __ldg(s.dt_bias + e)) : 0.0f;
+    u[t][c] = in ? __ldg(s.u + x) : 0.0f;
+    if (dp) {
+      float zz = in ? __ldg(s.z + r * s.z_stride + e) : 0.0f;
+      dp[t][c] = in ? __ldg(dy + x) * zz * mb_sigmoid(zz) : 0.0f;
+    }
   }
 }
 
-// The per-(t, e) inputs of one step: δ = softplus(delta + bias) and u (zero when invalid).
-struct Step {
-  float dt, u;
-};
-
-__device__ inline Step load_step(const ScanArgs& s, const Slot& q, int64_t r) {
-  if (!q.valid) return {0.0f, 0.0f};
-  return {mb_softplus(__ldg(s.delta + r * s.channels + q.e) + __ldg(s.dt_bias + q.e)),
-          __ldg(s.u + r * s.channels + q.e)};
+// A[j] = -exp(A_log[e, g·kS + j]), zero for padding states.
+__device__ inline void load_a(const ScanArgs& s, const Slot& q, float (&a)[kS]) {
+#pragma unroll
+  for (int j = 0; j < kS; j++) {
+    int n = q.g * kS + j;
+    a[j] = (q.valid && n < s.state) ? -expf(__ldg(s.a_log + q.e * s.state + n)) : 0.0f;
+  }
 }
 
-// dpre = dy · silu(z): the gradient of the pre-gate output (h·C + D·u).
-__device__ inline float gate_grad(const ScanArgs& s, const Slot& q, const float* dy, int64_t r) {
-  if (!q.valid) return 0.0f;
-  float zz = __ldg(s.z + r * s.z_stride + q.e);
-  return __ldg(dy + r * s.channels + q.e) * zz * mb_sigmoid(zz);
+// This thread's states from (B, chunks, ED, N) storage, zero when invalid.
+__device__ inline void load_states(const ScanArgs& s, const Slot& q, const float* src, float (&h)[kS]) {
+#pragma unroll
+  for (int j = 0; j < kS; j++) {
+    int n = q.g * kS + j;
+    h[j] = (q.valid && n < s.state) ? src[state_index(s, q, q.e, n)] : 0.0f;
+  }
+}
+
+__device__ inline void store_states(const ScanArgs& s, const Slot& q, float* dst, const float (&h)[kS]) {
+#pragma unroll
+  for (int j = 0; j < kS; j++) {
+    int n = q.g * kS + j;
+    if (q.valid && n < s.state) dst[state_index(s, q, q.e, n)] = h[j];
+  }
 }
 
 // a = exp(δ·A) for one state. __expf (ex2.approx): its relative error, about |δA|·2⁻²³, is far
 // below the 1e-4 budget for the |δA| of a model, and it is the scan's most frequent operation.
 __device__ inline float decay(float dt, float a) { return __expf(dt * a); }
 
-// h ← exp(δA) ⊙ h + δ·B·u for one step.
-template <int kN>
-__device__ inline void advance(float (&h)[kN], const float (&A)[kN], const float* b_row, Step st) {
+// h ← exp(δA) ⊙ h + δ·B·u for this thread's states; b_row: the step's row of B (all kN states).
+__device__ inline void advance(float (&h)[kS], const float (&A)[kS], const float* b_row, int g, float dt, float u) {
 #pragma unroll
-  for (int n = 0; n < kN; n++) h[n] = decay(st.dt, A[n]) * h[n] + st.dt * b_row[n] * st.u;
+  for (int j = 0; j < kS; j++) h[j] = decay(dt, A[j]) * h[j] + dt * b_row[g * kS + j] * u;
+}
+
+// Sum over the quad of lanes that share a channel.
+__device__ inline float quad_sum(float v) {
+  v += __shfl_xor_sync(kFull, v, 1);
+  return v + __shfl_xor_sync(kFull, v, 2);
 }
 
 // Pass 1: the chunk scanned from h = 0 (its end state into hs) and Σδ (into sdt); with kGrad,
 // also the state gradient scanned backwards from 0, whose a[t0]·dh[t0] goes into gs.
-template <int kN, bool kGrad>
-__global__ void __launch_bounds__(kBlock) chunk_summary(ScanArgs s, const float* dy) {
+template <bool kGrad>
+__global__ void __launch_bounds__(kThreads) chunk_summary(ScanArgs s, const float* dy) {
   __shared__ float sb[kChunk][kN], sc[kChunk][kN];
+  __shared__ float sdt[kChunk][kCh], su[kChunk][kCh], sdp[kChunk][kCh];
   Slot q = slot_of(s);
-  load_tile<kN>(sb, s.b, s, q);
-  if (kGrad) load_tile<kN>(sc, s.c, s, q);
+  load_bc_tile(sb, s.b, s, q);
+  if (kGrad) load_bc_tile(sc, s.c, s, q);
+  load_inputs(s, q, sdt, su, kGrad ? sdp : nullptr, dy);
   __syncthreads();
-  if (!q.valid) return;
-  float A[kN], h[kN] = {};
-  load_a<kN>(s, q, A);
+  if (!q.valid) return;  // no shuffles below
+  float A[kS], h[kS] = {};
+  load_a(s, q, A);
   float sum_dt = 0.0f;
 #pragma unroll
   for (int t = 0; t < kChunk; t++) {
-    if (t >= q.steps) break;
-    Step st = load_step(s, q, row_of(s, q, t));
-    advance<kN>(h, A, sb[t], st);
-    sum_dt += st.dt;
+    advance(h, A, sb[t], q.g, sdt[t][q.ch], su[t][q.ch]);
+    sum_dt += sdt[t][q.ch];
   }
-  store_states<kN>(s, q, s.hs, h);
-  s.sdt[((int64_t)q.b * s.chunks + q.c) * s.channels + q.e] = sum_dt;
+  store_states(s, q, s.hs, h);
+  if (q.g == 0) s.sdt[chunk_channel(s, q, q.e)] = sum_dt;
   if (!kGrad) return;
-  float carry[kN] = {};
+  float carry[kS] = {};
 #pragma unroll
   for (int t = kChunk - 1; t >= 0; t--) {
-    if (t >= q.steps) continue;
-    int64_t r = row_of(s, q, t);
-    Step st = load_step(s, q, r);
-    float dpre = gate_grad(s, q, dy, r);
 #pragma unroll
-    for (int n = 0; n < kN; n++) carry[n] = decay(st.dt, A[n]) * (dpre * sc[t][n] + carry[n]);
+    for (int j = 0; j < kS; j++) {
+      carry[j] = decay(sdt[t][q.ch], A[j]) * (sdp[t][q.ch] * sc[t][q.g * kS + j] + carry[j]);
+    }
   }
-  store_states<kN>(s, q, s.gs, carry);
+  store_states(s, q, s.gs, carry);
 }
 
 // Pass 2, one thread per (b, e, n): hs becomes each chunk's START state; with kGrad, gs becomes
@@ -206,176 +232,180 @@ __global__ void chunk_carry(ScanArgs s) {
 }
 
 // Pass 3 (forward): each chunk rescanned from its start state; y = (h·C + D·u) · silu(z).
-template <int kN>
-__global__ void __launch_bounds__(kBlock) chunk_output(ScanArgs s, float* y) {
+__global__ void __launch_bounds__(kThreads) chunk_output(ScanArgs s, float* y) {
   __shared__ float sb[kChunk][kN], sc[kChunk][kN];
+  __shared__ float sdt[kChunk][kCh], su[kChunk][kCh], spart[kChunk][kCh];
   Slot q = slot_of(s);
-  load_tile<kN>(sb, s.b, s, q);
-  load_tile<kN>(sc, s.c, s, q);
+  load_bc_tile(sb, s.b, s, q);
+  load_bc_tile(sc, s.c, s, q);
+  load_inputs(s, q, sdt, su, nullptr, nullptr);
   __syncthreads();
-  if (!q.valid) return;
-  float A[kN], h[kN];
-  load_a<kN>(s, q, A);
-  load_states<kN>(s, q, s.hs, h);
-  float dv = __ldg(s.d + q.e);
+  float A[kS], h[kS];
+  load_a(s, q, A);
+  load_states(s, q, s.hs, h);
 #pragma unroll
   for (int t = 0; t < kChunk; t++) {
-    if (t >= q.steps) break;
-    int64_t r = row_of(s, q, t);
-    Step st = load_step(s, q, r);
-    advance<kN>(h, A, sb[t], st);
-    float sum = 0.0f;
+    advance(h, A, sb[t], q.g, sdt[t][q.ch], su[t][q.ch]);
+    float part = 0.0f;
 #pragma unroll
-    for (int n = 0; n < kN; n++) sum += h[n] * sc[t][n];
-    float zz = __ldg(s.z + r * s.z_stride + q.e);
-    y[r * s.channels + q.e] = (sum + dv * st.u) * zz * mb_sigmoid(zz);
+    for (int j = 0; j < kS; j++) part += h[j] * sc[t][q.g * kS + j];
+    part = quad_sum(part);
+    if (q.g == 0) spart[t][q.ch] = part;  // h·C
+  }
+  __syncthreads();
+#pragma unroll
+  for (int k = 0; k < kChunk / kRowsPerPass; k++) {
+    int i = threadIdx.x + k * kThreads, t = i / kCh, c = i % kCh, e = q.e0 + c;
+    if (t >= q.steps || e >= s.channels) continue;
+    int64_t r = row_of(s, q, t);
+    float zz = __ldg(s.z + r * s.z_stride + e);
+    y[r * s.channels + e] = (spart[t][c] + __ldg(s.d + e) * su[t][c]) * zz * mb_sigmoid(zz);
   }
 }
 
-// Sums 16 values over the 32 lanes of a warp with 16 shuffles: returns, on lane l,
-// Σ_lanes v[l % 16]. Each stage a lane keeps half of its values and trades the other half.
-template <int kW, int kV>
-__device__ inline void transpose_stage(float (&v)[kV], int lane) {
-  bool upper = lane & kW;
+// One stage of a transposing butterfly over lanes `mask` apart: each lane keeps half of its kW·2
+// values (the upper half on lanes with the mask bit) and adds its partner's copy of that half.
+template <int kW, int kMask>
+__device__ inline void transpose_stage(float (&v)[2 * kS], int lane) {
+  bool upper = lane & kMask;
 #pragma unroll
   for (int i = 0; i < kW; i++) {
     float send = upper ? v[i] : v[i + kW];
     float keep = upper ? v[i + kW] : v[i];
-    v[i] = keep + __shfl_xor_sync(kFull, send, kW);
+    v[i] = keep + __shfl_xor_sync(kFull, send, kMask);
   }
 }
 
-__device__ inline float warp_transpose_sum(float (&v)[16]) {
-  int lane = threadIdx.x & 31;
-  transpose_stage<8>(v, lane);
-  transpose_stage<4>(v, lane);
-  transpose_stage<2>(v, lane);
-  transpose_stage<1>(v, lane);
-  return v[0] + __shfl_xor_sync(kFull, v[0], 16);
+// v: a thread's 2·kS values (dB then dC of its states). Returns, on lane l, value l / kG (= l >> 2)
+// summed over the 8 channels of the warp (the lanes that share l's state group l % kG): 7 shuffles.
+__device__ inline float channel_transpose_sum(float (&v)[2 * kS], int lane) {
+  transpose_stage<4, 16>(v, lane);
+  transpose_stage<2, 8>(v, lane);
+  transpose_stage<1, 4>(v, lane);
+  return v[0];
 }
 
 struct BackwardOut {
   float *du, *ddelta, *db, *dc, *dz;
   const float* dy;
   float *dbias_part, *dd_part;  // (B, chunks, ED) partial sums of ddt_bias and dD
+  float* bc_part;               // (ED / kCh blocks, B·L, 2·kN): each block's sums of dB, dC
 };
 
-// Pass 3 (backward). Sub-chunk by sub-chunk from the last: the states of the kSub steps are
-// recomputed from the sub-chunk's start state (the chunk's from hs, the others kept in shared
-// memory by a first forward sweep, which also keeps δ and u), then walked backwards. hs slots are
-// overwritten with this chunk's dA_log contribution at the end.
-// Three blocks per SM: 168 registers, no spills (230 registers and two blocks without the bound).
-template <int kN>
-__global__ void __launch_bounds__(kBlock, 3) chunk_backward(ScanArgs s, BackwardOut o) {
-  constexpr int kSub = 64 / kN;  // steps whose states sit in registers at once
-  constexpr int kSubs = kChunk / kSub;
+// Pass 3 (backward): the chunk's states recomputed from its start state (hist[t + 1]: the state
+// after step t), then walked backwards. Per-channel results (du, dδ, h·C) go to shared memory and
+// are written coalesced at the end with dz; hs slots are overwritten with this chunk's dA_log
+// contribution; the block's dB and dC go to bc_part.
+__global__ void __launch_bounds__(kThreads, 2) chunk_backward(ScanArgs s, BackwardOut o) {
   __shared__ float sb[kChunk][kN], sc[kChunk][kN];
-  __shared__ float starts[kSubs - 1][kN][kBlock];  // state before sub-chunks 1 …, per thread
-  __shared__ float sdt[kChunk][kBlock], su[kChunk][kBlock];  // δ and u of each step, per thread
-  __shared__ float red[kChunk][2 * kN];            // dB, dC of the block: [t][n], [t][kN + n]
+  __shared__ float sdt[kChunk][kCh], su[kChunk][kCh], sdp[kChunk][kCh];
+  __shared__ float sdu[kChunk][kCh], sddt[kChunk][kCh], spart[kChunk][kCh];
+  __shared__ float red[kWarps][kChunk][2 * kN];        // per warp: dB, dC of each step
+  __shared__ float sums[2][kRowsPerPass][kCh];         // partial Σ_t of ddt_bias and dD
   Slot q = slot_of(s);
-  load_tile<kN>(sb, s.b, s, q);
-  load_tile<kN>(sc, s.c, s, q);
-  for (int i = threadIdx.x; i < kChunk * 2 * kN; i += blockDim.x) (&red[0][0])[i] = 0.0f;
+  load_bc_tile(sb, s.b, s, q);
+  load_bc_tile(sc, s.c, s, q);
+  load_inputs(s, q, sdt, su, sdp, o.dy);
   __syncthreads();
-  const int me = threadIdx.x;
-  float A[kN], h[kN], carry[kN], dA[kN] = {};
-  load_a<kN>(s, q, A);
-  load_states<kN>(s, q, s.hs, h);
-  load_states<kN>(s, q, s.gs, carry);
+  float A[kS], hist[kChunk + 1][kS], carry[kS], dA[kS] = {};
+  load_a(s, q, A);
+  load_states(s, q, s.hs, hist[0]);
+  load_states(s, q, s.gs, carry);
 #pragma unroll
   for (int t = 0; t < kChunk; t++) {
-    if (t % kSub == 0 && t > 0) {
 #pragma unroll
-      for (int n = 0; n < kN; n++) starts[t / kSub - 1][n][me] = h[n];
-    }
-    if (t < q.steps) {
-      Step st = load_step(s, q, row_of(s, q, t));
-      sdt[t][me] = st.dt;
-      su[t][me] = st.u;
-      advance<kN>(h, A, sb[t], st);
-    }
+    for (int j = 0; j < kS; j++) hist[t + 1][j] = hist[t][j];
+    advance(hist[t + 1], A, sb[t], q.g, sdt[t][q.ch], su[t][q.ch]);
   }
-  float dv = q.valid ? __ldg(s.d + q.e) : 0.0f, dbias = 0.0f, dd = 0.0f;
-  int lane = threadIdx.x & 31;
+  const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
+  const int slot = (lane >> 2) / kS * kN + q.g * kS + (lane >> 2) % kS;  // what channel_transpose_sum leaves here
 #pragma unroll
-  for (int sub = kSubs - 1; sub >= 0; sub--) {
-    if (sub * kSub >= q.steps) continue;
-    float hist[kSub + 1][kN];  // hist[i + 1]: state after step sub·kSub + i; hist[0]: before
-    if (sub == 0) {
-      load_states<kN>(s, q, s.hs, hist[0]);
-    } else {
+  for (int t = kChunk - 1; t >= 0; t--) {
+    float dt = sdt[t][q.ch], u = su[t][q.ch], dp = sdp[t][q.ch];
+    float du = 0.0f, ddt = 0.0f, part = 0.0f, v[2 * kS];
 #pragma unroll
-      for (int n = 0; n < kN; n++) hist[0][n] = starts[sub - 1][n][me];
+    for (int j = 0; j < kS; j++) {
+      float bn = sb[t][q.g * kS + j], cn = sc[t][q.g * kS + j];
+      float a = decay(dt, A[j]);
+      float dh = dp * cn + carry[j];
+      float da = dh * hist[t][j] * a;  // ∂/∂(δA) of a·h[t-1]
+      part += hist[t + 1][j] * cn;
+      du += dh * bn;
+      ddt += da * A[j] + dh * bn * u;
+      dA[j] += da * dt;
+      carry[j] = a * dh;
+      v[j] = dh * dt * u;               // dB
+      v[kS + j] = dp * hist[t + 1][j];  // dC
     }
-#pragma unroll
-    for (int i = 0; i < kSub; i++) {
-#pragma unroll
-      for (int n = 0; n < kN; n++) hist[i + 1][n] = hist[i][n];
-      int t = sub * kSub + i;
-      if (t < q.steps) advance<kN>(hist[i + 1], A, sb[t], Step{sdt[t][me], su[t][me]});
+    du = quad_sum(du);
+    ddt = quad_sum(ddt);
+    part = quad_sum(part);
+    if (q.g == 0) {
+      sdu[t][q.ch] = du * dt;
+      sddt[t][q.ch] = ddt;
+      spart[t][q.ch] = part;
     }
-#pragma unroll
-    for (int i = kSub - 1; i >= 0; i--) {
-      int t = sub * kSub + i;
-      if (t >= q.steps) continue;
-      int64_t r = row_of(s, q, t);
-      Step st{sdt[t][me], su[t][me]};
-      float dpre = gate_grad(s, q, o.dy, r);
-      float du = 0.0f, ddt = 0.0f, part = 0.0f;
-      float vb[kN], vc[kN];
-#pragma unroll
-      for (int n = 0; n < kN; n++) {
-        float a = decay(st.dt, A[n]);
-        float dh = dpre * sc[t][n] + carry[n];
-        float da = dh * hist[i][n] * a;  // ∂/∂(δA) of a·h[t-1]
-        part += hist[i + 1][n] * sc[t][n];
-        du += dh * st.dt * sb[t][n];
-        ddt += da * A[n] + dh * sb[t][n] * st.u;
-        dA[n] += da * st.dt;
-        carry[n] = a * dh;
-        vb[n] = dh * st.dt * st.u;
-        vc[n] = dpre * hist[i + 1][n];
-      }
-      float sum_b = warp_transpose_sum(vb), sum_c = warp_transpose_sum(vc);
-      if (lane < kN) {
-        atomicAdd(&red[t][lane], sum_b);
-        atomicAdd(&red[t][kN + lane], sum_c);
-      }
-      if (q.valid) {
-        int64_t k = r * s.channels + q.e;
-        float zz = __ldg(s.z + r * s.z_stride + q.e);
-        float g = ddt * mb_sigmoid(__ldg(s.delta + k) + __ldg(s.dt_bias + q.e));  // softplus' = sigmoid
-        o.du[k] = dpre * dv + du;
-        o.ddelta[k] = g;
-        o.dz[r * s.z_stride + q.e] = __ldg(o.dy + k) * (part + dv * st.u) * mb_dsilu(zz);
-        dbias += g;
-        dd += dpre * st.u;
-      }
-    }
+    red[warp][t][slot] = channel_transpose_sum(v, lane);
   }
-  if (q.valid) {
 #pragma unroll
-    for (int n = 0; n < kN; n++) dA[n] *= A[n];  // dA_log = dA · A
-    store_states<kN>(s, q, s.hs, dA);
-    int64_t k = ((int64_t)q.b * s.chunks + q.c) * s.channels + q.e;
-    o.dbias_part[k] = dbias;
-    o.dd_part[k] = dd;
+  for (int j = 0; j < kS; j++) dA[j] *= A[j];  // dA_log = dA · A
+  store_states(s, q, s.hs, dA);
+  __syncthreads();
+  // Per-(t, channel) outputs, coalesced; partial sums of ddt_bias and dD over this thread's steps.
+  const int c = threadIdx.x % kCh, e = q.e0 + c;
+  const bool cv = e < s.channels;
+  const float dv = cv ? __ldg(s.d + e) : 0.0f, bias = cv ? __ldg(s.dt_bias + e) : 0.0f;
+  float bias_sum = 0.0f, d_sum = 0.0f;
+#pragma unroll
+  for (int k = 0; k < kChunk / kRowsPerPass; k++) {
+    int t = threadIdx.x / kCh + k * kRowsPerPass;
+    if (!cv || t >= q.steps) continue;
+    int64_t r = row_of(s, q, t), x = r * s.channels + e;
+    float dp = sdp[t][c], u = su[t][c];
+    float g = sddt[t][c] * mb_sigmoid(__ldg(s.delta + x) + bias);  // softplus' = sigmoid
+    float zz = __ldg(s.z + r * s.z_stride + e);
+    o.du[x] = dp * dv + sdu[t][c];
+    o.ddelta[x] = g;
+    o.dz[r * s.z_stride + e] = __ldg(o.dy + x) * (spart[t][c] + dv * u) * mb_dsilu(zz);
+    bias_sum += g;
+    d_sum += dp * u;
+  }
+  sums[0][threadIdx.x / kCh][c] = bias_sum;
+  sums[1][threadIdx.x / kCh][c] = d_sum;
+  // The block's dB, dC of each step: the warps' sums added.
+  int64_t rows = (int64_t)s.batch * s.length;
+  for (int i = threadIdx.x; i < kChunk * 2 * kN; i += kThreads) {
+    int t = i / (2 * kN), n = i % (2 * kN);
+    if (t >= q.steps) continue;
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kWarps; w++) total += red[w][t][n];
+    o.bc_part[((int64_t)blockIdx.x * rows + row_of(s, q, t)) * 2 * kN + n] = total;
   }
   __syncthreads();
-  for (int i = threadIdx.x; i < kChunk * 2 * kN; i += blockDim.x) {
-    int t = i / (2 * kN), n = i % (2 * kN) % kN;
-    if (t >= q.steps || n >= s.state) continue;
-    float* dst = i % (2 * kN) < kN ? o.db : o.dc;
-    atomicAdd(dst + row_of(s, q, t) * s.bc_stride + n, (&red[0][0])[i]);
+  if (threadIdx.x < kCh && cv) {
+    float b_total = 0.0f, d_total = 0.0f;
+#pragma unroll
+    for (int k = 0; k < kRowsPerPass; k++) {
+      b_total += sums[0][k][c];
+      d_total += sums[1][k][c];
+    }
+    o.dbias_part[chunk_channel(s, q, e)] = b_total;
+    o.dd_part[chunk_channel(s, q, e)] = d_total;
   }
 }
 
-// m[r · stride + n] = 0 for r < rows, n < cols.
-__global__ void zero_rows(float* m, int64_t rows, int cols, int stride) {
-  int64_t n = rows * cols;
+// dB, dC (rows, ·) with row stride `stride` = Σ over the `parts` channel blocks of bc_part.
+__global__ void reduce_bc(float* db, float* dc, const float* bc_part, int parts, int64_t rows, int state,
+                          int stride) {
+  int64_t n = rows * 2 * kN;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    m[(i / cols) * stride + i % cols] = 0.0f;
+    int64_t r = i / (2 * kN);
+    int k = i % (2 * kN), col = k % kN;
+    if (col >= state) continue;
+    float sum = 0.0f;
+    for (int p = 0; p < parts; p++) sum += bc_part[p * n + i];
+    (k < kN ? db : dc)[r * stride + col] = sum;
   }
 }
 
@@ -416,39 +446,33 @@ ScanArgs make_args(uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
   return s;
 }
 
-// d_state is padded to 16 (kN); a larger one would need another layout of chunk_backward's shared
-// memory (its sub-chunk start states grow as kN²).
-constexpr int kMaxState = 16;
+dim3 chunk_grid(const ScanArgs& s) { return dim3((s.channels + kCh - 1) / kCh, s.chunks, s.batch); }
 
-dim3 chunk_grid(const ScanArgs& s) { return dim3((s.channels + kBlock - 1) / kBlock, s.chunks, s.batch); }
-
-template <int kN>
 int scan_forward(ScanArgs s, float* y) {
   cudaStream_t stream = mb_stream();
-  chunk_summary<kN, false><<<chunk_grid(s), kBlock, 0, stream>>>(s, nullptr);
+  chunk_summary<false><<<chunk_grid(s), kThreads, 0, stream>>>(s, nullptr);
   MB_LAUNCHED("selective_scan (chunk summary)");
   int64_t carries = (int64_t)s.batch * s.channels * s.state;
   chunk_carry<false><<<mb_blocks(carries, 256), 256, 0, stream>>>(s);
   MB_LAUNCHED("selective_scan (chunk carry)");
-  chunk_output<kN><<<chunk_grid(s), kBlock, 0, stream>>>(s, y);
+  chunk_output<<<chunk_grid(s), kThreads, 0, stream>>>(s, y);
   MB_LAUNCHED("selective_scan (chunk output)");
   return 0;
 }
 
-template <int kN>
 int scan_backward(ScanArgs s, BackwardOut o, float* ddt_bias, float* da_log, float* dd) {
   cudaStream_t stream = mb_stream();
-  int64_t rows = (int64_t)s.batch * s.length;
-  zero_rows<<<mb_blocks(rows * s.state, 256), 256, 0, stream>>>(o.db, rows, s.state, s.bc_stride);
-  zero_rows<<<mb_blocks(rows * s.state, 256), 256, 0, stream>>>(o.dc, rows, s.state, s.bc_stride);
-  MB_LAUNCHED("selective_scan_backward (zero dB, dC)");
-  chunk_summary<kN, true><<<chunk_grid(s), kBlock, 0, stream>>>(s, o.dy);
+  chunk_summary<true><<<chunk_grid(s), kThreads, 0, stream>>>(s, o.dy);
   MB_LAUNCHED("selective_scan_backward (chunk summary)");
   int64_t carries = (int64_t)s.batch * s.channels * s.state;
   chunk_carry<true><<<mb_blocks(carries, 256), 256, 0, stream>>>(s);
   MB_LAUNCHED("selective_scan_backward (chunk carry)");
-  chunk_backward<kN><<<chunk_grid(s), kBlock, 0, stream>>>(s, o);
+  chunk_backward<<<chunk_grid(s), kThreads, 0, stream>>>(s, o);
   MB_LAUNCHED("selective_scan_backward (chunks)");
+  int64_t rows = (int64_t)s.batch * s.length;
+  reduce_bc<<<mb_blocks(rows * 2 * kN, 256), 256, 0, stream>>>(o.db, o.dc, o.bc_part, chunk_grid(s).x, rows,
+                                                               s.state, s.bc_stride);
+  MB_LAUNCHED("selective_scan_backward (dB, dC)");
   int parts = s.batch * s.chunks;
   if (mb_column_sum("selective_scan_backward (dA_log)", da_log, parts, s.channels * s.state,
                     MbRowValue{s.hs, s.channels * s.state})) {
@@ -469,7 +493,7 @@ int mb_selective_scan(uint64_t y, uint64_t u, uint64_t delta, uint64_t dt_bias, 
                       uint64_t c, uint64_t d, uint64_t z, int batch, int length, int channels, int state,
                       int bc_stride, int z_stride) {
   if (mb_require_init()) return 1;
-  if (state > kMaxState) return mb_fail("selective scan: d_state %d is above the supported %d", state, kMaxState);
+  if (state > kN) return mb_fail("selective scan: d_state %d is above the supported %d", state, kN);
   if (batch <= 0 || length <= 0 || channels <= 0) return 0;
   ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, length, channels, state, bc_stride, z_stride);
   int64_t states = (int64_t)batch * s.chunks * channels * state, sums = (int64_t)batch * s.chunks * channels;
@@ -477,7 +501,7 @@ int mb_selective_scan(uint64_t y, uint64_t u, uint64_t delta, uint64_t dt_bias, 
   if (mb_workspace((states + sums) * sizeof(float), &ws)) return 1;
   s.hs = static_cast<float*>(ws);
   s.sdt = s.hs + states;
-  return scan_forward<kMaxState>(s, mb_ptr<float>(y));
+  return scan_forward(s, mb_ptr<float>(y));
 }
 
 int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, uint64_t da_log, uint64_t db,
@@ -485,19 +509,20 @@ int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, 
                                uint64_t dt_bias, uint64_t a_log, uint64_t b, uint64_t c, uint64_t d, uint64_t z,
                                int batch, int length, int channels, int state, int bc_stride, int z_stride) {
   if (mb_require_init()) return 1;
-  if (state > kMaxState) return mb_fail("selective scan: d_state %d is above the supported %d", state, kMaxState);
+  if (state > kN) return mb_fail("selective scan: d_state %d is above the supported %d", state, kN);
   if (batch <= 0 || length <= 0 || channels <= 0) return 0;
   ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, length, channels, state, bc_stride, z_stride);
   int64_t states = (int64_t)batch * s.chunks * channels * state, sums = (int64_t)batch * s.chunks * channels;
+  int64_t bc_parts = (int64_t)chunk_grid(s).x * batch * length * 2 * kN;
   void* ws = nullptr;
-  if (mb_workspace((2 * states + 3 * sums) * sizeof(float), &ws)) return 1;
+  if (mb_workspace((2 * states + 3 * sums + bc_parts) * sizeof(float), &ws)) return 1;
   s.hs = static_cast<float*>(ws);
   s.gs = s.hs + states;
   s.sdt = s.gs + states;
   BackwardOut o{mb_ptr<float>(du), mb_ptr<float>(ddelta), mb_ptr<float>(db), mb_ptr<float>(dc), mb_ptr<float>(dz),
-                mb_ptr<float>(dy), s.sdt + sums, s.sdt + 2 * sums};
+                mb_ptr<float>(dy), s.sdt + sums, s.sdt + 2 * sums, s.sdt + 3 * sums};
   float *dbias = mb_ptr<float>(ddt_bias), *dalog = mb_ptr<float>(da_log), *ddv = mb_ptr<float>(dd);
-  return scan_backward<kMaxState>(s, o, dbias, dalog, ddv);
+  return scan_backward(s, o, dbias, dalog, ddv);
 }
 
 int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,

@@ -152,3 +152,104 @@ Deno.test({
     assert.throws(() => cuda.free(a), /already freed/);
   },
 });
+
+Deno.test({
+  name: "cuda: few-row matmuls (the decode GEMV) match the cpu reference, 16-byte and scalar loads",
+  ignore,
+  fn: async () => {
+    const cpu = new CpuBackend();
+    // [m, n, k, offset, lda]: an offset of 1 float and an odd lda force the scalar loads.
+    const shapes = [[1, 300, 64, 0, 64], [3, 45, 70, 0, 72], [8, 97, 256, 0, 256], [5, 33, 37, 1, 41]];
+    for (const [m, n, k, offset, lda] of shapes) {
+      for (const accumulate of [false, true]) {
+        const a = randn(offset + m * lda), b = randn(n * k), c = randn(m * n);
+        const run = async (be: Backend) => {
+          const [fa, fb, fc] = [be.alloc(a.length), be.alloc(b.length), be.alloc(c.length)];
+          be.write(fa, a);
+          be.write(fb, b);
+          be.write(fc, c);
+          be.matmul(fc, be.view(fa, offset, a.length - offset), fb, m, n, k, {
+            transB: true,
+            accumulate,
+            lda,
+          });
+          const out = await be.read(fc);
+          [fa, fb, fc].forEach((x) => be.free(x));
+          return out;
+        };
+        const error = maxRelativeError(await run(cuda), await run(cpu));
+        assert.ok(error <= 1e-4, `m=${m} n=${n} k=${k} accumulate=${accumulate}: ${error.toExponential(2)}`);
+      }
+    }
+  },
+});
+
+Deno.test({
+  name: "cuda: a captured sequence replays on the buffers' current contents; host copies inside throw",
+  ignore,
+  fn: async () => {
+    const [m, n, k] = [2, 40, 24];
+    const [x, w, bias, out] = [cuda.alloc(m * k), cuda.alloc(n * k), cuda.alloc(n), cuda.alloc(m * n)];
+    cuda.write(w, randn(n * k));
+    cuda.write(bias, randn(n));
+    const ops = () => {
+      cuda.matmul(out, x, w, m, n, k, { transB: true });
+      cuda.addBias(out, bias, m, n);
+    };
+    const graph = cuda.capture(ops);
+    for (let i = 0; i < 3; i++) {
+      cuda.write(x, randn(m * k));
+      graph.replay();
+      const replayed = await cuda.read(out);
+      cuda.fill(out, 0);
+      ops();
+      assert.deepEqual(replayed, await cuda.read(out));
+    }
+    graph.free();
+    assert.throws(() => graph.replay(), /freed/);
+    assert.throws(() => cuda.capture(() => cuda.write(x, randn(m * k))), /not allowed while recording/);
+    ops(); // the stream runs normally again after a failed recording
+    assert.equal((await cuda.read(out)).length, m * n);
+    [x, w, bias, out].forEach((buffer) => cuda.free(buffer));
+  },
+});
+
+Deno.test({
+  name: "cuda: decode replayed from a captured step gives the logits of the op-by-op step",
+  ignore,
+  fn: async () => {
+    const config = new MambaConfig({ dim: 48, depth: 2 });
+    const direct = new MambaByte(config, { backend: cuda, seed: 3 });
+    // The model-side use of capture: the step's bytes go into cache.tokens before each replay,
+    // so the recording skips writeIndices.
+    let recording = false;
+    const recorder = new Proxy(cuda, {
+      get(target, key) {
+        const value = Reflect.get(target, key, target);
+        if (key === "writeIndices") {
+          return (...args: unknown[]) => {
+            if (!recording) value.apply(target, args);
+          };
+        }
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const graphed = new MambaByte(config, { backend: recorder, seed: 3 });
+    const [plain, cache] = [direct.createCache(2), graphed.createCache(2)];
+    recording = true;
+    const step = cuda.capture(() => graphed.stepLogits([0, 0], cache));
+    recording = false;
+    for (const bytes of [[72, 105], [101, 33], [0, 255], [10, 10]]) {
+      const expected = await direct.step(bytes, plain);
+      cuda.writeIndices(cache.tokens, bytes);
+      step.replay();
+      const error = maxRelativeError(await cuda.read(cache.logits), expected.data);
+      assert.ok(error <= 1e-5, `logits differ: ${error.toExponential(2)}`);
+    }
+    step.free();
+    plain.free();
+    cache.free();
+    graphed.dispose();
+    direct.dispose();
+  },
+});

@@ -51,6 +51,14 @@ function lastError(lib: CudaLibrary): string {
   return message ? Deno.UnsafePointerView.getCString(message) : "unknown error";
 }
 
+/** Ops recorded by `CudaBackend.capture`, replayed with one launch. */
+export interface CapturedOps {
+  /** Enqueues the recorded ops again, on the same device buffers (their current contents). */
+  replay(): void;
+  /** Releases the recording. */
+  free(): void;
+}
+
 export interface CudaBackendOptions {
   /**
    * Matmuls in TF32 on tensor cores: faster, about 1e-3 relative instead of FP32's 1e-6.
@@ -82,6 +90,8 @@ export class CudaBackend implements Backend {
   readonly description: string;
   readonly #lib: CudaLibrary;
   readonly #owned = new Set<CudaBuffer>();
+  readonly #graphs = new Set<bigint>();
+  #capturing = false;
 
   constructor(lib: CudaLibrary, options: CudaBackendOptions = {}) {
     this.#lib = lib;
@@ -96,8 +106,52 @@ export class CudaBackend implements Backend {
     if (status !== 0) throw new Error(`cuda ${op}: ${lastError(this.#lib)}`);
   }
 
+  /** Throws when called inside `capture`'s recording (ops that copy to or from the host, or wait). */
+  #notCapturing(op: string): void {
+    if (this.#capturing) {
+      throw new Error(
+        `cuda ${op}: not allowed while recording a capture (write changing data to a device buffer before replay)`,
+      );
+    }
+  }
+
+  /**
+   * Records the device ops that `record` enqueues into a CUDA graph instead of running them;
+   * `replay()` runs them again with one launch, so a decode step of ~100 small kernels costs one
+   * host call. The recording keeps the buffers it was given: data that changes between replays
+   * (the next bytes) goes into a fixed device buffer, written before `replay()`. Inside `record`,
+   * write, writeIndices, read, sumOfSquares, alloc, free and synchronize throw.
+   */
+  capture(record: () => void): CapturedOps {
+    this.#notCapturing("capture");
+    this.#check(this.#lib.mb_graph_begin(), "capture");
+    this.#capturing = true;
+    try {
+      record();
+    } catch (error) {
+      this.#capturing = false;
+      this.#lib.mb_graph_cancel();
+      throw error;
+    }
+    this.#capturing = false;
+    const out = new BigUint64Array(1);
+    this.#check(this.#lib.mb_graph_end(out), "capture");
+    const graph = out[0];
+    this.#graphs.add(graph);
+    return {
+      replay: () => {
+        if (!this.#graphs.has(graph)) throw new Error("cuda replay: this capture was freed");
+        this.#check(this.#lib.mb_graph_launch(graph), "replay");
+      },
+      free: () => {
+        if (this.#graphs.delete(graph)) this.#check(this.#lib.mb_graph_free(graph), "free capture");
+      },
+    };
+  }
+
   /** Waits until every op enqueued so far has finished (for timing). */
   synchronize(): void {
+    this.#notCapturing("synchronize");
     this.#check(this.#lib.mb_synchronize(), "synchronize");
   }
 
@@ -110,6 +164,7 @@ export class CudaBackend implements Backend {
 
   // ---- memory ----
   #allocate(length: number): CudaBuffer {
+    this.#notCapturing("alloc");
     if (!Number.isInteger(length) || length < 0) throw new RangeError(`alloc: bad length ${length}`);
     const out = new BigUint64Array(1);
     this.#check(this.#lib.mb_alloc(BigInt(length * BYTES), out), `alloc of ${length} elements`);
@@ -130,16 +185,19 @@ export class CudaBackend implements Backend {
     return new CudaBuffer(p(buffer) + BigInt(offset * BYTES), length, false);
   }
   write(dst: DeviceBuffer, src: ArrayLike<number>): void {
+    this.#notCapturing("write");
     const data = src instanceof Float32Array ? src : Float32Array.from(src);
     this.#checkLength("write", dst, data.length);
     this.#check(this.#lib.mb_write(p(dst), data, BigInt(data.byteLength)), "write");
   }
   writeIndices(dst: IndexBuffer, src: ArrayLike<number>): void {
+    this.#notCapturing("writeIndices");
     const data = src instanceof Int32Array ? src : Int32Array.from(src);
     this.#checkLength("writeIndices", dst, data.length);
     this.#check(this.#lib.mb_write(p(dst), data, BigInt(data.byteLength)), "writeIndices");
   }
   read(src: DeviceBuffer): Promise<FloatArray> {
+    this.#notCapturing("read");
     const out = new Float32Array(src.length);
     this.#check(this.#lib.mb_read(out, p(src), BigInt(out.byteLength)), "read");
     return Promise.resolve(out);
@@ -154,6 +212,7 @@ export class CudaBackend implements Backend {
     this.#check(this.#lib.mb_copy(p(dst), p(src), dst.length), "copy");
   }
   free(buffer: DeviceBuffer | IndexBuffer): void {
+    this.#notCapturing("free");
     const b = buffer as CudaBuffer;
     if (!b.owned) throw new Error("free: this buffer is a view; free the buffer it was made from");
     if (!this.#owned.delete(b)) {
@@ -162,6 +221,8 @@ export class CudaBackend implements Backend {
     this.#check(this.#lib.mb_free(b.ptr), "free");
   }
   dispose(): void {
+    for (const graph of this.#graphs) this.#check(this.#lib.mb_graph_free(graph), "free capture");
+    this.#graphs.clear();
     for (const buffer of [...this.#owned]) this.free(buffer);
   }
 
@@ -394,6 +455,7 @@ export class CudaBackend implements Backend {
 
   // ---- optimizer ----
   sumOfSquares(x: DeviceBuffer): Promise<number> {
+    this.#notCapturing("sumOfSquares");
     const out = new Float64Array(1);
     this.#check(this.#lib.mb_sum_of_squares(p(x), x.length, out), "sumOfSquares");
     return Promise.resolve(out[0]);
