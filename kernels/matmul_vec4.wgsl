@@ -169,3 +169,53 @@ fn matmul_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_
   store_c(s, oc, accumulate, r1 + 2u, j0, c60); store_c(s, oc, accumulate, r1 + 2u, j1, c61);
   store_c(s, oc, accumulate, r1 + 3u, j0, c70); store_c(s, oc, accumulate, r1 + 3u, j1, c71);
 }
+
+var<workgroup> gemv_partial: array<vec4<f32>, 64>;
+
+// The decode-time product (M ≤ 8 rows, A untransposed, B transposed, as a Linear layer's
+// weight): one workgroup per 4 consecutive columns of C, its 64 invocations striding over K
+// with 16-byte loads, then a tree sum in workgroup memory. Same operand conditions as above.
+// ints: m, n, k, lda, ldb, ldc, accumulate. Grid: N / 4 workgroups (spread over x and y).
+@compute @workgroup_size(64)
+fn gemv_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+  let m = arg_u(0u);
+  let n = arg_u(1u);
+  let k4 = arg_u(2u) / 4u;
+  let lda = arg_u(3u);
+  let ldb = arg_u(4u);
+  let ldc = arg_u(5u);
+  let accumulate = arg_u(6u) != 0u;
+  let j0 = group_index(wid, ng) * 4u;
+  let live = j0 < n;
+  let jb = min(j0, n - 4u); // rows of B read by a workgroup past N (it writes nothing)
+  let b0 = (view_offset(3u) + jb * ldb) / 4u;
+  let b1 = b0 + ldb / 4u;
+  let b2 = b1 + ldb / 4u;
+  let b3 = b2 + ldb / 4u;
+  for (var r = 0u; r < m; r++) {
+    let a0 = (view_offset(2u) + r * lda) / 4u;
+    var acc = vec4<f32>(0.0);
+    for (var q = lid; q < k4; q += 64u) {
+      let x = a[a0 + q];
+      acc += vec4<f32>(dot(x, b[b0 + q]), dot(x, b[b1 + q]), dot(x, b[b2 + q]), dot(x, b[b3 + q]));
+    }
+    gemv_partial[lid] = acc;
+    workgroupBarrier();
+    for (var s = 32u; s > 0u; s >>= 1u) {
+      if (lid < s) {
+        gemv_partial[lid] += gemv_partial[lid + s];
+      }
+      workgroupBarrier();
+    }
+    if (lid == 0u && live) {
+      let i = (view_offset(1u) + r * ldc + j0) / 4u;
+      if (accumulate) {
+        c[i] += gemv_partial[0];
+      } else {
+        c[i] = gemv_partial[0];
+      }
+    }
+    workgroupBarrier();
+  }
+}

@@ -118,6 +118,22 @@ Deno.test(
   },
 );
 
+Deno.test({ name: "webgpu: decode-sized matmul (gemv kernel) with views and strides", ignore }, async () => {
+  const rng = new Random(23);
+  const [n, k, at] = [44, 36, 8];
+  for (const m of [1, 3]) {
+    for (const accumulate of [false, true]) {
+      const lda = k + 4, ldb = k + 8, ldc = n + 4;
+      const a = pair(randoms(at + m * lda, rng)), b = pair(randoms(at + n * ldb, rng));
+      const c = pair(randoms(at + m * ldc, rng));
+      const [av, bv, cv] = [view(a, at, m * lda), view(b, at, n * ldb), view(c, at, m * ldc)];
+      const options: MatmulOptions = { transB: true, accumulate, lda, ldb, ldc };
+      both((be, s) => be.matmul(cv[s], av[s], bv[s], m, n, k, options));
+      await assertClose(c, `gemv m=${m} ${JSON.stringify(options)}`);
+    }
+  }
+});
+
 Deno.test({ name: "webgpu: vec4 matmul over a long k (split-K)", ignore }, async () => {
   const rng = new Random(22);
   const [m, n, k] = [40, 44, 2052];

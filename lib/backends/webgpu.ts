@@ -27,6 +27,8 @@ const MIN_K_PER_SPLIT = 256;
 const WANTED_WORKGROUPS = 256;
 /** The vec4 matmul needs at least this many rows of C to fill its 128-row tiles usefully. */
 const MIN_VEC4_ROWS = 16;
+/** Products with at most this many rows of C (decoding) take the gemv kernel when aligned. */
+const MAX_GEMV_ROWS = 8;
 /** Workgroups of sumOfSquares' first level. */
 const SQUARE_GROUPS = 1024;
 /** The byte vocabulary: embedding tables are (256, dim). */
@@ -245,7 +247,20 @@ export class WebGpuBackend implements Backend {
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
     const [cv, av, bv] = [gv(c), gv(a), gv(b)];
-    const kernel = this.#matmulKernel(cv, av, bv, m, n, k, lda, ldb, ldc, transA, transB);
+    const aligned = k % 4 === 0 && n % 4 === 0 && [lda, ldb, ldc].every((ld) => ld % 4 === 0) &&
+      [cv, av, bv].every((v) => this.#vec4Bindable(v));
+    if (aligned && m <= MAX_GEMV_ROWS && !transA && transB) {
+      this.#run({
+        file: "matmul_vec4",
+        entry: "gemv_vec4",
+        defines: DEFAULT_DEFINES.matmul_vec4, // the file's constants (unused by this entry point)
+        bindings: [cv, av, bv],
+        ints: [m, n, k, lda, ldb, ldc, +accumulate],
+        groups: n / 4,
+      });
+      return;
+    }
+    const kernel = this.#matmulKernel(aligned, m, n, k, lda, ldb, transA, transB);
     const grid = [Math.ceil(n / kernel.tileN), Math.ceil(m / kernel.tileM)] as const;
     // Few output tiles over a long k (weight gradients: k = B·L) split k across workgroups.
     const splits = Math.min(
@@ -283,25 +298,20 @@ export class WebGpuBackend implements Backend {
 
   /**
    * The matmul kernel for a shape: the vec4 kernel (128×128 tiles) when every operand allows
-   * 16-byte loads, else the general one (128×128 tiles for big outputs, 64×64 for small ones).
+   * 16-byte loads (`aligned`: K, N, strides and view offsets multiples of 4; M too for transA), else the general one (128×128 tiles for big outputs, 64×64 for small ones).
    */
   #matmulKernel(
-    c: GpuView,
-    a: GpuView,
-    b: GpuView,
+    aligned: boolean,
     m: number,
     n: number,
     k: number,
     lda: number,
     ldb: number,
-    ldc: number,
     transA: boolean,
     transB: boolean,
   ) {
     const dims = [m, n, k];
-    const vec4 = k % 4 === 0 && n % 4 === 0 && (!transA || m % 4 === 0) && m >= MIN_VEC4_ROWS &&
-      [lda, ldb, ldc].every((ld) => ld % 4 === 0) && [c, a, b].every((v) => this.#vec4Bindable(v));
-    if (vec4) {
+    if (aligned && (!transA || m % 4 === 0) && m >= MIN_VEC4_ROWS) {
       return {
         base: {
           file: "matmul_vec4" as const,
@@ -335,7 +345,7 @@ export class WebGpuBackend implements Backend {
 
   /** Whether a view can be bound as array<vec4<f32>>: 16-byte aligned, its buffer bound whole. */
   #vec4Bindable(view: GpuView): boolean {
-    return view.offset % 4 === 0 && view.root.size <= this.#gpu.limits.maxStorageBufferBindingSize;
+    return view.offset % 4 === 0 && view.root.size <= this.#rt.maxBinding;
   }
 
   addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void {

@@ -23,6 +23,8 @@ const OFFSET_WORDS = 16;
 const UNIFORM_BYTES = 256;
 /** Dispatches recorded before a forced submit. */
 const RING_SLOTS = 1024;
+/** Bind groups kept for reuse before the cache is cleared (a step's dispatches reuse theirs). */
+const MAX_BIND_GROUPS = 8192;
 /** Workgroups per grid dimension that every adapter supports. */
 const MAX_GROUPS_PER_DIM = 65535;
 
@@ -55,17 +57,31 @@ function storageModes(source: string): StorageModes {
 }
 
 export class GpuRuntime {
-  readonly #pipelines = new Map<string, GPUComputePipeline>();
+  readonly #pipelines = new Map<
+    string,
+    { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout; id: number }
+  >();
+  /**
+   * Bind groups by pipeline, uniform slot and bound ranges. A decode step or a training step
+   * records the same dispatches into the same slots every time, so they hit this cache.
+   */
+  readonly #bindGroups = new Map<string, GPUBindGroup>();
+  readonly #bufferIds = new WeakMap<GPUBuffer, number>();
   readonly #modes = new Map<KernelFile, StorageModes>();
   readonly #uniforms: GPUBuffer;
   readonly #staging = new ArrayBuffer(UNIFORM_BYTES * RING_SLOTS);
   #slots = 0;
+  #nextBufferId = 0;
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
   #doomed: GPUBuffer[] = [];
   #errors: Promise<string | null>[] = [];
 
+  /** The device's maxStorageBufferBindingSize (read once: the limits getter is not free). */
+  readonly maxBinding: number;
+
   constructor(readonly device: GPUDevice, readonly sources: Map<KernelFile, string>) {
+    this.maxBinding = device.limits.maxStorageBufferBindingSize;
     this.#uniforms = device.createBuffer({
       size: UNIFORM_BYTES * RING_SLOTS,
       usage: GPUBufferUsage.UNIFORM | GPUBufferUsage.COPY_DST,
@@ -109,14 +125,14 @@ export class GpuRuntime {
 
   #pipeline(file: KernelFile, entry: string, defines: Record<string, number>, widen: boolean) {
     const key = `${file}:${entry}:${JSON.stringify(defines)}:${widen}`;
-    let pipeline = this.#pipelines.get(key);
-    if (!pipeline) {
+    let cached = this.#pipelines.get(key);
+    if (!cached) {
       this.device.pushErrorScope("validation");
       const module = this.device.createShaderModule({
         label: `kernels/${file}.wgsl`,
         code: this.#source(file, defines, widen),
       });
-      pipeline = this.device.createComputePipeline({
+      const pipeline = this.device.createComputePipeline({
         layout: "auto",
         compute: { module, entryPoint: entry },
       });
@@ -130,9 +146,20 @@ export class GpuRuntime {
             : `${file}.wgsl (${entry}): ${error.message}`;
         }),
       );
-      this.#pipelines.set(key, pipeline);
+      cached = { pipeline, layout: pipeline.getBindGroupLayout(0), id: this.#pipelines.size };
+      this.#pipelines.set(key, cached);
     }
-    return pipeline;
+    return cached;
+  }
+
+  /** A small number naming a buffer in bind-group keys. */
+  #bufferId(buffer: GPUBuffer): number {
+    let id = this.#bufferIds.get(buffer);
+    if (id === undefined) {
+      id = this.#nextBufferId++;
+      this.#bufferIds.set(buffer, id);
+    }
+    return id;
   }
 
   /** Records one dispatch into the open compute pass. */
@@ -142,7 +169,7 @@ export class GpuRuntime {
     if (this.#slots === RING_SLOTS) this.flush();
     const modes = this.#modes.get(d.file)!;
     const widen = aliases(d.bindings, modes);
-    const pipeline = this.#pipeline(d.file, d.entry, d.defines ?? {}, widen);
+    const { pipeline, layout, id } = this.#pipeline(d.file, d.entry, d.defines ?? {}, widen);
 
     const slot = this.#slots++;
     const words = new Uint32Array(this.#staging, slot * UNIFORM_BYTES, UNIFORM_BYTES / 4);
@@ -151,19 +178,34 @@ export class GpuRuntime {
     if (d.bindings.length > OFFSET_WORDS || OFFSET_WORDS + ints.length + fl.length > UNIFORM_BYTES / 4) {
       throw new Error(`${d.file}.wgsl (${d.entry}): too many bindings or arguments`);
     }
-    const entries: GPUBindGroupEntry[] = [
-      { binding: 0, resource: { buffer: this.#uniforms, offset: slot * UNIFORM_BYTES, size: UNIFORM_BYTES } },
-    ];
+    const ranges: { binding: number; buffer: GPUBuffer; offset: number; size: number }[] = [];
+    let key = `${id}:${slot}`;
     d.bindings.forEach((view, i) => {
       if (!view) return;
       const { offset, size, skip } = this.#window(view);
       words[i] = skip;
-      entries.push({ binding: i + 1, resource: { buffer: view.root, offset, size } });
+      ranges.push({ binding: i + 1, buffer: view.root, offset, size });
+      key += `:${i}:${this.#bufferId(view.root)}:${offset}:${size}`;
     });
     ints.forEach((v, i) => words[OFFSET_WORDS + i] = v);
     fl.forEach((v, i) => floats[OFFSET_WORDS + ints.length + i] = v);
 
-    const bindGroup = this.device.createBindGroup({ layout: pipeline.getBindGroupLayout(0), entries });
+    let bindGroup = this.#bindGroups.get(key);
+    if (!bindGroup) {
+      const entries: GPUBindGroupEntry[] = [
+        {
+          binding: 0,
+          resource: { buffer: this.#uniforms, offset: slot * UNIFORM_BYTES, size: UNIFORM_BYTES },
+        },
+        ...ranges.map(({ binding, buffer, offset, size }) => ({
+          binding,
+          resource: { buffer, offset, size },
+        })),
+      ];
+      bindGroup = this.device.createBindGroup({ layout, entries });
+      if (this.#bindGroups.size >= MAX_BIND_GROUPS) this.#bindGroups.clear();
+      this.#bindGroups.set(key, bindGroup);
+    }
     this.#encoder ??= this.device.createCommandEncoder();
     this.#pass ??= this.#encoder.beginComputePass();
     this.#pass.setPipeline(pipeline);
@@ -180,7 +222,7 @@ export class GpuRuntime {
 
   /** The binding range for a view, and the element offset of the view inside it. */
   #window(view: GpuView): { offset: number; size: number; skip: number } {
-    const max = this.device.limits.maxStorageBufferBindingSize;
+    const max = this.maxBinding;
     if (view.root.size <= max) return { offset: 0, size: view.root.size, skip: view.offset };
     const align = this.device.limits.minStorageBufferOffsetAlignment;
     const start = view.offset * 4, end = (view.offset + view.length) * 4;
@@ -218,6 +260,7 @@ export class GpuRuntime {
 
   /** Destroys a buffer once the commands recorded so far no longer need it. */
   release(buffer: GPUBuffer): void {
+    this.#bindGroups.clear(); // none may keep a destroyed buffer alive
     if (this.#encoder) this.#doomed.push(buffer);
     else buffer.destroy();
   }
@@ -234,6 +277,7 @@ export class GpuRuntime {
     this.flush();
     this.#uniforms.destroy();
     this.#pipelines.clear();
+    this.#bindGroups.clear();
   }
 }
 
