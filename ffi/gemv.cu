@@ -1,5 +1,5 @@
-// Few-row matmuls for decode (see gemv.cuh): one block per output column n, its threads splitting
-// K; partial dot products summed over warps in shared memory.
+// Few-row matmuls for decode (see gemv.cuh): one warp per output column n, its lanes splitting K
+// (up to kUnroll independent 16-byte loads in flight per lane), summed with warp shuffles.
 #include <type_traits>
 
 #include "gemv.cuh"
@@ -14,12 +14,12 @@ template <int kM, int V>
 __global__ void __launch_bounds__(kThreads) gemv_kernel(float* c, const float* a, const float* b, int n, int k,
                                                         int lda, int ldb, int ldc, bool accumulate) {
   using Vec = typename std::conditional<V == 4, float4, float>::type;
-  __shared__ float partial[kWarps][kM];
-  const int col = blockIdx.x;
+  const int lane = threadIdx.x % 32, col = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (col >= n) return;  // whole warps: no shuffle is left waiting
   const Vec* brow = reinterpret_cast<const Vec*>(b + (int64_t)col * ldb);
   float acc[kM] = {};
 #pragma unroll 4
-  for (int i = threadIdx.x; i < k / V; i += kThreads) {
+  for (int i = lane; i < k / V; i += 32) {
     Vec w = __ldg(brow + i);
 #pragma unroll
     for (int m = 0; m < kM; m++) {
@@ -31,29 +31,24 @@ __global__ void __launch_bounds__(kThreads) gemv_kernel(float* c, const float* a
       }
     }
   }
-  const int lane = threadIdx.x % 32, warp = threadIdx.x / 32;
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    float v = mb_warp_sum(acc[m]);
-    if (lane == 0) partial[warp][m] = v;
-  }
-  __syncthreads();
-  if (threadIdx.x < kM) {
-    float sum = 0.0f;
-#pragma unroll
-    for (int w = 0; w < kWarps; w++) sum += partial[w][threadIdx.x];
-    float* out = c + (int64_t)threadIdx.x * ldc + col;
-    *out = accumulate ? *out + sum : sum;
+    float sum = mb_warp_sum(acc[m]);
+    if (lane == m) {
+      float* out = c + (int64_t)m * ldc + col;
+      *out = accumulate ? *out + sum : sum;
+    }
   }
 }
 
 template <int kM>
 void launch(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate,
             bool vec) {
+  unsigned blocks = (n + kWarps - 1) / kWarps;
   if (vec) {
-    gemv_kernel<kM, 4><<<n, kThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
+    gemv_kernel<kM, 4><<<blocks, kThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
   } else {
-    gemv_kernel<kM, 1><<<n, kThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
+    gemv_kernel<kM, 1><<<blocks, kThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
   }
 }
 

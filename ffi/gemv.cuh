@@ -1,6 +1,6 @@
 // Matmuls with few rows (decode: M = batch ≤ kGemvMaxRows) against a weight read row by row:
 // C (M, N) [+]= A (M, K) · Bᵀ with B (N, K) — the model's `x · Wᵀ` with transB. cuBLAS spends
-// more time launching than reading the weights at this size; here one block reads one row of B
+// more time launching than reading the weights at this size; here one warp reads one row of B
 // once (16-byte loads where the operands allow) for all M rows of A.
 #pragma once
 

@@ -409,20 +409,29 @@ __global__ void reduce_bc(float* db, float* dc, const float* bc_part, int parts,
   }
 }
 
-// One decode step, one thread per (b, e): h (B, ED, N) updated in place.
+// One decode step, one thread per (b, e, n) — kN lanes per channel, so every load is independent
+// and h·C is a 16-lane shuffle sum: h (B, ED, N) updated in place.
 __global__ void scan_step(float* y, float* h, ScanArgs s) {
-  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i >= (int64_t)s.batch * s.channels) return;
-  int e = i % s.channels, b = i / s.channels;
-  float dt = mb_softplus(s.delta[i] + s.dt_bias[e]), uu = s.u[i];
-  float sum = 0.0f;
-  for (int n = 0; n < s.state; n++) {
-    float* hn = h + i * s.state + n;
-    *hn = decay(dt, -expf(s.a_log[e * s.state + n])) * *hn + dt * s.b[(int64_t)b * s.bc_stride + n] * uu;
-    sum += *hn * s.c[(int64_t)b * s.bc_stride + n];
+  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, be = i / kN;
+  int n = i % kN, e = be % s.channels, b = be / s.channels;
+  bool channel = be < (int64_t)s.batch * s.channels, state = channel && n < s.state;  // lanes past the end
+  float part = 0.0f, dt = 0.0f, uu = 0.0f;                                           // still shuffle
+  if (channel) {
+    dt = mb_softplus(s.delta[be] + s.dt_bias[e]);
+    uu = s.u[be];
   }
-  float zz = s.z[(int64_t)b * s.z_stride + e];
-  y[i] = (sum + s.d[e] * uu) * zz * mb_sigmoid(zz);
+  if (state) {
+    float* hn = h + be * s.state + n;
+    float next = decay(dt, -expf(s.a_log[e * s.state + n])) * *hn + dt * s.b[(int64_t)b * s.bc_stride + n] * uu;
+    *hn = next;
+    part = next * s.c[(int64_t)b * s.bc_stride + n];
+  }
+#pragma unroll
+  for (int lanes = kN / 2; lanes > 0; lanes /= 2) part += __shfl_xor_sync(kFull, part, lanes);
+  if (channel && n == 0) {
+    float zz = s.z[(int64_t)b * s.z_stride + e];
+    y[be] = (part + s.d[e] * uu) * zz * mb_sigmoid(zz);
+  }
 }
 
 ScanArgs make_args(uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log, uint64_t b, uint64_t c, uint64_t d,
@@ -528,10 +537,11 @@ int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, 
 int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
                            uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int channels, int state,
                            int bc_stride, int z_stride) {
-  int64_t n = (int64_t)batch * channels;
+  if (state > kN) return mb_fail("selective scan step: d_state %d is above the supported %d", state, kN);
+  int64_t n = (int64_t)batch * channels * kN;
   if (n <= 0) return 0;
   ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, 1, channels, state, bc_stride, z_stride);
-  scan_step<<<mb_blocks(n, 256), 256, 0, mb_stream()>>>(mb_ptr<float>(y), mb_ptr<float>(h), s);
+  scan_step<<<(unsigned)((n + 255) / 256), 256, 0, mb_stream()>>>(mb_ptr<float>(y), mb_ptr<float>(h), s);
   MB_LAUNCHED("selective_scan_step");
   return 0;
 }
