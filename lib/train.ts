@@ -4,8 +4,13 @@
  * held-out windows, metrics.jsonl, loss.svg, checkpoint.safetensors (latest, with the optimizer
  * moments and data-stream state, so a resumed run reproduces the uninterrupted one exactly) and
  * best.safetensors (lowest validation bits per byte).
+ *
+ * Data-parallel training (hooks.parallel): every rank draws the step's global stream of windows
+ * and trains on its own share; gradients are averaged over the ranks after backward, before
+ * clipping; rank 0 alone evaluates, logs and writes files.
  */
 import type { Backend } from "./backend.ts";
+import type { DataParallel } from "./distributed/data_parallel.ts";
 import { flatToTensors, type NamedTensor, type Safetensors, saveModel, tensorsToFlat } from "./checkpoint.ts";
 import { MambaConfig } from "./config.ts";
 import { MOE_DEFAULTS, type MoeConfigOptions } from "./moe_config.ts";
@@ -46,8 +51,10 @@ export interface TrainSettings {
   batch_size: number;
   /** Bytes per window (plus one for the last target). */
   seq_len: number;
-  /** Micro-batches per step. */
+  /** Micro-batches per step (on each GPU). */
   grad_accum: number;
+  /** Data-parallel ranks (GPUs); absent: 1. Global batch = batch_size · grad_accum · gpus. */
+  gpus?: number;
   /** Peak learning rate, reached at the end of warmup. */
   lr: number;
   /** Learning rate at the last step (cosine decay). */
@@ -193,6 +200,11 @@ export interface TrainHooks {
   onStep?(info: ProgressInfo): void;
   /** After every metrics record is written. */
   onLog?(record: MetricRecord, info: ProgressInfo): void;
+  /**
+   * This process is one rank of data-parallel training (its world size must equal
+   * settings.gpus). Stopping (signal) is agreed on by all ranks, after the current step.
+   */
+  parallel?: DataParallel;
 }
 
 export interface TrainResult {
@@ -223,13 +235,19 @@ export async function train(
 ): Promise<TrainResult> {
   checkCorpus(corpus, settings.seq_len);
   const s = settings;
+  const parallel = hooks.parallel;
+  const rank = parallel?.rank ?? 0, world = parallel?.worldSize ?? 1;
+  if (world !== (s.gpus ?? 1)) {
+    throw new Error(`the run asks for ${s.gpus ?? 1} GPU(s) but this process is one of ${world} ranks`);
+  }
+  const root = rank === 0;
   const config = runConfig(s);
   const model = new MambaByte(config, { backend, seed: s.seed, recompute: s.recompute ?? false });
   const optimizer = new AdamW(backend, model.table, { ...ADAMW_DEFAULTS, weightDecay: s.weight_decay });
   const stream = new BatchStream(corpus.train, s.seq_len, s.seed + 1);
   const valBatches = validationBatches(corpus.val, s.seq_len, s.batch_size, s.eval_batches);
   const out = (name: string) => `${s.out}/${name}`;
-  await Deno.mkdir(s.out, { recursive: true });
+  if (root) await Deno.mkdir(s.out, { recursive: true });
 
   let step = 0, bestValBpb = Infinity;
   let history: MetricRecord[] = [];
@@ -237,9 +255,11 @@ export async function train(
     const state = restore(resume, model, optimizer, stream);
     step = state.step;
     bestValBpb = state.bestValBpb;
-    history = (await readMetrics(out(RUN_FILES.metrics))).filter((r) => r.step <= step);
+    if (root) history = (await readMetrics(out(RUN_FILES.metrics))).filter((r) => r.step <= step);
   }
-  await Deno.writeTextFile(out(RUN_FILES.metrics), history.map((r) => JSON.stringify(r) + "\n").join(""));
+  if (root) {
+    await Deno.writeTextFile(out(RUN_FILES.metrics), history.map((r) => JSON.stringify(r) + "\n").join(""));
+  }
 
   const save = async () => {
     const { m, v, t } = await optimizer.readState();
@@ -256,24 +276,43 @@ export async function train(
     }, extra);
   };
 
-  const bytesPerStep = s.batch_size * s.seq_len * s.grad_accum;
+  const bytesPerStep = s.batch_size * s.seq_len * s.grad_accum * world;
   const startStep = step, startTime = performance.now();
   let intervalLoss = 0, intervalSteps = 0, intervalStart = startTime, savedStep = step;
   let intervalAux = 0, intervalDropped = 0;
-  while (step < s.steps) {
+  let stopping = false;
+  while (step < s.steps && !stopping) {
     await yieldToEventLoop(); // lets a SIGINT listener run between steps, even on the synchronous CPU backend
-    if (hooks.signal?.aborted) break;
+    if (!parallel && hooks.signal?.aborted) break;
     step++;
     const lr = learningRate(step, { lr: s.lr, minLr: s.min_lr, warmup: s.warmup, steps: s.steps });
     model.zeroGrad();
-    let loss = 0;
-    for (let micro = 0; micro < s.grad_accum; micro++) {
+    let loss = 0, aux = 0, dropped = 0;
+    // The step's windows are world · grad_accum micro-batches of one stream; rank r trains on
+    // the r-th run of grad_accum of them, so any number of ranks sees the same global batch.
+    for (let micro = 0; micro < world * s.grad_accum; micro++) {
       const batch = stream.next(s.batch_size);
+      if (Math.floor(micro / s.grad_accum) !== rank) continue;
       const result = await model.lossAndBackward(batch.inputs, batch.targets, batch.shape, 1 / s.grad_accum);
       loss += result.loss / s.grad_accum;
-      intervalAux += (result.aux ?? 0) / s.grad_accum;
-      intervalDropped += result.dropped ?? 0;
+      aux += (result.aux ?? 0) / s.grad_accum;
+      dropped += result.dropped ?? 0;
     }
+    if (parallel) {
+      await parallel.averageGradients(model.grads);
+      const [l, a, d, stop] = await parallel.averageScalars([
+        loss,
+        aux,
+        dropped,
+        hooks.signal?.aborted ? 1 : 0,
+      ]);
+      loss = l;
+      aux = a;
+      dropped = d * world; // a sum over the ranks, like one rank's sum over its micro-batches
+      stopping = stop > 0; // any rank asked to stop: all stop after this step
+    }
+    intervalAux += aux;
+    intervalDropped += dropped;
     if (!Number.isFinite(loss)) {
       throw new Error(`the training loss became ${loss} at step ${step}; try a lower --lr or --clip`);
     }
@@ -291,6 +330,7 @@ export async function train(
       etaSeconds: ((s.steps - step) * (now - startTime)) / 1000 / (step - startStep),
     };
     hooks.onStep?.(info);
+    if (!root) continue;
 
     const last = step === s.steps;
     if (step % s.eval_every === 0 || last) {
@@ -329,7 +369,7 @@ export async function train(
       savedStep = step;
     }
   }
-  if (savedStep !== step) await save();
+  if (root && savedStep !== step) await save();
   optimizer.free();
   return { step, interrupted: step < s.steps, bestValBpb };
 }
