@@ -10,17 +10,22 @@
 // - scan_chunk_carry walks the chunks in order, replacing hc[q] by the state entering chunk q.
 // Forward: scan_forward, one invocation per (b, e, chunk), runs its chunk from hc and writes y.
 //
-// Backward, chunked over L in chunks of T steps:
+// Backward, chunked over L in chunks of T steps, parallel over chunks:
 // 1. the chunk states as above.
-// 2. scan_backward walks the chunks last to first: recomputes the chunk's states from hc into
-//    hs (B, T, N, ED), then runs the reverse recurrence dh[t] = dpre[t]·C[t] + exp(δ[t+1]·A)·dh[t+1]
+// 2. The reverse recurrence dh[t] = dpre[t]·C[t] + g[t], g[t-1] = exp(δ[t]·A)·dh[t] is linear in
+//    the same way: scan_dh_local runs every chunk from g = 0 (its leftmost g goes to gc
+//    (B, Q, N, ED)), and scan_dh_carry walks the chunks last to first, replacing gc[q] by the g
+//    entering chunk q from the right.
+// 3. scan_backward, in waves of W chunks: per (b, e, chunk of the wave) it recomputes the
+//    chunk's states from hc into hs (B, W, T, N, ED), then runs the reverse recurrence from gc
 //    through it. du, ddelta, dz are written per (b, e); the per-channel terms of dB and dC are
 //    summed over the workgroup's WG channels in workgroup memory into bc partials
-//    (B·L, ceil(ED / WG), 2N); dA_log, dD, ddt_bias terms go to param partials (B, N + 2, ED).
-// 3. scan_reduce_bc sums the bc partials into dB, dC (overwritten); scan_reduce_params adds
-//    Σ_b of the param partials into dA_log, dD, ddt_bias.
-// hc, sd, hs and both partials live in one scratch buffer `work` at offsets given as arguments:
-// ints 5..10 are Q, then the offsets of hc, hs, bc partials, param partials, sd.
+//    (B·L, ceil(ED / WG), 2N); dA_log, dD, ddt_bias terms go to param partials (B, Q, N + 2, ED).
+// 4. scan_reduce_bc sums the bc partials into dB, dC (overwritten); scan_reduce_params adds
+//    Σ over (b, chunk) of the param partials into dA_log, dD, ddt_bias.
+// hc, sd, gc, hs and both partials live in one scratch buffer `work` at offsets given as
+// arguments: ints 5..13 are Q, then the offsets of hc, hs, bc partials, param partials, sd, gc,
+// then W and the first chunk of the wave.
 //
 // Defines: NS (N), WG (channels per workgroup of scan_backward), T (chunk length).
 
@@ -137,9 +142,78 @@ fn hc_index(d: ScanDims, b: u32, q: u32, n: u32, e: u32) -> u32 {
   return view_offset(11u) + arg_u(6u) + ((b * arg_u(5u) + q) * NS + n) * d.channels + e;
 }
 
-/** Index in `work` of hs[b, tl, n, e] (the state after step t0 + tl of the current chunk). */
-fn hs_index(d: ScanDims, b: u32, tl: u32, n: u32, e: u32) -> u32 {
-  return view_offset(11u) + arg_u(7u) + ((b * T + tl) * NS + n) * d.channels + e;
+/** Index in `work` of hs[b, w, tl, n, e] (the state after step tl of the wave's chunk w). */
+fn hs_index(d: ScanDims, b: u32, w: u32, tl: u32, n: u32, e: u32) -> u32 {
+  return view_offset(11u) + arg_u(7u) + (((b * arg_u(12u) + w) * T + tl) * NS + n) * d.channels + e;
+}
+
+/** Index in `work` of gc[b, q, n, e] (the dh carry entering chunk q from the right). */
+fn gc_index(d: ScanDims, b: u32, q: u32, n: u32, e: u32) -> u32 {
+  return view_offset(11u) + arg_u(11u) + ((b * arg_u(5u) + q) * NS + n) * d.channels + e;
+}
+
+/** dy·z·σ(z): the gradient reaching Σ_n h·C + D·u at row r. */
+fn dpre_at(d: ScanDims, r: u32, e: u32) -> f32 {
+  let zv = z[view_offset(9u) + r * d.z_stride + e];
+  return dy[view_offset(12u) + r * d.channels + e] * zv * sigmoid(zv);
+}
+
+// Grid: (ceil(ED / 64), Q, B). gc[b, q] ← the carry leaving chunk q leftwards from g = 0.
+@compute @workgroup_size(64)
+fn scan_dh_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let d = scan_dims();
+  let b = wid.z;
+  let q = wid.y;
+  let e = wid.x * 64u + lid;
+  if (e >= d.channels) {
+    return;
+  }
+  var a: array<f32, NS>;
+  var g: array<f32, NS>;
+  for (var n = 0u; n < NS; n++) {
+    a[n] = minus_exp_a_log(e, n);
+    g[n] = 0.0;
+  }
+  let t0 = q * T;
+  for (var t = min(d.len, t0 + T); t > t0; t--) {
+    let r = b * d.len + t - 1u;
+    let dt = delta_t(r, e, d.channels);
+    let dpre = dpre_at(d, r, e);
+    let oc = view_offset(7u) + r * d.bc_stride;
+    for (var n = 0u; n < NS; n++) {
+      g[n] = exp(dt * a[n]) * (dpre * cmat[oc + n] + g[n]);
+    }
+  }
+  for (var n = 0u; n < NS; n++) {
+    work[gc_index(d, b, q, n, e)] = g[n];
+  }
+}
+
+// Grid: (ceil(ED / 64), B). gc[b, q] ← the carry entering chunk q from the right.
+@compute @workgroup_size(64)
+fn scan_dh_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let d = scan_dims();
+  let b = wid.y;
+  let e = wid.x * 64u + lid;
+  if (e >= d.channels) {
+    return;
+  }
+  var a: array<f32, NS>;
+  var g: array<f32, NS>;
+  for (var n = 0u; n < NS; n++) {
+    a[n] = minus_exp_a_log(e, n);
+    g[n] = 0.0;
+  }
+  for (var qi = arg_u(5u); qi > 0u; qi--) {
+    let q = qi - 1u;
+    let sd = work[sd_index(d, b, q, e)];
+    for (var n = 0u; n < NS; n++) {
+      let i = gc_index(d, b, q, n, e);
+      let local_carry = work[i];
+      work[i] = g[n];
+      g[n] = exp(sd * a[n]) * g[n] + local_carry;
+    }
+  }
 }
 
 /** Index in `work` of sd[b, q, e] = Σ δ over chunk q. */
@@ -206,12 +280,16 @@ fn scan_chunk_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoca
   }
 }
 
-// ints: batch, L, ED, bc_stride, z_stride, Q, hc offset, hs offset, bc partials offset,
-// param partials offset. Grid: (ceil(ED / WG), B).
+// Grid: (ceil(ED / WG), B, W): chunk q = first chunk of the wave + z.
 @compute @workgroup_size(WG)
 fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
   let chunks = arg_u(5u);
+  let w = wid.z;
+  let q = arg_u(13u) + w;
+  if (q >= chunks) {
+    return;
+  }
   let o_bc = view_offset(11u) + arg_u(8u);
   let o_pp = view_offset(11u) + arg_u(9u);
   let b = wid.y;
@@ -226,15 +304,14 @@ fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
   for (var n = 0u; n < NS; n++) {
     a[n] = minus_exp_a_log(e, n);
     da[n] = 0.0;
-    carry[n] = 0.0;
+    carry[n] = work[gc_index(d, b, q, n, e)];
   }
   let dv = dskip[view_offset(8u) + e];
   let bias = dt_bias[view_offset(4u) + e];
   var dd_acc = 0.0;
   var dbias_acc = 0.0;
 
-  for (var qi = 0u; qi < chunks; qi++) {
-    let q = chunks - 1u - qi;
+  {
     let t0 = q * T;
     let t1 = min(d.len, t0 + T);
     // Recompute the chunk's states from the one entering it.
@@ -250,7 +327,7 @@ fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
       for (var n = 0u; n < NS; n++) {
         h[n] = exp(dt * a[n]) * h[n] + dt * bmat[ob + n] * ut;
         if (valid) {
-          work[hs_index(d, b, t - t0, n, e)] = h[n];
+          work[hs_index(d, b, w, t - t0, n, e)] = h[n];
         }
       }
     }
@@ -264,7 +341,7 @@ fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
       let oc = view_offset(7u) + r * d.bc_stride;
       var s = 0.0;
       for (var n = 0u; n < NS; n++) {
-        s += work[hs_index(d, b, t - t0, n, e)] * cmat[oc + n];
+        s += work[hs_index(d, b, w, t - t0, n, e)] * cmat[oc + n];
       }
       let zv = z[view_offset(9u) + r * d.z_stride + e];
       let sg = sigmoid(zv);
@@ -274,10 +351,10 @@ fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
       var du_acc = dpre * dv;
       var ddt = 0.0;
       for (var n = 0u; n < NS; n++) {
-        let hn = work[hs_index(d, b, t - t0, n, e)];
+        let hn = work[hs_index(d, b, w, t - t0, n, e)];
         var h_prev = 0.0;
         if (t > t0) {
-          h_prev = work[hs_index(d, b, t - t0 - 1u, n, e)];
+          h_prev = work[hs_index(d, b, w, t - t0 - 1u, n, e)];
         } else {
           h_prev = work[hc_index(d, b, q, n, e)];
         }
@@ -311,12 +388,13 @@ fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
       workgroupBarrier();
     }
   }
+  let bq = b * chunks + q; // param partials (B, Q, N + 2, ED)
   if (valid) {
     for (var n = 0u; n < NS; n++) {
-      work[o_pp + (b * (NS + 2u) + n) * d.channels + e] = da[n] * a[n]; // A = -exp(A_log): dA_log = dA·A
+      work[o_pp + (bq * (NS + 2u) + n) * d.channels + e] = da[n] * a[n]; // A = -exp(A_log): dA_log = dA·A
     }
-    work[o_pp + (b * (NS + 2u) + NS) * d.channels + e] = dd_acc;
-    work[o_pp + (b * (NS + 2u) + NS + 1u) * d.channels + e] = dbias_acc;
+    work[o_pp + (bq * (NS + 2u) + NS) * d.channels + e] = dd_acc;
+    work[o_pp + (bq * (NS + 2u) + NS + 1u) * d.channels + e] = dbias_acc;
   }
 }
 
@@ -346,7 +424,8 @@ fn scan_reduce_bc(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups
 }
 
 // ints: batch, L, ED, bc_stride, z_stride, Q, hc offset, hs offset, bc partials offset,
-// param partials offset. One invocation per channel e: dA_log[e, :], dD[e], ddt_bias[e] += Σ_b.
+// param partials offset. One invocation per channel e: dA_log[e, :], dD[e], ddt_bias[e] += Σ over
+// (b, chunk).
 @compute @workgroup_size(64)
 fn scan_reduce_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
@@ -357,8 +436,8 @@ fn scan_reduce_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
   let o = view_offset(11u) + arg_u(9u);
   for (var k = 0u; k < NS + 2u; k++) {
     var acc = 0.0;
-    for (var b = 0u; b < d.batch; b++) {
-      acc += work[o + (b * (NS + 2u) + k) * d.channels + e];
+    for (var bq = 0u; bq < d.batch * arg_u(5u); bq++) {
+      acc += work[o + (bq * (NS + 2u) + k) * d.channels + e];
     }
     if (k < NS) {
       da_log[view_offset(13u) + e * NS + k] += acc;

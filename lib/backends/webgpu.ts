@@ -21,6 +21,8 @@ import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
 const ROWS_PER_BLOCK = 64;
 /** Chunk length of the selective scan's backward (states are recomputed per chunk). */
 const SCAN_CHUNK = 64;
+/** The selective scan's backward runs its chunks in this many waves (of ceil(Q / waves) chunks). */
+const SCAN_WAVES = 8;
 /** Split-K of matmul: at most this many splits, each at least this deep, aiming at this many workgroups. */
 const MAX_K_SPLITS = 64;
 const MIN_K_PER_SPLIT = 256;
@@ -635,24 +637,43 @@ export class WebGpuBackend implements Backend {
     const defines = this.#scanDefines(N);
     const chunks = Math.ceil(L / SCAN_CHUNK);
     const blocks = Math.ceil(ED / defines.WG);
-    // Regions of the scratch: hc (B, Q, N, ED), sd (B, Q, ED), hs (B, T, N, ED),
-    // bc partials (B·L, blocks, 2N), param partials (B, N + 2, ED).
+    const wave = Math.ceil(chunks / SCAN_WAVES); // W chunks of the backward in parallel
+    // Regions of the scratch: hc (B, Q, N, ED), sd (B, Q, ED), gc (B, Q, N, ED),
+    // hs (B, W, T, N, ED), bc partials (B·L, blocks, 2N), param partials (B, Q, N + 2, ED).
     const hc = 0;
     const sd = hc + B * chunks * N * ED;
-    const hs = sd + B * chunks * ED;
-    const bc = hs + B * SCAN_CHUNK * N * ED;
+    const gc = sd + B * chunks * ED;
+    const hs = gc + B * chunks * N * ED;
+    const bc = hs + B * wave * SCAN_CHUNK * N * ED;
     const pp = bc + B * L * blocks * 2 * N;
-    const work = this.#work(pp + B * (N + 2) * ED);
-    const ints = [...this.#scanInts(dims), chunks, hc, hs, bc, pp, sd];
+    const work = this.#work(pp + B * chunks * (N + 2) * ED);
+    const ints = [...this.#scanInts(dims), chunks, hc, hs, bc, pp, sd, gc, wave, 0];
     const inputs = [gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)];
     const base = { file: "scan" as const, defines, ints };
     this.#scanChunkStates(inputs, work, ints, dims);
+    const [, deltaV, dtBiasV, aLogV, , cV, , zV] = inputs;
+    const _ = undefined;
     this.#run({
       ...base,
-      entry: "scan_backward",
-      bindings: [undefined, ...inputs, undefined, work, gv(dy), gv(du), gv(ddelta), gv(dz)],
-      groups: [blocks, B],
+      entry: "scan_dh_local",
+      bindings: [_, _, deltaV, dtBiasV, aLogV, _, cV, _, zV, _, work, gv(dy)],
+      groups: [Math.ceil(ED / 64), chunks, B],
     });
+    this.#run({
+      ...base,
+      entry: "scan_dh_carry",
+      bindings: [_, _, _, _, aLogV, _, _, _, _, _, work],
+      groups: [Math.ceil(ED / 64), B],
+    });
+    for (let first = 0; first < chunks; first += wave) {
+      this.#run({
+        ...base,
+        ints: [...ints.slice(0, -1), first],
+        entry: "scan_backward",
+        bindings: [undefined, ...inputs, undefined, work, gv(dy), gv(du), gv(ddelta), gv(dz)],
+        groups: [blocks, B, wave],
+      });
+    }
     const none = new Array(10).fill(undefined);
     this.#run({
       ...base,
