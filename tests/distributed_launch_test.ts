@@ -6,8 +6,10 @@
  * cpu backend against plain training.
  */
 import assert from "node:assert/strict";
+import { launch, selectDevices } from "../lib/distributed/launcher.ts";
 import { Nccl, ncclCandidates } from "../lib/distributed/nccl.ts";
 import { exchangeUniqueId, serveRendezvous } from "../lib/distributed/rendezvous.ts";
+import { workerEnv, workerInfo } from "../lib/distributed/worker.ts";
 
 const JOB = "test-job";
 
@@ -123,4 +125,106 @@ Deno.test({
     assert.equal(a.length, 128);
     assert.notDeepEqual(a, b);
   },
+});
+
+/** A worker that joins the rendezvous, writes what it was told, then (mode "die") rank 1 fails. */
+const WORKER_SCRIPT = `
+import { exchangeUniqueId } from "${new URL("../lib/distributed/rendezvous.ts", import.meta.url)}";
+import { workerInfo } from "${new URL("../lib/distributed/worker.ts", import.meta.url)}";
+const [mode, dir] = Deno.args;
+const info = workerInfo();
+const id = await exchangeUniqueId({
+  address: info.rendezvous, job: info.job, rank: info.rank, worldSize: info.worldSize,
+  id: info.rank === 0 ? new Uint8Array(128).fill(42) : undefined, timeoutMs: 20000,
+});
+const visible = Deno.env.get("CUDA_VISIBLE_DEVICES");
+await Deno.writeTextFile(dir + "/rank" + info.rank + ".json", JSON.stringify({ ...info, visible, id: [...id.slice(0, 2)] }));
+const others = ["rank0.json", "rank2.json"].map((name) => dir + "/" + name);
+while (mode === "die" && info.rank === 1 && !others.every((f) => { try { return Deno.statSync(f).isFile; } catch { return false; } })) {
+  await new Promise((resolve) => setTimeout(resolve, 20));
+}
+if (mode === "die" && info.rank === 1) Deno.exit(3); // after the others have started
+if (mode === "die" && info.rank === 2) Deno.addSignalListener("SIGTERM", () => {}); // only SIGKILL stops it
+if (mode === "die") await new Promise((resolve) => setTimeout(resolve, 60000));
+`;
+
+async function launchScript(mode: "ok" | "die") {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(`${dir}/worker.ts`, WORKER_SCRIPT);
+  const start = performance.now();
+  const result = await launch({
+    command: [Deno.execPath(), "run", "-A", `${dir}/worker.ts`, mode, dir],
+    devices: ["4", "5", "6"],
+    worldSize: 3,
+    firstRank: 0,
+    rendezvous: { hostname: "127.0.0.1", port: 0 },
+    serve: true,
+    job: "job-1",
+    rendezvousTimeoutMs: 20000,
+    graceMs: 500,
+    output: "null",
+  });
+  const ranks = [];
+  for (
+    const name of [...Deno.readDirSync(dir)].map((e) => e.name).filter((n) => n.startsWith("rank")).sort()
+  ) {
+    ranks.push(JSON.parse(await Deno.readTextFile(`${dir}/${name}`)));
+  }
+  await Deno.remove(dir, { recursive: true });
+  return { result, ranks, seconds: (performance.now() - start) / 1000 };
+}
+
+Deno.test("the launcher starts one worker per device with its rank, world size, device and the rendezvous", async () => {
+  const { result, ranks } = await launchScript("ok");
+  assert.deepEqual(result, { code: 0 });
+  assert.deepEqual(
+    ranks.map((
+      r,
+    ) => [r.rank, r.localRank, r.worldSize, r.device, r.visible, r.job, r.rendezvous.hostname, r.id]),
+    [
+      [0, 0, 3, "4", "4", "job-1", "127.0.0.1", [42, 42]],
+      [1, 1, 3, "5", "5", "job-1", "127.0.0.1", [42, 42]],
+      [2, 2, 3, "6", "6", "job-1", "127.0.0.1", [42, 42]],
+    ],
+  );
+});
+
+Deno.test("a worker that dies takes the job down with a message naming it, even a worker that ignores SIGTERM", async () => {
+  const { result, ranks, seconds } = await launchScript("die");
+  assert.equal(ranks.length, 3, "every worker had started");
+  assert.equal(result.code, 3);
+  assert.match(result.failure!, /^rank 1 \(pid \d+\) exited with code 3; stopping the other 2 worker\(s\)$/);
+  assert.ok(seconds < 20, `the job ended in ${seconds} s, not after the workers' 60 s`);
+});
+
+Deno.test("--gpus picks GPUs from CUDA_VISIBLE_DEVICES, else from the detected count", () => {
+  assert.deepEqual(selectDevices(2, "3,5,7", () => 0), ["3", "5"]);
+  assert.deepEqual(selectDevices("all", "3,5", () => 8), ["3", "5"]);
+  assert.deepEqual(selectDevices("all", undefined, () => 4), ["0", "1", "2", "3"]);
+  assert.throws(() => selectDevices(3, "1,2", () => 8), /--gpus 3: CUDA_VISIBLE_DEVICES=1,2 has 2 GPU\(s\)/);
+  assert.throws(() => selectDevices(1, undefined, () => 0), /--gpus 1: this machine has no GPU/);
+});
+
+Deno.test("a worker reads what the launcher set, and a process no launcher started is not a worker", () => {
+  const env = workerEnv({
+    rank: 3,
+    worldSize: 8,
+    localRank: 1,
+    device: "1",
+    rendezvous: { hostname: "10.1.2.3", port: 29500 },
+    job: "j",
+  });
+  assert.deepEqual(workerInfo((name) => env[name]), {
+    rank: 3,
+    worldSize: 8,
+    localRank: 1,
+    device: "1",
+    rendezvous: { hostname: "10.1.2.3", port: 29500 },
+    job: "j",
+  });
+  assert.equal(workerInfo(() => undefined), null);
+  assert.throws(
+    () => workerInfo((name) => ({ ...env, MAMBABYTE_RANK: "8" })[name]),
+    /malformed worker environment/,
+  );
 });
