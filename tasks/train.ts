@@ -1,11 +1,15 @@
 /**
  * `deno task train [options]`: trains MambaByte on the default corpus (or --data PATH) with the
  * best backend available. `--help` lists the options; `--resume DIR` continues a run exactly.
+ * `--gpus N|all` launches one worker per GPU (tasks/train_distributed.ts); a worker is this same
+ * script, told its rank by the launcher's environment.
  */
 import { createBackend, type DeviceChoice } from "../lib/backend.ts";
 import { readSafetensors } from "../lib/checkpoint.ts";
 import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
 import { openCorpus } from "../lib/data.ts";
+import { DataParallel, gradAccumForWorld } from "../lib/distributed/data_parallel.ts";
+import { joinGroup, type WorkerInfo, workerInfo } from "../lib/distributed/worker.ts";
 import { logLine, progressBar } from "../lib/progress.ts";
 import {
   checkpointSettings,
@@ -17,6 +21,7 @@ import {
   trainDefaults,
   type TrainSettings,
 } from "../lib/train.ts";
+import { LAUNCH_SPECS, launchTraining, RENDEZVOUS_TIMEOUT_MS } from "./train_distributed.ts";
 
 const BACKENDS = ["auto", "cpu", "webgpu", "cuda"] as const;
 const cpu = trainDefaults("cpu"), gpu = trainDefaults("gpu");
@@ -56,6 +61,7 @@ const SPECS = {
   data: { kind: "string", help: "corpus file, directory or glob (default: State of the Union)" },
   resume: { kind: "string", help: "continue the run in this directory" },
   backend: { kind: "string", choices: BACKENDS, default: "auto", help: "device" },
+  ...LAUNCH_SPECS,
 } satisfies Record<string, OptionSpec>;
 
 /** Options allowed with --resume (everything else comes from the checkpoint). */
@@ -78,25 +84,50 @@ async function main(): Promise<number> {
     console.log(helpText());
     return 0;
   }
+  const worker = workerInfo();
+  if (options.gpus !== undefined && !worker) {
+    const out = options.resume ?? options.out ?? defaultOut();
+    if (options.resume !== undefined) await readResume(options.resume);
+    else await checkFreshOut(out);
+    return await launchTraining({
+      gpus: options.gpus,
+      backend: options.backend,
+      nodes: options.nodes ?? 1,
+      nodeRank: options["node-rank"] ?? 0,
+      masterAddr: options["master-addr"],
+      masterPort: options["master-port"],
+      out,
+      resume: options.resume !== undefined,
+    }, Deno.args);
+  }
   const backend = await createBackend(options.backend as DeviceChoice);
+  const comm = worker ? await joinGroup(backend, worker, RENDEZVOUS_TIMEOUT_MS) : null;
+  const world = comm?.worldSize ?? 1;
+  const root = !comm || comm.rank === 0;
+  const say = root ? console.log : () => {};
   let settings: TrainSettings;
   const resume = options.resume === undefined ? undefined : await readResume(options.resume);
   if (resume) {
     const extra = Object.keys(options).filter((k) =>
-      (options as Record<string, unknown>)[k] !== undefined && !RESUME_OPTIONS.includes(k) && k !== "backend"
+      (options as Record<string, unknown>)[k] !== undefined && !RESUME_OPTIONS.includes(k) &&
+      !(k in LAUNCH_SPECS)
     );
     if (extra.length) {
       throw new UsageError(
         `--resume takes its settings from the checkpoint; only ${
           RESUME_OPTIONS.map((o) => `--${o}`).join(", ")
-        } may be given (got --${extra.join(", --")})`,
+        } may be given, with the launch options (got --${extra.join(", --")})`,
       );
     }
+    const saved = resume.settings;
     settings = {
-      ...resume.settings,
+      ...saved,
       out: options.resume!,
       backend: options.backend,
-      steps: options.steps ?? resume.settings.steps,
+      steps: options.steps ?? saved.steps,
+      // another number of GPUs: the same global batch, through grad-accum
+      grad_accum: gradAccumForWorld(saved.gpus ?? 1, saved.grad_accum, world),
+      gpus: world,
     };
   } else {
     const defaults = trainDefaults(defaultsKind(backend));
@@ -108,21 +139,20 @@ async function main(): Promise<number> {
     settings = {
       ...defaults,
       ...given,
-      out: options.out ?? `runs/${new Date().toISOString().slice(0, 19).replaceAll(":", "-")}`,
+      out: options.out ?? defaultOut(),
       data: options.data ?? null,
       backend: options.backend,
+      ...(worker ? { gpus: world } : {}),
     };
-    await checkFreshOut(settings.out);
+    if (!worker) await checkFreshOut(settings.out);
   }
   const config = runConfig(settings);
   const corpus = await openCorpus(settings.data ?? undefined);
-  console.log(`backend: ${backend.device} (${backend.description})`);
-  console.log(
-    `corpus: ${corpus.description}; ${corpus.train.length} training bytes, ${corpus.val.length} held out`,
-  );
-  console.log(`config: ${JSON.stringify(settings)}`);
-  console.log(`model: ${JSON.stringify(config.toJSON())}`);
-  if (resume) console.log(`resuming from step ${resume.step} of ${settings.out}`);
+  say(`backend: ${backend.device} (${backend.description})${comm ? `, ${world} rank(s)` : ""}`);
+  say(`corpus: ${corpus.description}; ${corpus.train.length} training bytes, ${corpus.val.length} held out`);
+  say(`config: ${JSON.stringify(settings)}`);
+  say(`model: ${JSON.stringify(config.toJSON())}`);
+  if (resume) say(`resuming from step ${resume.step} of ${settings.out}`);
 
   const controller = new AbortController();
   const onSigint = () => {
@@ -131,25 +161,30 @@ async function main(): Promise<number> {
     console.error("\ninterrupted: finishing this step and writing a checkpoint (Ctrl-C again to quit now)");
   };
   Deno.addSignalListener("SIGINT", onSigint);
-  const tty = Deno.stdout.isTerminal();
+  const tty = root && Deno.stdout.isTerminal();
   const encoder = new TextEncoder();
   const write = (text: string) => Deno.stdout.writeSync(encoder.encode(text));
+  const parallel = comm ? new DataParallel(comm, backend) : undefined;
   const result = await train(settings, backend, corpus, {
     signal: controller.signal,
+    parallel,
     onStep: tty ? (info) => write(`\r${progressBar(info)}\x1b[K`) : undefined,
-    onLog: (record, info) => {
+    onLog: !root ? undefined : (record, info) => {
       if (!tty) write(logLine(info) + moeLog(record) + "\n");
       else if (record.val_bpb !== undefined) write(`\r${logLine(info)}${moeLog(record)}\x1b[K\n`);
     },
   }, resume?.file);
   Deno.removeSignalListener("SIGINT", onSigint);
+  parallel?.free();
+  comm?.close();
   if (tty) write("\n");
   const files = Object.values(RUN_FILES).map((f) => `${settings.out}/${f}`).join(", ");
   if (result.interrupted) {
-    console.log(`stopped at step ${result.step}; resume with: deno task train --resume ${settings.out}`);
+    const gpus = worker ? ` --gpus ${world}` : "";
+    say(`stopped at step ${result.step}; resume with: deno task train --resume ${settings.out}${gpus}`);
     return 130;
   }
-  console.log(
+  say(
     `done: ${result.step} steps, best validation ${result.bestValBpb.toFixed(4)} bits/byte; wrote ${files}`,
   );
   return 0;
@@ -168,6 +203,16 @@ async function readResume(dir: string) {
   return { file, settings, step: Number(file.metadata.step) };
 }
 
+/** runs/<timestamp> */
+function defaultOut(): string {
+  return `runs/${new Date().toISOString().slice(0, 19).replaceAll(":", "-")}`;
+}
+
+/** "train", or "train (rank 3)" in a launched worker, before its error messages. */
+function cliName(info: WorkerInfo | null): string {
+  return info ? `train (rank ${info.rank})` : "train";
+}
+
 async function checkFreshOut(dir: string): Promise<void> {
   try {
     await Deno.stat(`${dir}/${RUN_FILES.checkpoint}`);
@@ -179,4 +224,4 @@ async function checkFreshOut(dir: string): Promise<void> {
   );
 }
 
-if (import.meta.main) await runCli("train", main);
+if (import.meta.main) await runCli(cliName(workerInfo()), main);

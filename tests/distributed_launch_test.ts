@@ -228,3 +228,52 @@ Deno.test("a worker reads what the launcher set, and a process no launcher start
     /malformed worker environment/,
   );
 });
+
+/** `deno run -A tasks/train.ts ARGS` in a subprocess. */
+async function trainCli(args: string[]): Promise<{ code: number; stderr: string }> {
+  const { code, stderr } = await new Deno.Command(Deno.execPath(), {
+    args: ["run", "-A", new URL("../tasks/train.ts", import.meta.url).pathname, ...args],
+    stdin: "null",
+    stdout: "null",
+    stderr: "piped",
+    env: { NO_COLOR: "1" },
+  }).output();
+  return { code, stderr: new TextDecoder().decode(stderr) };
+}
+
+Deno.test("train --gpus 1 on the cpu backend (a launched worker, world size 1) equals plain training step for step", async () => {
+  const dir = await Deno.makeTempDir();
+  await Deno.writeTextFile(
+    `${dir}/corpus.txt`,
+    "we the people, in order to form a more perfect union. ".repeat(50),
+  );
+  const args = ["--dim", "8", "--depth", "1", "--d-state", "4", "--batch-size", "2", "--seq-len", "16"];
+  const common = [
+    ...args,
+    "--steps",
+    "6",
+    "--log-every",
+    "1",
+    "--eval-every",
+    "3",
+    "--data",
+    `${dir}/corpus.txt`,
+  ];
+  const plain = await trainCli([...common, "--backend", "cpu", "--out", `${dir}/plain`]);
+  const launched = await trainCli([...common, "--backend", "cpu", "--gpus", "1", "--out", `${dir}/gpus1`]);
+  assert.equal(plain.code, 0, plain.stderr);
+  assert.equal(launched.code, 0, launched.stderr);
+  const losses = async (run: string) =>
+    (await Deno.readTextFile(`${dir}/${run}/metrics.jsonl`)).trim().split("\n").map((line) => {
+      const { step, loss, val_bpb } = JSON.parse(line);
+      return { step, loss, val_bpb };
+    });
+  const expected = await losses("plain");
+  assert.equal(expected.length, 6);
+  assert.deepEqual(await losses("gpus1"), expected);
+
+  const refused = await trainCli([...common, "--backend", "cpu", "--gpus", "2", "--out", `${dir}/two`]);
+  assert.equal(refused.code, 2);
+  assert.match(refused.stderr.trim(), /^train: error: --gpus 2 needs --backend cuda \(or auto\)/);
+  await Deno.remove(dir, { recursive: true });
+});

@@ -9,7 +9,7 @@ import { CpuBackend } from "../lib/backends/cpu.ts";
 import { readSafetensors } from "../lib/checkpoint.ts";
 import type { Corpus } from "../lib/data.ts";
 import type { Communicator } from "../lib/distributed/communicator.ts";
-import { DataParallel, gradientBuckets } from "../lib/distributed/data_parallel.ts";
+import { DataParallel, gradAccumForWorld, gradientBuckets } from "../lib/distributed/data_parallel.ts";
 import { Random } from "../lib/random.ts";
 import { type MetricRecord, RUN_FILES, train, type TrainHooks, type TrainSettings } from "../lib/train.ts";
 
@@ -201,4 +201,11 @@ Deno.test("a world size other than the run's gpus is an error", async () => {
     /asks for 4 GPU\(s\) but this process is one of 2 ranks/,
   );
   await Deno.remove(dir, { recursive: true });
+});
+
+Deno.test("resuming on another number of GPUs keeps the global batch, or says which counts can", () => {
+  assert.equal(gradAccumForWorld(2, 1, 1), 2);
+  assert.equal(gradAccumForWorld(1, 8, 4), 2);
+  assert.equal(gradAccumForWorld(4, 2, 8), 1);
+  assert.throws(() => gradAccumForWorld(2, 3, 4), /global batch is 6 micro-batches .* divides 6/);
 });

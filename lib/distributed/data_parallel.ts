@@ -87,3 +87,19 @@ export class DataParallel {
     this.backend.free(this.#scalars);
   }
 }
+
+/**
+ * Micro-batches per rank when a run saved with `gpus` ranks × `gradAccum` continues on `world`
+ * ranks: the global batch (gpus · gradAccum micro-batches) is kept, so the run's curve goes on
+ * unchanged; an Error when `world` does not divide it.
+ */
+export function gradAccumForWorld(gpus: number, gradAccum: number, world: number): number {
+  const global = gpus * gradAccum;
+  if (global % world !== 0) {
+    throw new Error(
+      `this run's global batch is ${global} micro-batches (${gpus} GPU(s) × grad-accum ${gradAccum}); ` +
+        `resume it on a number of GPUs that divides ${global}`,
+    );
+  }
+  return global / world;
+}
