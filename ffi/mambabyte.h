@@ -39,6 +39,8 @@ MB_API int mb_read(void* dst, uint64_t src, uint64_t bytes);
 MB_API int mb_fill(uint64_t dst, int64_t n, float value);
 MB_API int mb_copy(uint64_t dst, uint64_t src, int64_t n);
 MB_API int mb_synchronize(void);
+/* The library's cudaStream_t, as an address: other libraries (NCCL) enqueue work on it. */
+MB_API int mb_stream_handle(uint64_t* stream);
 /* Matmuls in TF32 on tensor cores when enabled (faster, ~1e-3 relative); exact FP32 by default. */
 MB_API int mb_set_tf32(int enabled);
 

@@ -186,4 +186,10 @@ int mb_synchronize(void) {
   return 0;
 }
 
+int mb_stream_handle(uint64_t* stream) {
+  if (mb_require_init()) return 1;
+  *stream = reinterpret_cast<uint64_t>(g_stream);
+  return 0;
+}
+
 }  // extern "C"

@@ -14,6 +14,12 @@
  * - Nothing is read back to the host except by `read` / `sumOfSquares`.
  */
 
+/** Device ops recorded once and replayed (Backend.capture). */
+export interface RecordedOps {
+  replay(): void;
+  free(): void;
+}
+
 /** Where the model runs. */
 export type Device = "cpu" | "webgpu" | "cuda";
 
@@ -183,6 +189,11 @@ export interface Backend {
   readonly description: string;
   /** Mixture-of-experts ops, on backends that have them (needed by configs with `moe`). */
   readonly moe?: MoeOps;
+  /**
+   * On backends that can: records the device ops that `record` enqueues (no host reads or
+   * writes inside) so that `replay()` reruns them with one launch, on the same buffers.
+   */
+  capture?(record: () => void): RecordedOps;
 
   // ---- memory ----
   /** A new zero-filled buffer of `length` floats. */

@@ -14,7 +14,7 @@
  * Parameters, gradients (and the optimizer's moments) each live in ONE flat buffer laid out
  * by lib/params.ts.
  */
-import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "./backend.ts";
+import type { Backend, DeviceBuffer, FloatArray, IndexBuffer, RecordedOps } from "./backend.ts";
 import { CpuBackend } from "./backends/cpu.ts";
 import { MambaConfig, VOCAB_SIZE } from "./config.ts";
 import { initParams, type ParamSpec, type ParamTable, paramTable } from "./params.ts";
@@ -244,6 +244,8 @@ export class ByteCache {
   readonly hidden: DeviceBuffer; // (B, D)
   readonly rstd: DeviceBuffer; // (B)
   readonly logits: DeviceBuffer; // (B, 256)
+  /** The recorded decode step, on backends that can replay one (see Backend.capture). */
+  graph: RecordedOps | null = null;
 
   constructor(readonly backend: Backend, config: MambaConfig, readonly batch: number) {
     this.stack = new StackCache(backend, config, batch);
@@ -260,6 +262,8 @@ export class ByteCache {
   }
 
   free(): void {
+    this.graph?.free();
+    this.graph = null;
     this.stack.free();
     for (const x of [this.tokens, this.x, this.hidden, this.rstd, this.logits]) this.backend.free(x);
   }
@@ -397,8 +401,19 @@ export class MambaByte extends FlatModel {
         `MambaByte.step: expected ${cache.batch} bytes (one per sequence), got ${bytes.length}`,
       );
     }
+    const be = this.backend;
+    be.writeIndices(cache.tokens, bytes); // outside any recording: the bytes change every step
+    if (be.capture) {
+      cache.graph ??= be.capture(() => this.#stepOps(cache));
+      cache.graph.replay();
+    } else {
+      this.#stepOps(cache);
+    }
+  }
+
+  /** The device ops of one decode step: cache.tokens (B) → cache.logits (B, 256). */
+  #stepOps(cache: ByteCache): void {
     const be = this.backend, t = this.table, D = this.config.dim, B = cache.batch;
-    be.writeIndices(cache.tokens, bytes);
     be.embedding(cache.x, this.view(t.embedding!), cache.tokens, B, D); // (B, D)
     this.stack.step(cache.x, cache.stack);
     be.rmsnorm(cache.hidden, cache.rstd, cache.x, this.view(t.normF!), B, D, RMS_EPS);

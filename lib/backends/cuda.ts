@@ -155,6 +155,18 @@ export class CudaBackend implements Backend {
     this.#check(this.#lib.mb_synchronize(), "synchronize");
   }
 
+  /** The device address of a buffer's (or view's) first element, for NCCL. */
+  devicePointer(buffer: DeviceBuffer): bigint {
+    return p(buffer);
+  }
+
+  /** The library's cudaStream_t as an address: NCCL collectives are enqueued on it. */
+  streamHandle(): bigint {
+    const out = new BigUint64Array(1);
+    this.#check(this.#lib.mb_stream_handle(out), "stream handle");
+    return out[0];
+  }
+
   /** Free and total device memory in bytes. */
   memoryInfo(): { free: number; total: number } {
     const free = new BigUint64Array(1), total = new BigUint64Array(1);

@@ -22,6 +22,7 @@ export const CUDA_SYMBOLS = {
   mb_fill: status(PTR, "i64", "f32"),
   mb_copy: status(PTR, PTR, "i64"),
   mb_synchronize: status(),
+  mb_stream_handle: status("buffer"),
   mb_set_tf32: status(I32),
   mb_graph_begin: status(),
   mb_graph_end: status("buffer"),
