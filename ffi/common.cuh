@@ -38,6 +38,8 @@ int mb_require_init(void);
 int mb_workspace(uint64_t bytes, void** ptr);
 // cudaMalloc with an out-of-memory message that says how much was asked and how much is free.
 int mb_device_malloc(uint64_t bytes, void** ptr);
+// cudaFree of memory from mb_device_malloc (keeps the cap's and the peak's accounting).
+int mb_device_free(void* ptr);
 
 template <typename T>
 __host__ __device__ inline T* mb_ptr(uint64_t address) {

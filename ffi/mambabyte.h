@@ -34,6 +34,10 @@ MB_API int mb_mem_info(uint64_t* free_bytes, uint64_t* total_bytes);
 /* Zero-filled device memory of `bytes` bytes; *ptr receives its address. */
 MB_API int mb_alloc(uint64_t bytes, uint64_t* ptr);
 MB_API int mb_free(uint64_t ptr);
+/* Refuse allocations that would take the library's device memory over `bytes` (0: no cap). */
+MB_API int mb_set_memory_cap(uint64_t bytes);
+/* Device memory the library holds now, and the most it has held (its workspace included). */
+MB_API int mb_memory_stats(uint64_t* in_use, uint64_t* peak);
 MB_API int mb_write(uint64_t dst, const void* src, uint64_t bytes);
 MB_API int mb_read(void* dst, uint64_t src, uint64_t bytes);
 MB_API int mb_fill(uint64_t dst, int64_t n, float value);

@@ -5,6 +5,8 @@
 #include <stdio.h>
 #include <string.h>
 
+#include <unordered_map>
+
 #include "common.cuh"
 #include "cublas_api.cuh"
 
@@ -17,6 +19,9 @@ MbCublas g_cublas = {};
 void* g_cublas_lib = nullptr;
 void* g_workspace = nullptr;
 uint64_t g_workspace_bytes = 0;
+// Every live allocation's size, for the memory cap and the peak.
+std::unordered_map<void*, uint64_t> g_sizes;
+uint64_t g_in_use = 0, g_peak = 0, g_cap = 0;
 
 __global__ void fill_kernel(float* dst, int64_t n, float value) {
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
@@ -74,7 +79,12 @@ int mb_require_init(void) {
 }
 
 int mb_device_malloc(uint64_t bytes, void** ptr) {
-  cudaError_t err = cudaMalloc(ptr, bytes < 4 ? 4 : bytes);
+  const uint64_t size = bytes < 4 ? 4 : bytes;
+  if (g_cap && g_in_use + size > g_cap) {
+    return mb_fail("over the memory cap: asked for %.1f MiB with %.1f MiB of the %.1f MiB cap in use", size / 1048576.0,
+                   g_in_use / 1048576.0, g_cap / 1048576.0);
+  }
+  cudaError_t err = cudaMalloc(ptr, size);
   if (err == cudaErrorMemoryAllocation) {
     cudaGetLastError();  // clear the sticky-free error state
     size_t free_bytes = 0, total_bytes = 0;
@@ -83,12 +93,25 @@ int mb_device_malloc(uint64_t bytes, void** ptr) {
                    free_bytes / 1048576.0, total_bytes / 1048576.0);
   }
   MB_CUDA(err);
+  g_sizes[*ptr] = size;
+  g_in_use += size;
+  if (g_in_use > g_peak) g_peak = g_in_use;
+  return 0;
+}
+
+int mb_device_free(void* ptr) {
+  auto it = g_sizes.find(ptr);
+  if (it != g_sizes.end()) {
+    g_in_use -= it->second;
+    g_sizes.erase(it);
+  }
+  MB_CUDA(cudaFree(ptr));
   return 0;
 }
 
 int mb_workspace(uint64_t bytes, void** ptr) {
   if (bytes > g_workspace_bytes) {
-    if (g_workspace) MB_CUDA(cudaFree(g_workspace));
+    if (g_workspace && mb_device_free(g_workspace)) return 1;
     g_workspace = nullptr;
     g_workspace_bytes = 0;
     if (mb_device_malloc(bytes, &g_workspace)) return 1;
@@ -139,8 +162,16 @@ int mb_alloc(uint64_t bytes, uint64_t* ptr) {
   return 0;
 }
 
-int mb_free(uint64_t ptr) {
-  MB_CUDA(cudaFree(mb_ptr<void>(ptr)));
+int mb_free(uint64_t ptr) { return mb_device_free(mb_ptr<void>(ptr)); }
+
+int mb_set_memory_cap(uint64_t bytes) {
+  g_cap = bytes;
+  return 0;
+}
+
+int mb_memory_stats(uint64_t* in_use, uint64_t* peak) {
+  *in_use = g_in_use;
+  *peak = g_peak;
   return 0;
 }
 

@@ -147,3 +147,23 @@ function normalizeBooleans(args: string[], specs: Record<string, OptionSpec>): s
     return arg;
   });
 }
+
+const SIZE_UNITS: Record<string, number> = {
+  "": 1,
+  B: 1,
+  KiB: 2 ** 10,
+  MiB: 2 ** 20,
+  GiB: 2 ** 30,
+  TiB: 2 ** 40,
+};
+
+/** "24GiB", "512MiB", "1.5GiB" or a number of bytes → bytes; a UsageError otherwise. */
+export function parseSize(text: string, option: string): number {
+  const match = /^(\d+(?:\.\d+)?)\s*(B|KiB|MiB|GiB|TiB)?$/.exec(text.trim());
+  if (!match) {
+    throw new UsageError(
+      `${option} must be a size such as 24GiB, 512MiB or a number of bytes, got "${text}"`,
+    );
+  }
+  return Math.floor(Number(match[1]) * SIZE_UNITS[match[2] ?? ""]);
+}

@@ -4,9 +4,10 @@
  * `--gpus N|all` launches one worker per GPU (tasks/train_distributed.ts); a worker is this same
  * script, told its rank by the launcher's environment.
  */
-import { createBackend, type DeviceChoice } from "../lib/backend.ts";
+import { type Backend, createBackend, type DeviceChoice } from "../lib/backend.ts";
+import { CudaBackend } from "../lib/backends/cuda.ts";
 import { readSafetensors } from "../lib/checkpoint.ts";
-import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
+import { type OptionSpec, parseOptions, parseSize, runCli, usage, UsageError } from "../lib/cli_args.ts";
 import { openCorpus } from "../lib/data.ts";
 import { DataParallel, gradAccumForWorld } from "../lib/distributed/data_parallel.ts";
 import { joinGroup, type WorkerInfo, workerInfo } from "../lib/distributed/worker.ts";
@@ -61,11 +62,12 @@ const SPECS = {
   data: { kind: "string", help: "corpus file, directory or glob (default: State of the Union)" },
   resume: { kind: "string", help: "continue the run in this directory" },
   backend: { kind: "string", choices: BACKENDS, default: "auto", help: "device" },
+  "max-memory": { kind: "string", help: "cuda: cap on device memory, e.g. 24GiB (fails beyond it)" },
   ...LAUNCH_SPECS,
 } satisfies Record<string, OptionSpec>;
 
 /** Options allowed with --resume (everything else comes from the checkpoint). */
-const RESUME_OPTIONS = ["resume", "backend", "steps"];
+const RESUME_OPTIONS = ["resume", "backend", "steps", "max-memory"];
 
 function helpText(): string {
   const specs: Record<string, OptionSpec> = { ...SPECS };
@@ -101,6 +103,9 @@ async function main(): Promise<number> {
     }, Deno.args);
   }
   const backend = await createBackend(options.backend as DeviceChoice);
+  if (options["max-memory"] !== undefined) {
+    capMemory(backend, parseSize(options["max-memory"], "--max-memory"));
+  }
   const comm = worker ? await joinGroup(backend, worker, RENDEZVOUS_TIMEOUT_MS) : null;
   const world = comm?.worldSize ?? 1;
   const root = !comm || comm.rank === 0;
@@ -187,7 +192,20 @@ async function main(): Promise<number> {
   say(
     `done: ${result.step} steps, best validation ${result.bestValBpb.toFixed(4)} bits/byte; wrote ${files}`,
   );
+  if (backend instanceof CudaBackend) {
+    say(
+      `peak device memory held by the cuda library: ${(backend.memoryStats().peak / 2 ** 30).toFixed(2)} GiB`,
+    );
+  }
   return 0;
+}
+
+/** --max-memory: only the cuda backend keeps a cap on its allocations. */
+function capMemory(backend: Backend, bytes: number): void {
+  if (!(backend instanceof CudaBackend)) {
+    throw new UsageError(`--max-memory needs the cuda backend (this run uses ${backend.device})`);
+  }
+  backend.setMemoryCap(bytes);
 }
 
 /** ` aux 1.012 dropped 3.5` for MoE runs (mean per step since the last line), else "". */

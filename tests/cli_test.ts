@@ -112,7 +112,7 @@ Deno.test("train → eval → generate on a tiny model, end to end", async () =>
   await fails(
     ["tasks/train.ts", "--resume", out, "--dim=9"],
     2,
-    /only --resume, --backend, --steps may be given/,
+    /only --resume, --backend, --steps, --max-memory may be given/,
   );
   const resumed = await run(["tasks/train.ts", "--resume", out, "--steps=7"]);
   assert.equal(resumed.code, 0, resumed.stderr);

@@ -154,6 +154,26 @@ Deno.test({
 });
 
 Deno.test({
+  name: "cuda: a memory cap refuses allocations beyond it, and the peak is tracked",
+  ignore,
+  fn: () => {
+    const MiB = 2 ** 20;
+    const before = cuda.memoryStats().inUse;
+    cuda.setMemoryCap(before + 64 * MiB);
+    try {
+      const a = cuda.alloc((40 * MiB) / 4);
+      assert.ok(cuda.memoryStats().peak >= before + 40 * MiB);
+      assert.throws(() => cuda.alloc((40 * MiB) / 4), /over the memory cap: asked for 40\.0 MiB/);
+      cuda.free(a);
+      assert.equal(cuda.memoryStats().inUse, before);
+      cuda.free(cuda.alloc((40 * MiB) / 4)); // room again once freed
+    } finally {
+      cuda.setMemoryCap(0);
+    }
+  },
+});
+
+Deno.test({
   name: "cuda: few-row matmuls (the decode GEMV) match the cpu reference, 16-byte and scalar loads",
   ignore,
   fn: async () => {

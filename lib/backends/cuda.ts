@@ -65,6 +65,11 @@ export interface CudaBackendOptions {
    * The library has one cuBLAS handle, so this applies to every CudaBackend of the process.
    */
   tf32?: boolean;
+  /**
+   * A cap in bytes on the device memory the library holds (buffers and workspace; not the
+   * CUDA context): an allocation beyond it fails with an Error, as on a smaller card.
+   */
+  maxMemory?: number;
 }
 
 /**
@@ -98,6 +103,7 @@ export class CudaBackend implements Backend {
     const name = new Uint8Array(256);
     this.#check(lib.mb_device_name(name, name.length), "device name");
     this.#check(lib.mb_set_tf32(Number(options.tf32 ?? false)), "set TF32");
+    this.setMemoryCap(options.maxMemory ?? 0);
     const math = options.tf32 ? "TF32 matmuls" : "FP32";
     this.description = `cuda: ${new TextDecoder().decode(name.subarray(0, name.indexOf(0)))}, ${math}`;
   }
@@ -165,6 +171,18 @@ export class CudaBackend implements Backend {
     const out = new BigUint64Array(1);
     this.#check(this.#lib.mb_stream_handle(out), "stream handle");
     return out[0];
+  }
+
+  /** Caps the device memory the library may hold (see CudaBackendOptions.maxMemory); 0: none. */
+  setMemoryCap(bytes: number): void {
+    this.#check(this.#lib.mb_set_memory_cap(BigInt(bytes)), "set the memory cap");
+  }
+
+  /** Device memory the library holds now and the most it has held, in bytes. */
+  memoryStats(): { inUse: number; peak: number } {
+    const inUse = new BigUint64Array(1), peak = new BigUint64Array(1);
+    this.#check(this.#lib.mb_memory_stats(inUse, peak), "memory stats");
+    return { inUse: Number(inUse[0]), peak: Number(peak[0]) };
   }
 
   /** Free and total device memory in bytes. */

@@ -17,6 +17,8 @@ export const CUDA_SYMBOLS = {
   mb_mem_info: status("buffer", "buffer"),
   mb_alloc: status("u64", "buffer"),
   mb_free: status(PTR),
+  mb_set_memory_cap: status("u64"),
+  mb_memory_stats: status("buffer", "buffer"),
   mb_write: status(PTR, "buffer", "u64"),
   mb_read: status("buffer", PTR, "u64"),
   mb_fill: status(PTR, "i64", "f32"),
