@@ -108,6 +108,12 @@ MB_API int mb_sum_of_squares(uint64_t x, int64_t n, double* result);
 MB_API int mb_adamw(uint64_t param, uint64_t grad, uint64_t m, uint64_t v, int64_t n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step, float grad_scale);
 
+/* ---- sampling ---- */
+/* Per row b of logits (batch, 256): the next byte as lib/sample.ts's sampleWithUniform picks it with
+ * uniforms[b] (top_k 0: all bytes; temperature 0: greedy), into tokens[b] (int32) and history[b] (float). */
+MB_API int mb_sample_tokens(uint64_t tokens, uint64_t history, uint64_t logits, uint64_t uniforms, int batch,
+                            int top_k, float temperature, float top_p);
+
 #ifdef __cplusplus
 }
 #endif

@@ -13,6 +13,7 @@
  * - Buffers are views: `view(buffer, offset, length)` shares memory with `buffer`.
  * - Nothing is read back to the host except by `read` / `sumOfSquares`.
  */
+import type { SamplingOptions } from "./sample.ts";
 
 /** Device ops recorded once and replayed (Backend.capture). */
 export interface RecordedOps {
@@ -392,6 +393,24 @@ export interface Backend {
     d: DeviceBuffer,
     z: DeviceBuffer,
     dims: Omit<ScanDims, "length" | "parallel">,
+  ): void;
+
+  // ---- sampling ----
+  /**
+   * Draws the next byte of each sequence on the device, exactly as lib/sample.ts's
+   * `sampleWithUniform(logits[b], options, uniforms[b])` (rank by logit with ties to the lower
+   * byte; temperature 0 is greedy; top-k, then top-p over prefix sums of the weights; the first
+   * rank whose prefix sum exceeds uniforms[b] · the kept mass): tokens[b] (the next step's input)
+   * and history[b] (the byte as a float, in a block the host reads back at once) are overwritten.
+   * logits (B, 256); uniforms (B) in [0, 1), unused when greedy.
+   */
+  sampleTokens(
+    tokens: IndexBuffer,
+    history: DeviceBuffer,
+    logits: DeviceBuffer,
+    uniforms: DeviceBuffer,
+    batch: number,
+    options: SamplingOptions,
   ): void;
 }
 

@@ -1,11 +1,12 @@
 /**
  * Text generation with the constant-memory recurrent `step` path: the prompt is fed one byte
- * at a time into the decode cache, then bytes are sampled and fed back, never re-running the
- * prompt.
+ * at a time into the decode cache, then bytes are sampled on the device and fed back, never
+ * re-running the prompt. The host reads the sampled bytes back once per block of steps (one
+ * upload of the block's uniform draws, one read of its bytes), not once per byte.
  */
 import type { MambaByte } from "./model.ts";
 import { Random } from "./random.ts";
-import { checkSampling, sampleLogits, SAMPLING_DEFAULTS, type SamplingOptions } from "./sample.ts";
+import { checkSampling, drawUniform, SAMPLING_DEFAULTS, type SamplingOptions } from "./sample.ts";
 
 export interface GenerateOptions extends SamplingOptions {
   /** Bytes to generate per sample. */
@@ -14,6 +15,8 @@ export interface GenerateOptions extends SamplingOptions {
   seed: number;
   /** Samples decoded together as one batch, all from the same prompt. */
   numSamples: number;
+  /** Steps sampled on the device between two reads of the sampled bytes. */
+  blockSize: number;
 }
 
 export const GENERATE_DEFAULTS: GenerateOptions = {
@@ -21,11 +24,14 @@ export const GENERATE_DEFAULTS: GenerateOptions = {
   maxBytes: 256,
   seed: 0,
   numSamples: 1,
+  blockSize: 32,
 };
 
 /**
  * Generates bytes after `prompt` (a string is UTF-8 encoded). Yields one chunk per position:
- * `numSamples` bytes, byte b belonging to sample b. Deterministic for a seed.
+ * `numSamples` bytes, byte b belonging to sample b. Deterministic for a seed: the uniform draws
+ * are taken in order (position, then sample), whatever the block size, so the bytes are those
+ * of `sampleLogits` on the host with the same seed (up to float rounding on GPU backends).
  */
 export async function* generate(
   model: MambaByte,
@@ -42,17 +48,20 @@ export async function* generate(
   if (!Number.isInteger(o.numSamples) || o.numSamples < 1) {
     throw new Error(`numSamples must be an integer >= 1, got ${o.numSamples}`);
   }
-  const B = o.numSamples, V = model.config.vocab_size;
+  if (!Number.isInteger(o.blockSize) || o.blockSize < 1) {
+    throw new Error(`blockSize must be an integer >= 1, got ${o.blockSize}`);
+  }
+  const B = o.numSamples;
   const rng = new Random(o.seed);
   const cache = model.createCache(B);
   try {
-    for (let i = 0; i < bytes.length - 1; i++) model.stepLogits(new Uint8Array(B).fill(bytes[i]), cache);
-    let logits = (await model.step(new Uint8Array(B).fill(bytes[bytes.length - 1]), cache)).data; // (B, 256)
-    for (let n = 0; n < o.maxBytes; n++) {
-      const next = new Uint8Array(B);
-      for (let b = 0; b < B; b++) next[b] = sampleLogits(logits.subarray(b * V, (b + 1) * V), o, rng);
-      yield next;
-      if (n + 1 < o.maxBytes) logits = (await model.step(next, cache)).data;
+    for (const byte of bytes) model.stepLogits(new Uint8Array(B).fill(byte), cache);
+    for (let n = 0; n < o.maxBytes; n += o.blockSize) {
+      const steps = Math.min(o.blockSize, o.maxBytes - n);
+      const uniforms = new Float32Array(steps * B); // (steps, B); greedy draws nothing
+      if (o.temperature > 0) { for (let i = 0; i < uniforms.length; i++) uniforms[i] = drawUniform(rng); }
+      const block = await model.sampleSteps(cache, uniforms, o, n + steps < o.maxBytes); // (steps, B)
+      for (let k = 0; k < steps; k++) yield block.slice(k * B, (k + 1) * B);
     }
   } finally {
     cache.free();

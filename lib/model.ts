@@ -20,6 +20,7 @@ import { MambaConfig, VOCAB_SIZE } from "./config.ts";
 import { initParams, type ParamSpec, type ParamTable, paramTable } from "./params.ts";
 import { moeBlockCount } from "./moe_config.ts";
 import { requireMoeOps } from "./moe_mlp.ts";
+import { checkSampling, type SamplingOptions } from "./sample.ts";
 import { layerViews, ResidualStack, RMS_EPS, StackActivations, StackCache } from "./residual_stack.ts";
 
 /** Host-side data with a shape. */
@@ -246,6 +247,8 @@ export class ByteCache {
   readonly logits: DeviceBuffer; // (B, 256)
   /** The recorded decode step, on backends that can replay one (see Backend.capture). */
   graph: RecordedOps | null = null;
+  /** (K, B) uniforms and sampled bytes of a block of device-sampled steps (grown on demand). */
+  #block: { uniforms: DeviceBuffer; history: DeviceBuffer } | null = null;
 
   constructor(readonly backend: Backend, config: MambaConfig, readonly batch: number) {
     this.stack = new StackCache(backend, config, batch);
@@ -261,9 +264,26 @@ export class ByteCache {
     this.stack.reset();
   }
 
+  /** Views of `steps` rows (steps, B) of the block buffers: uniforms in, sampled bytes out. */
+  blockBuffers(steps: number): { uniforms: DeviceBuffer; history: DeviceBuffer } {
+    const n = steps * this.batch;
+    if (!this.#block || this.#block.uniforms.length < n) {
+      this.#freeBlock();
+      this.#block = { uniforms: this.backend.alloc(n), history: this.backend.alloc(n) };
+    }
+    const { uniforms, history } = this.#block;
+    return { uniforms: this.backend.view(uniforms, 0, n), history: this.backend.view(history, 0, n) };
+  }
+
+  #freeBlock(): void {
+    if (this.#block) { for (const x of [this.#block.uniforms, this.#block.history]) this.backend.free(x); }
+    this.#block = null;
+  }
+
   free(): void {
     this.graph?.free();
     this.graph = null;
+    this.#freeBlock();
     this.stack.free();
     for (const x of [this.tokens, this.x, this.hidden, this.rstd, this.logits]) this.backend.free(x);
   }
@@ -401,8 +421,43 @@ export class MambaByte extends FlatModel {
         `MambaByte.step: expected ${cache.batch} bytes (one per sequence), got ${bytes.length}`,
       );
     }
+    this.backend.writeIndices(cache.tokens, bytes); // outside any recording: the bytes change every step
+    this.#advance(cache);
+  }
+
+  /**
+   * Samples `uniforms.length / B` bytes per sequence on the device, continuing from the logits
+   * of the last step (`cache.logits`), with no read-back until the end. Step k draws the bytes
+   * with uniforms[k·B + b] (Backend.sampleTokens: lib/sample.ts's sampleWithUniform), then feeds
+   * them through the model — after the last step only when `feedLast` (at the end of a text
+   * nothing needs the next logits). Returns the sampled bytes (steps, B), read back at once.
+   */
+  async sampleSteps(
+    cache: ByteCache,
+    uniforms: ArrayLike<number>,
+    options: SamplingOptions,
+    feedLast = true,
+  ): Promise<Uint8Array> {
+    checkSampling(options);
+    const be = this.backend, B = cache.batch, steps = uniforms.length / B;
+    if (!Number.isInteger(steps) || steps < 1) {
+      throw new Error(
+        `MambaByte.sampleSteps: ${uniforms.length} uniforms are not a positive multiple of ${B}`,
+      );
+    }
+    const block = cache.blockBuffers(steps);
+    be.write(block.uniforms, uniforms);
+    for (let k = 0; k < steps; k++) {
+      const drawn = be.view(block.uniforms, k * B, B), history = be.view(block.history, k * B, B); // (B)
+      be.sampleTokens(cache.tokens, history, cache.logits, drawn, B, options);
+      if (feedLast || k + 1 < steps) this.#advance(cache);
+    }
+    return Uint8Array.from(await be.read(block.history));
+  }
+
+  /** One decode step on the bytes in cache.tokens, replaying the recorded step where the backend can. */
+  #advance(cache: ByteCache): void {
     const be = this.backend;
-    be.writeIndices(cache.tokens, bytes); // outside any recording: the bytes change every step
     if (be.capture) {
       cache.graph ??= be.capture(() => this.#stepOps(cache));
       cache.graph.replay();

@@ -26,35 +26,44 @@ export function checkSampling(o: SamplingOptions): void {
   if (!(o.topP > 0 && o.topP <= 1)) throw new Error(`top-p must be in (0, 1], got ${o.topP}`);
 }
 
-/** One index drawn from `logits` (length V) under `options`, using one draw of `rng`. */
+/**
+ * A uniform draw in [0, 1) with 24 random bits: exactly a float32, so a sampler on a device
+ * (Backend.sampleTokens, fed float32 uniforms) sees the same value as the host.
+ */
+export function drawUniform(rng: Random): number {
+  return (rng.nextUint32() >>> 8) / 16777216;
+}
+
+/** One index drawn from `logits` (length V) under `options`, using one draw of `rng` (none when greedy). */
 export function sampleLogits(logits: ArrayLike<number>, options: SamplingOptions, rng: Random): number {
+  return sampleWithUniform(logits, options, options.temperature === 0 ? 0 : drawUniform(rng));
+}
+
+/**
+ * The sampler every backend implements (Backend.sampleTokens), given its uniform u in [0, 1):
+ * 1. rank the V candidates by logit, most likely first (ties: lower index first);
+ *    temperature 0 returns rank 0 (greedy);
+ * 2. keep the first K' = min(topK, V) ranks (topK 0: all V);
+ * 3. weights w_r = exp((logit_r - logit_0) / temperature), inclusive prefix sums P_r;
+ * 4. top-p keeps the first c = min(K', 1 + #{r < K' : P_r < topP · P_(K'-1)}) ranks;
+ * 5. returns the candidate of the first rank r < c with P_r > u · P_(c-1) (else rank c - 1).
+ */
+export function sampleWithUniform(logits: ArrayLike<number>, options: SamplingOptions, u: number): number {
   const V = logits.length;
-  if (options.temperature === 0) {
-    let best = 0;
-    for (let i = 1; i < V; i++) if (logits[i] > logits[best]) best = i;
-    return best;
-  }
-  // candidates sorted by logit, most likely first (ties: lower index first)
   const order = Array.from({ length: V }, (_, i) => i).sort((a, b) => logits[b] - logits[a] || a - b);
-  const kept = options.topK > 0 ? order.slice(0, options.topK) : order;
-  const max = logits[kept[0]];
-  const weights = kept.map((i) => Math.exp((logits[i] - max) / options.temperature));
-  const total = weights.reduce((a, b) => a + b, 0);
-  let count = kept.length;
-  if (options.topP < 1) {
-    let cumulative = 0;
-    for (count = 0; count < kept.length;) {
-      cumulative += weights[count++] / total;
-      if (cumulative >= options.topP) break;
-    }
+  if (options.temperature === 0) return order[0];
+  const kept = options.topK > 0 ? Math.min(options.topK, V) : V;
+  const prefix = new Float64Array(kept); // P_r
+  let total = 0;
+  for (let r = 0; r < kept; r++) {
+    total += Math.exp((logits[order[r]] - logits[order[0]]) / options.temperature);
+    prefix[r] = total;
   }
-  const mass = weights.slice(0, count).reduce((a, b) => a + b, 0);
-  let r = rng.next() * mass;
-  for (let j = 0; j < count; j++) {
-    r -= weights[j];
-    if (r < 0) return kept[j];
-  }
-  return kept[count - 1];
+  let count = 1;
+  while (count < kept && prefix[count - 1] < options.topP * total) count++;
+  const threshold = u * prefix[count - 1];
+  for (let r = 0; r < count; r++) if (prefix[r] > threshold) return order[r];
+  return order[count - 1];
 }
 
 /**

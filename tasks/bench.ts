@@ -1,7 +1,10 @@
 /**
  * `deno task bench`: a table, per backend and model size, of training bytes/s (forward +
  * backward + AdamW), decode bytes/s at batch 1, and matmul GFLOP/s. Every backend in one
- * run, so that ratios between them are measured side by side.
+ * run, so that ratios between them are measured side by side. Decode is generation as users
+ * get it: `generate` of 256 bytes at batch 1 after a one-byte prompt (bytes sampled on the
+ * device, read back in blocks of GENERATE_DEFAULTS.blockSize), the time of the whole call over
+ * the bytes generated.
  *
  *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium] [--steps N] [--torch]
  *
@@ -15,6 +18,7 @@
 import { parseArgs } from "node:util";
 import { type Backend, createBackend, type Device, type DeviceChoice, DEVICES } from "../lib/backend.ts";
 import { MambaConfig } from "../lib/config.ts";
+import { generate } from "../lib/generate.ts";
 import { MambaByte } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
@@ -73,25 +77,27 @@ async function benchTraining(backend: Backend, size: Size, steps: number): Promi
   return n / seconds;
 }
 
-async function benchDecode(backend: Backend, size: Size, steps: number): Promise<number> {
+/** Bytes generated per timed run of the decode benchmark. */
+const DECODE_BYTES = 256;
+
+/** Bytes/s of `generate` at batch 1 (device sampling, the default block size), prompt excluded. */
+async function benchDecode(backend: Backend, size: Size): Promise<number> {
   const s = SIZES[size];
   const model = new MambaByte(new MambaConfig({ dim: s.decodeDim, depth: s.decodeDepth }), {
     backend,
     seed: 1,
   });
-  const cache = model.createCache(1);
-  let byte = 65;
   const seconds = await timeIt(
     async () => {
-      const logits = await model.step([byte], cache); // the logits come back to the host, as in generation
-      byte = 32 + (Math.abs(Math.floor(logits.data[0] * 1000)) % 95);
+      for await (const _ of generate(model, "A", { maxBytes: DECODE_BYTES, seed: 1 })) {
+        // consumed as a user would: byte by byte, as the generator yields them
+      }
     },
     2,
-    steps * 4,
+    1,
   );
-  cache.free();
   model.dispose();
-  return 1 / seconds;
+  return DECODE_BYTES / seconds;
 }
 
 async function benchMatmul(backend: Backend, n: number): Promise<number> {
@@ -192,7 +198,7 @@ async function main() {
         model: `D=${s.dim}×${s.depth}, ${s.batch}×${s.length}`,
         trainBytesPerSec: await benchTraining(backend, size, steps),
         decodeModel: `D=${s.decodeDim}×${s.decodeDepth}`,
-        decodeBytesPerSec: await benchDecode(backend, size, steps),
+        decodeBytesPerSec: await benchDecode(backend, size),
         matmul: `${(await benchMatmul(backend, s.matmul)).toFixed(1)} GFLOP/s at ${s.matmul}³`,
       });
     }

@@ -14,6 +14,7 @@ import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
+import type { SamplingOptions } from "../lib/sample.ts";
 
 /** Max |a - b| over max |b|: the fp32 budget of the contract is 1e-4. */
 export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<number>): number {
@@ -342,7 +343,63 @@ function opCases(): Record<string, OpCase> {
       },
     };
   }
+  const settings: SamplingOptions[] = [
+    { temperature: 0, topK: 0, topP: 1 },
+    { temperature: 1, topK: 0, topP: 1 },
+    { temperature: 0.7, topK: 10, topP: 1 },
+    { temperature: 1.3, topK: 0, topP: 0.8 },
+    { temperature: 1, topK: 60, topP: 0.5 },
+    { temperature: 2, topK: 300, topP: 0.9 },
+  ];
+  for (const o of settings) {
+    const B = 7;
+    const { logits, uniforms } = samplingInputs(B, o);
+    cases[`sampleTokens ${JSON.stringify(o)} (into views)`] = {
+      // logits at element 100 of their buffer; uniforms and history in row 1 of (3, B) blocks
+      floats: {
+        logits: Float32Array.of(...randn(100), ...logits),
+        uniforms: Float32Array.of(...randn(B), ...uniforms, ...randn(B)),
+        history: randn(3 * B),
+        table: Float32Array.from({ length: 256 }, (_, v) => v), // (256, 1): echoes the tokens
+        echo: randn(B),
+      },
+      indices: { tokens: bytes(B) },
+      outputs: ["history", "echo"],
+      run: (be, f, i) => {
+        const row = (x: DeviceBuffer) => be.view(x, B, B);
+        be.sampleTokens(i.tokens, row(f.history), be.view(f.logits, 100, B * 256), row(f.uniforms), B, o);
+        be.embedding(f.echo, f.table, i.tokens, B, 1);
+      },
+      tolerance: 0,
+    };
+  }
   return cases;
+}
+
+/**
+ * Logits (B, 256) and uniforms (B) for `o` with every float comparison of the sampler at least
+ * 2e-4 of the row's mass away from a tie (the top-p cut and the pick), so that float32 on a
+ * device and float64 on the host decide alike. Rows and draws too close are drawn again.
+ */
+function samplingInputs(B: number, o: SamplingOptions): { logits: Float32Array; uniforms: Float32Array } {
+  const logits = new Float32Array(B * 256), uniforms = new Float32Array(B);
+  for (let b = 0; b < B; b++) {
+    for (;;) {
+      const row = randn(256, 2);
+      const weights = [...row].sort((x, y) => y - x).slice(0, o.topK || 256)
+        .map((l, _, kept) => Math.exp((l - kept[0]) / (o.temperature || 1)));
+      const prefix = weights.map(((sum) => (w: number) => sum += w)(0));
+      const total = prefix[prefix.length - 1];
+      if (o.topP < 1 && prefix.some((x) => Math.abs(x - o.topP * total) < 2e-4 * total)) continue;
+      const count = Math.min(prefix.length, 1 + prefix.filter((x) => x < o.topP * total).length);
+      const u = Math.fround(rng.next()), threshold = u * prefix[count - 1];
+      if (prefix.some((x) => Math.abs(x - threshold) < 2e-4 * total)) continue;
+      logits.set(row, b * 256);
+      uniforms[b] = u;
+      break;
+    }
+  }
+  return { logits, uniforms };
 }
 
 /** Tiny model config for the end-to-end checks (odd sizes, both scans, biases). */

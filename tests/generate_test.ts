@@ -1,8 +1,11 @@
 /** generate(): byte counts, determinism per seed, batching, and agreement with the full forward pass. */
 import assert from "node:assert/strict";
+import type { FloatArray } from "../lib/backend.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { MambaByte } from "../lib/model.ts";
+import { Random } from "../lib/random.ts";
+import { sampleLogits, type SamplingOptions } from "../lib/sample.ts";
 
 const model = new MambaByte(new MambaConfig({ dim: 16, depth: 2, d_state: 4 }), { seed: 3 });
 
@@ -45,8 +48,46 @@ Deno.test("greedy decoding with step() agrees with the argmax of the full forwar
   }
 });
 
+/** The bytes of the host-side loop: read the logits every step, sample them with sampleLogits. */
+async function hostSampled(prompt: string, n: number, B: number, seed: number, o: SamplingOptions) {
+  const rng = new Random(seed), cache = model.createCache(B), chunks: Uint8Array[] = [];
+  let logits: FloatArray = new Float32Array(0);
+  for (const byte of new TextEncoder().encode(prompt)) {
+    logits = (await model.step(new Uint8Array(B).fill(byte), cache)).data;
+  }
+  for (let i = 0; i < n; i++) {
+    const next = Uint8Array.from(
+      { length: B },
+      (_, b) => sampleLogits(logits.subarray(b * 256, (b + 1) * 256), o, rng),
+    );
+    chunks.push(next);
+    logits = (await model.step(next, cache)).data;
+  }
+  cache.free();
+  return chunks;
+}
+
+Deno.test("device sampling in blocks gives the host sampler's bytes for the same seed (cpu)", async () => {
+  const settings: SamplingOptions[] = [
+    { temperature: 1.5, topK: 0, topP: 1 },
+    { temperature: 0.8, topK: 40, topP: 1 },
+    { temperature: 1.2, topK: 0, topP: 0.9 },
+    { temperature: 1, topK: 7, topP: 0.6 },
+    { temperature: 0, topK: 0, topP: 1 },
+  ];
+  for (const o of settings) {
+    const expected = await hostSampled("The ", 23, 3, 11, o);
+    assert.ok(new Set(expected.flatMap((c) => [...c])).size > (o.temperature ? 3 : 0), "varied bytes");
+    for (const blockSize of [1, 5, 64]) {
+      const got = await collect("The ", { ...o, maxBytes: 23, numSamples: 3, seed: 11, blockSize });
+      assert.deepEqual(got, expected, `${JSON.stringify(o)}, blockSize ${blockSize}`);
+    }
+  }
+});
+
 Deno.test("an empty prompt and bad options are errors", async () => {
   await assert.rejects(() => collect("", { maxBytes: 3 }), /the prompt is empty/);
   await assert.rejects(() => collect("a", { topP: 1.5 }), /top-p must be in \(0, 1\]/);
   await assert.rejects(() => collect("a", { numSamples: 0 }), /numSamples/);
+  await assert.rejects(() => collect("a", { blockSize: 0 }), /blockSize must be an integer >= 1, got 0/);
 });

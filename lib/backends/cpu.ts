@@ -15,6 +15,7 @@ import type {
   MoeOps,
   ScanDims,
 } from "../backend.ts";
+import { sampleWithUniform, type SamplingOptions } from "../sample.ts";
 import { CpuMoeOps } from "./cpu_moe.ts";
 import { scanLinear } from "./cpu_scan.ts";
 
@@ -35,6 +36,9 @@ class CpuIndexBuffer implements IndexBuffer {
 const f = (buffer: DeviceBuffer): FloatArray => (buffer as CpuBuffer).data;
 const ix = (buffer: IndexBuffer): Int32Array => (buffer as CpuIndexBuffer).data;
 const fOrNull = (buffer: DeviceBuffer | null): FloatArray | null => buffer && f(buffer);
+
+/** The byte vocabulary: logits rows are 256 wide. */
+const VOCAB = 256;
 
 const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
 const softplus = (x: number): number => (x > 20 ? x : Math.log1p(Math.exp(x)));
@@ -654,6 +658,22 @@ export class CpuBackend implements Backend {
         const zv = z[b * zStride + e];
         y[b * ED + e] = (s + D[e] * ue) * zv * sigmoid(zv);
       }
+    }
+  }
+
+  // ---- sampling ----
+  sampleTokens(
+    tokensBuf: IndexBuffer,
+    historyBuf: DeviceBuffer,
+    logitsBuf: DeviceBuffer,
+    uniformsBuf: DeviceBuffer,
+    batch: number,
+    options: SamplingOptions,
+  ): void {
+    const tokens = ix(tokensBuf), history = f(historyBuf), logits = f(logitsBuf), u = f(uniformsBuf);
+    for (let b = 0; b < batch; b++) {
+      tokens[b] = sampleWithUniform(logits.subarray(b * VOCAB, (b + 1) * VOCAB), options, u[b]);
+      history[b] = tokens[b];
     }
   }
 }

@@ -15,6 +15,7 @@ import type {
   MatmulOptions,
   ScanDims,
 } from "../backend.ts";
+import type { SamplingOptions } from "../sample.ts";
 import { BUILD_HINT, type CudaLibrary, cudaLibraryPath, openCudaLibrary } from "./cuda_ffi.ts";
 
 /** float32 and int32 elements are both 4 bytes. */
@@ -561,5 +562,24 @@ export class CudaBackend implements Backend {
       dims.zStride,
     );
     this.#check(status, "selectiveScanStep");
+  }
+
+  // ---- sampling ----
+  sampleTokens(
+    tokens: IndexBuffer,
+    history: DeviceBuffer,
+    logits: DeviceBuffer,
+    uniforms: DeviceBuffer,
+    batch: number,
+    options: SamplingOptions,
+  ): void {
+    const status = this.#lib.mb_sample_tokens(
+      ...[tokens, history, logits, uniforms].map(p),
+      batch,
+      options.topK,
+      options.temperature,
+      options.topP,
+    );
+    this.#check(status, "sampleTokens");
   }
 }

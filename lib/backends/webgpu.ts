@@ -14,6 +14,7 @@ import type {
   MatmulOptions,
   ScanDims,
 } from "../backend.ts";
+import type { SamplingOptions } from "../sample.ts";
 import { KERNEL_FILES, loadKernelSources } from "./webgpu_kernel_source.ts";
 import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
 
@@ -805,6 +806,27 @@ export class WebGpuBackend implements Backend {
       bindings: [gv(y), gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z), gv(h)],
       ints: this.#scanInts({ ...dims, length: 1 }),
       groups: [Math.ceil(dims.channels / 64), dims.batch],
+    });
+  }
+
+  // ---- sampling ----
+  /** Tokens written here feed `embedding` (decode); embeddingBackward's grouping is not updated. */
+  sampleTokens(
+    tokens: IndexBuffer,
+    history: DeviceBuffer,
+    logits: DeviceBuffer,
+    uniforms: DeviceBuffer,
+    batch: number,
+    options: SamplingOptions,
+  ): void {
+    const kept = options.topK > 0 ? Math.min(options.topK, VOCAB) : VOCAB;
+    this.#run({
+      file: "sample",
+      entry: "sample_tokens",
+      bindings: [gv(tokens), gv(history), gv(logits), gv(uniforms)],
+      ints: [batch, kept],
+      floats: [options.temperature, options.topP],
+      groups: batch,
     });
   }
 }

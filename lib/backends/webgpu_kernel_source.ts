@@ -18,6 +18,7 @@ export const KERNEL_FILES = [
   "cross_entropy",
   "reduce",
   "adamw",
+  "sample",
 ] as const;
 
 export type KernelFile = typeof KERNEL_FILES[number];
