@@ -25,6 +25,12 @@ const SPECS = {
     default: d.numSamples,
     help: "samples decoded together as one batch",
   },
+  "block-size": {
+    kind: "int",
+    min: 1,
+    default: d.blockSize,
+    help: "bytes sampled on the device between reads back to the host",
+  },
   backend: { kind: "string", choices: ["auto", "cpu", "webgpu", "cuda"], default: "auto", help: "device" },
 } satisfies Record<string, OptionSpec>;
 
@@ -55,6 +61,7 @@ async function main(): Promise<number> {
     topP: o["top-p"],
     seed: o.seed,
     numSamples: B,
+    blockSize: o["block-size"],
   });
   let generated = 0;
   if (B === 1) {
