@@ -108,6 +108,34 @@ MB_API int mb_sum_of_squares(uint64_t x, int64_t n, double* result);
 MB_API int mb_adamw(uint64_t param, uint64_t grad, uint64_t m, uint64_t v, int64_t n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step, float grad_scale);
 
+/* ---- mixture of experts (lib/backend.ts, MoeOps) ----
+ * Every op takes MoeDims as (rows T, experts E, top_k k, capacity C, dim D). choice, slot (T, k) and
+ * slot_rows (E·C) are int32. Deterministic: no float atomics. At most 1024 experts. */
+/* probs (T, E), choice (T, k) top k (ties: lower expert), gates (T, k) softmax over the chosen logits;
+ * dispatch in position order, each expert taking the first C (slot -1 beyond); stats (2) = [aux, dropped]. */
+MB_API int mb_moe_route(uint64_t gates, uint64_t choice, uint64_t slot, uint64_t slot_rows, uint64_t probs,
+                        uint64_t stats, uint64_t logits, int rows, int experts, int top_k, int capacity, int dim);
+/* dlogits (T, E) overwritten: through the gates' softmax, plus aux_scale · ∂aux/∂logits. */
+MB_API int mb_moe_route_backward(uint64_t dlogits, uint64_t dgates, uint64_t gates, uint64_t choice,
+                                 uint64_t probs, float aux_scale, int rows, int experts, int top_k, int capacity,
+                                 int dim);
+/* xe (E·C, D) = x[slot_rows] (zero rows for -1). */
+MB_API int mb_moe_gather(uint64_t xe, uint64_t x, uint64_t slot_rows, int rows, int experts, int top_k,
+                         int capacity, int dim);
+/* dx (T, D) += dxe's rows at their positions. slot_rows as mb_moe_route writes it: each expert's rows
+ * hold increasing positions, then -1s (each position is found by binary search). */
+MB_API int mb_moe_gather_backward(uint64_t dx, uint64_t dxe, uint64_t slot_rows, int rows, int experts, int top_k,
+                                  int capacity, int dim);
+/* out (T, D) += Σ_j gates[t, j] · ye[slot[t, j]] over the choices not dropped. */
+MB_API int mb_moe_scatter(uint64_t out, uint64_t ye, uint64_t gates, uint64_t slot, int rows, int experts,
+                          int top_k, int capacity, int dim);
+/* dye (E·C, D) overwritten (zero for empty rows), dgates (T, k) overwritten (0 when dropped). */
+MB_API int mb_moe_scatter_backward(uint64_t dye, uint64_t dgates, uint64_t dout, uint64_t ye, uint64_t gates,
+                                   uint64_t slot, int rows, int experts, int top_k, int capacity, int dim);
+/* act = silu(h1) ⊙ h3 over n values, and its backward (dh1, dh3 overwritten). */
+MB_API int mb_moe_swiglu(uint64_t act, uint64_t h1, uint64_t h3, int64_t n);
+MB_API int mb_moe_swiglu_backward(uint64_t dh1, uint64_t dh3, uint64_t dact, uint64_t h1, uint64_t h3, int64_t n);
+
 /* ---- sampling ---- */
 /* Per row b of logits (batch, 256): the next byte as lib/sample.ts's sampleWithUniform picks it with
  * uniforms[b] (top_k 0: all bytes; temperature 0: greedy), into tokens[b] (int32) and history[b] (float). */

@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
-import { MambaByte } from "../lib/model.ts";
+import { type Loss, MambaByte } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
 import type { SamplingOptions } from "../lib/sample.ts";
@@ -402,11 +402,93 @@ function samplingInputs(B: number, o: SamplingOptions): { logits: Float32Array; 
   return { logits, uniforms };
 }
 
+/**
+ * Mixture-of-experts op cases, for backends with MoeOps. Each runs the ops in a model's order
+ * (route, gather, scatter, and the backwards in reverse), so the index outputs (choice, slot,
+ * slotRows) are checked through the floats they select: xe, out, dye, dgates, dlogits, dx.
+ * The logits hold exact ties (the lower expert must come first) and the last expert is rarely
+ * picked (empty rows); with T·k > E·C some choices must be dropped.
+ */
+function moeCases(): Record<string, OpCase> {
+  const cases: Record<string, OpCase> = {};
+  // [T, E, k, C, D]: drops; drops over more than one 1024-choice chunk; a decode batch; one expert
+  const shapes = [[37, 5, 2, 9, 13], [700, 7, 2, 150, 5], [3, 3, 1, 3, 6], [29, 1, 1, 20, 7]];
+  for (const [T, E, k, C, D] of shapes) {
+    const logits = randn(T * E, 2); // (T, E)
+    for (let t = 0; t < T; t++) {
+      const row = logits.subarray(t * E, (t + 1) * E);
+      if (E > 2 && t % 10 !== 0) row[E - 1] -= 6;
+      if (E > 2 && t % 7 === 3) row[0] = row[2] = Math.max(...row) + 0.5; // tie for the top
+      if (E > 2 && t % 7 === 4) row[1] = row[2];
+    }
+    const dims = { rows: T, experts: E, topK: k, capacity: C, dim: D };
+    cases[`moe route, gather, scatter and their backwards (T=${T}, E=${E}, k=${k}, C=${C})`] = {
+      floats: {
+        logits,
+        gates: randn(T * k),
+        probs: randn(T * E),
+        stats: randn(2),
+        x: randn(T * D),
+        xe: randn(E * C * D),
+        ye: randn(E * C * D),
+        out: randn(T * D),
+        dout: randn(T * D),
+        dye: randn(E * C * D),
+        dgates: randn(T * k),
+        dlogits: randn(T * E),
+        dxe: randn(E * C * D),
+        dx: randn(T * D),
+      },
+      indices: {
+        choice: new Int32Array(T * k).fill(7),
+        slot: new Int32Array(T * k).fill(7),
+        slotRows: new Int32Array(E * C).fill(7),
+      },
+      outputs: ["gates", "probs", "stats", "xe", "out", "dye", "dgates", "dlogits", "dx"],
+      run: (be, f, i) => {
+        const ops = be.moe!;
+        ops.route(f.gates, i.choice, i.slot, i.slotRows, f.probs, f.stats, f.logits, dims);
+        ops.gather(f.xe, f.x, i.slotRows, dims);
+        ops.scatter(f.out, f.ye, f.gates, i.slot, dims);
+        ops.scatterBackward(f.dye, f.dgates, f.dout, f.ye, f.gates, i.slot, dims);
+        ops.routeBackward(f.dlogits, f.dgates, f.gates, i.choice, f.probs, 0.3, dims);
+        ops.gatherBackward(f.dx, f.dxe, i.slotRows, dims);
+      },
+    };
+  }
+  {
+    const n = 1_001;
+    cases["moe swiglu and its backward"] = {
+      floats: { act: randn(n), h1: randn(n, 3), h3: randn(n), dact: randn(n), dh1: randn(n), dh3: randn(n) },
+      outputs: ["act", "dh1", "dh3"],
+      run: (be, f) => {
+        be.moe!.swiglu(f.act, f.h1, f.h3, n);
+        be.moe!.swigluBackward(f.dh1, f.dh3, f.dact, f.h1, f.h3, n);
+      },
+    };
+  }
+  return cases;
+}
+
 /** Tiny model config for the end-to-end checks (odd sizes, both scans, biases). */
 const E2E_CONFIGS = [
   new MambaConfig({ dim: 24, depth: 2, d_state: 5, d_conv: 4, pscan: true }),
   new MambaConfig({ dim: 13, depth: 2, d_state: 3, d_conv: 3, dt_rank: 2, bias: true, pscan: false }),
 ];
+
+/** A BlackMamba (Mamba, MoE, Mamba, MoE; 4 experts, top 2), for backends with MoE ops. */
+const MOE_OPTIONS = {
+  dim: 12,
+  depth: 4,
+  d_state: 4,
+  d_conv: 3,
+  dt_rank: 2,
+  moe: { experts: 4, top_k: 2, every: 2, hidden: 10, aux_loss_coef: 0.1, capacity_factor: 2 },
+};
+/** Capacity factor 2: nothing is dropped, so decoding equals the forward pass. */
+const MOE_E2E_CONFIGS = [new MambaConfig(MOE_OPTIONS)];
+/** Capacity factor 0.75: some choices are dropped in training. */
+const MOE_DROPPING = new MambaConfig({ ...MOE_OPTIONS, moe: { ...MOE_OPTIONS.moe, capacity_factor: 0.75 } });
 
 function batch(B: number, L: number, seed: number): { inputs: number[]; targets: number[] } {
   const r = new Random(seed);
@@ -434,6 +516,39 @@ async function trainLosses(model: MambaByte, steps: number): Promise<number[]> {
 }
 
 /**
+ * Logits, loss and every parameter's gradient of `config` on `backend` against the cpu
+ * reference; returns both losses (with the MoE statistics where the config has MoE blocks).
+ */
+async function expectSameGradients(
+  backend: Backend,
+  reference: Backend,
+  config: MambaConfig,
+  seed: number,
+): Promise<{ loss: Loss; refLoss: Loss }> {
+  const { inputs, targets } = batch(2, 23, seed);
+  const ours = new MambaByte(config, { backend, seed: 5 });
+  const ref = new MambaByte(config, { backend: reference, seed: 5 });
+  const logits = await ours.forward(inputs, [2, 23]);
+  const expected = await ref.forward(inputs, [2, 23]);
+  assert.ok(maxRelativeError(logits.data, expected.data) <= 1e-4, "logits differ");
+  ours.zeroGrad();
+  ref.zeroGrad();
+  const loss = await ours.lossAndBackward(inputs, targets, [2, 23]);
+  const refLoss = await ref.lossAndBackward(inputs, targets, [2, 23]);
+  assert.ok(
+    Math.abs(loss.loss - refLoss.loss) <= 1e-4 * refLoss.loss,
+    `loss ${loss.loss} vs ${refLoss.loss}`,
+  );
+  const grads = await backend.read(ours.grads), refGrads = await reference.read(ref.grads);
+  for (const spec of ours.table.specs) {
+    const slice = (x: FloatArray) => x.subarray(spec.offset, spec.offset + spec.size);
+    const error = maxRelativeError(slice(grads), slice(refGrads));
+    assert.ok(error <= 1e-3, `gradient of ${spec.name}: max relative error ${error.toExponential(2)}`);
+  }
+  return { loss, refLoss };
+}
+
+/**
  * Registers the suite for one backend. `create` returns null when the backend is unavailable.
  */
 export async function conformanceSuite(
@@ -453,32 +568,28 @@ export async function conformanceSuite(
   }
   console.log(`${label} backend: ${backend.description}`);
   const reference = new CpuBackend();
-  for (const [name, c] of Object.entries(opCases())) {
+  const moe = backend.moe !== undefined;
+  const cases = { ...opCases(), ...(moe ? moeCases() : {}) };
+  for (const [name, c] of Object.entries(cases)) {
     Deno.test(`${label}: ${name} matches the cpu reference`, () => expectSame(backend, reference, c));
   }
-  E2E_CONFIGS.forEach((config, index) => {
-    const { inputs, targets } = batch(2, 23, 100 + index);
-    const tag = `model ${index} (dim ${config.dim}, pscan ${config.pscan}, bias ${config.bias})`;
-    Deno.test(`${label}: ${tag}: logits, loss and gradients match the cpu reference`, async () => {
-      const ours = new MambaByte(config, { backend, seed: 5 });
-      const ref = new MambaByte(config, { backend: reference, seed: 5 });
-      const logits = await ours.forward(inputs, [2, 23]);
-      const expected = await ref.forward(inputs, [2, 23]);
-      assert.ok(maxRelativeError(logits.data, expected.data) <= 1e-4, "logits differ");
-      ours.zeroGrad();
-      ref.zeroGrad();
-      const loss = await ours.lossAndBackward(inputs, targets, [2, 23]);
-      const refLoss = await ref.lossAndBackward(inputs, targets, [2, 23]);
+  if (moe) {
+    Deno.test(`${label}: BlackMamba dropping tokens: gradients, aux loss and drops match the cpu reference`, async () => {
+      const { loss, refLoss } = await expectSameGradients(backend, reference, MOE_DROPPING, 99);
+      assert.ok(refLoss.dropped! > 0, "the test should drop some choices");
+      assert.equal(loss.dropped, refLoss.dropped);
       assert.ok(
-        Math.abs(loss.loss - refLoss.loss) <= 1e-4 * refLoss.loss,
-        `loss ${loss.loss} vs ${refLoss.loss}`,
+        Math.abs(loss.aux! - refLoss.aux!) <= 1e-4 * refLoss.aux!,
+        `aux ${loss.aux} vs ${refLoss.aux}`,
       );
-      const grads = await backend.read(ours.grads), refGrads = await reference.read(ref.grads);
-      for (const spec of ours.table.specs) {
-        const slice = (x: FloatArray) => x.subarray(spec.offset, spec.offset + spec.size);
-        const error = maxRelativeError(slice(grads), slice(refGrads));
-        assert.ok(error <= 1e-3, `gradient of ${spec.name}: max relative error ${error.toExponential(2)}`);
-      }
+    });
+  }
+  [...E2E_CONFIGS, ...(moe ? MOE_E2E_CONFIGS : [])].forEach((config, index) => {
+    const { inputs } = batch(2, 23, 100 + index);
+    const kind = config.moe ? `, moe ${config.moe.experts} experts top ${config.moe.top_k}` : "";
+    const tag = `model ${index} (dim ${config.dim}, pscan ${config.pscan}, bias ${config.bias}${kind})`;
+    Deno.test(`${label}: ${tag}: logits, loss and gradients match the cpu reference`, async () => {
+      await expectSameGradients(backend, reference, config, 100 + index);
     });
     Deno.test(`${label}: ${tag}: 20 AdamW steps give the cpu reference's losses`, async () => {
       const ours = await trainLosses(new MambaByte(config, { backend, seed: 6 }), 20);

@@ -13,10 +13,12 @@ import type {
   FloatArray,
   IndexBuffer,
   MatmulOptions,
+  MoeOps,
   ScanDims,
 } from "../backend.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { BUILD_HINT, type CudaLibrary, cudaLibraryPath, openCudaLibrary } from "./cuda_ffi.ts";
+import { CudaMoeOps } from "./cuda_moe.ts";
 
 /** float32 and int32 elements are both 4 bytes. */
 const BYTES = 4;
@@ -94,6 +96,8 @@ export async function createCudaBackend(options: CudaBackendOptions = {}): Promi
 export class CudaBackend implements Backend {
   readonly device = "cuda" as const;
   readonly description: string;
+  /** Mixture-of-experts ops (ffi/moe.cu). */
+  readonly moe: MoeOps;
   readonly #lib: CudaLibrary;
   readonly #owned = new Set<CudaBuffer>();
   readonly #graphs = new Set<bigint>();
@@ -101,6 +105,7 @@ export class CudaBackend implements Backend {
 
   constructor(lib: CudaLibrary, options: CudaBackendOptions = {}) {
     this.#lib = lib;
+    this.moe = new CudaMoeOps(lib, p, (status, op) => this.#check(status, op));
     const name = new Uint8Array(256);
     this.#check(lib.mb_device_name(name, name.length), "device name");
     this.#check(lib.mb_set_tf32(Number(options.tf32 ?? false)), "set TF32");

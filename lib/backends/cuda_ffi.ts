@@ -8,6 +8,8 @@
 const PTR = "u64";
 const I32 = "i32";
 const status = (...parameters: Deno.NativeType[]) => ({ parameters, result: I32 } as const);
+/** MoeDims as the MoE ops take them: rows, experts, top_k, capacity, dim. */
+const MOE_DIMS: Deno.NativeType[] = [I32, I32, I32, I32, I32];
 
 /** Every exported function of ffi/mambabyte.h with its Deno FFI signature. */
 export const CUDA_SYMBOLS = {
@@ -56,6 +58,14 @@ export const CUDA_SYMBOLS = {
   mb_sum_of_squares: status(PTR, "i64", "buffer"),
   mb_adamw: status(PTR, PTR, PTR, PTR, "i64", "f32", "f32", "f32", "f32", "f32", I32, "f32"),
   mb_sample_tokens: status(PTR, PTR, PTR, PTR, I32, I32, "f32", "f32"),
+  mb_moe_route: status(...Array<Deno.NativeType>(7).fill(PTR), ...MOE_DIMS),
+  mb_moe_route_backward: status(PTR, PTR, PTR, PTR, PTR, "f32", ...MOE_DIMS),
+  mb_moe_gather: status(PTR, PTR, PTR, ...MOE_DIMS),
+  mb_moe_gather_backward: status(PTR, PTR, PTR, ...MOE_DIMS),
+  mb_moe_scatter: status(PTR, PTR, PTR, PTR, ...MOE_DIMS),
+  mb_moe_scatter_backward: status(PTR, PTR, PTR, PTR, PTR, PTR, ...MOE_DIMS),
+  mb_moe_swiglu: status(PTR, PTR, PTR, "i64"),
+  mb_moe_swiglu_backward: status(PTR, PTR, PTR, PTR, PTR, "i64"),
 } as const satisfies Deno.ForeignLibraryInterface;
 
 /** The loaded library. */
