@@ -144,9 +144,11 @@ __global__ void route_backward_kernel(float* dlogits, const float* dgates, const
   if (t >= T) return;
   const float* p = probs + (int64_t)t * E;
   float* dl = dlogits + (int64_t)t * E;
+  // __fmul_rn keeps the compiler from fusing the product into the subtraction below: with the
+  // product rounded once, a router of one expert gets exactly the zero gradient it has.
   float pa = 0.0f;
-  for (int e = 0; e < E; e++) pa += p[e] * (prob_scale * g_picked[e]);
-  for (int e = 0; e < E; e++) dl[e] = p[e] * (prob_scale * g_picked[e] - pa);
+  for (int e = 0; e < E; e++) pa += p[e] * __fmul_rn(prob_scale, (float)g_picked[e]);
+  for (int e = 0; e < E; e++) dl[e] = p[e] * (__fmul_rn(prob_scale, (float)g_picked[e]) - pa);
   const float* g = gates + (int64_t)t * k;
   const float* dg = dgates + (int64_t)t * k;
   float gg = 0.0f;
