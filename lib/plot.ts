@@ -1,6 +1,6 @@
 /**
- * loss.svg: training and validation bits per byte against step, as a hand-written SVG line
- * plot (no dependencies) that opens in any browser.
+ * Hand-written SVG line plots (no dependencies) that open in any browser: loss.svg (training
+ * and validation bits per byte against step) and comparisons of several runs.
  */
 
 /** One point of the metrics log (metrics.jsonl's fields). */
@@ -11,13 +11,32 @@ export interface MetricPoint {
 }
 
 const W = 640, H = 400, LEFT = 60, RIGHT = 20, TOP = 40, BOTTOM = 50;
+const COLORS = ["#1f77b4", "#ff7f0e", "#2ca02c", "#d62728", "#9467bd", "#8c564b", "#e377c2", "#7f7f7f"];
+
+/** One line of a plot: a name for the legend and its (x, y) points. */
+export interface Series {
+  name: string;
+  points: (readonly [number, number])[];
+}
 
 /** An SVG document plotting `bpb` (train) and `val_bpb` (validation) against `step`. */
 export function lossPlotSvg(points: MetricPoint[], title = "MambaByte training"): string {
-  const train = points.map((p) => [p.step, p.bpb] as const).filter(([, y]) => Number.isFinite(y));
-  const val = points.filter((p) => p.val_bpb !== undefined && Number.isFinite(p.val_bpb))
-    .map((p) => [p.step, p.val_bpb!] as const);
-  const all = [...train, ...val];
+  return linePlotSvg([
+    { name: "train bpb", points: points.map((p) => [p.step, p.bpb] as const) },
+    {
+      name: "validation bpb",
+      points: points.filter((p) => p.val_bpb !== undefined).map((p) => [p.step, p.val_bpb!] as const),
+    },
+  ], { title, xLabel: "step", yLabel: "bits per byte" });
+}
+
+/** An SVG line plot of several series (non-finite points are left out), with a legend. */
+export function linePlotSvg(
+  series: Series[],
+  labels: { title: string; xLabel: string; yLabel: string },
+): string {
+  const lines = series.map((s) => ({ ...s, points: s.points.filter(([x, y]) => Number.isFinite(x + y)) }));
+  const all = lines.flatMap((s) => s.points);
   const xs = all.map(([x]) => x), ys = all.map(([, y]) => y);
   const [x0, x1] = span(xs.length ? Math.min(...xs) : 0, xs.length ? Math.max(...xs) : 1);
   const [y0, y1] = span(ys.length ? Math.min(...ys) : 0, ys.length ? Math.max(...ys) : 8);
@@ -42,27 +61,27 @@ export function lossPlotSvg(points: MetricPoint[], title = "MambaByte training")
   for (const x of ticks(x0, x1)) {
     grid.push(`<text x="${f(px(x))}" y="${H - BOTTOM + 18}" text-anchor="middle">${+x.toFixed(3)}</text>`);
   }
+  const legendWidth = 52 + 6.5 * Math.max(...lines.map((s) => s.name.length), 8);
+  const legend = lines.map((s, i) => {
+    const y = TOP + 22 + 18 * i, color = COLORS[i % COLORS.length], x = W - RIGHT - legendWidth;
+    return `<line x1="${x + 10}" x2="${x + 35}" y1="${y}" y2="${y}" stroke="${color}" stroke-width="2"/>` +
+      `<text x="${x + 42}" y="${y + 4}">${escapeXml(s.name)}</text>`;
+  });
   return `<svg xmlns="http://www.w3.org/2000/svg" width="${W}" height="${H}" viewBox="0 0 ${W} ${H}" ` +
     `font-family="sans-serif" font-size="12">
 <rect width="${W}" height="${H}" fill="white"/>
-<text x="${W / 2}" y="22" text-anchor="middle" font-size="15">${escapeXml(title)}</text>
+<text x="${W / 2}" y="22" text-anchor="middle" font-size="15">${escapeXml(labels.title)}</text>
 ${grid.join("\n")}
 <rect x="${LEFT}" y="${TOP}" width="${W - LEFT - RIGHT}" height="${
       H - TOP - BOTTOM
     }" fill="none" stroke="#333"/>
-<text x="${W / 2}" y="${H - 12}" text-anchor="middle">step</text>
-<text transform="translate(16 ${H / 2}) rotate(-90)" text-anchor="middle">bits per byte</text>
-${line(train, "#1f77b4")}
-${line(val, "#ff7f0e")}
-<rect x="${W - RIGHT - 150}" y="${TOP + 8}" width="140" height="44" fill="white" stroke="#999"/>
-<line x1="${W - RIGHT - 140}" x2="${W - RIGHT - 115}" y1="${TOP + 22}" y2="${
-      TOP + 22
-    }" stroke="#1f77b4" stroke-width="2"/>
-<text x="${W - RIGHT - 108}" y="${TOP + 26}">train bpb</text>
-<line x1="${W - RIGHT - 140}" x2="${W - RIGHT - 115}" y1="${TOP + 40}" y2="${
-      TOP + 40
-    }" stroke="#ff7f0e" stroke-width="2"/>
-<text x="${W - RIGHT - 108}" y="${TOP + 44}">validation bpb</text>
+<text x="${W / 2}" y="${H - 12}" text-anchor="middle">${escapeXml(labels.xLabel)}</text>
+<text transform="translate(16 ${H / 2}) rotate(-90)" text-anchor="middle">${escapeXml(labels.yLabel)}</text>
+${lines.map((s, i) => line(s.points, COLORS[i % COLORS.length])).join("\n")}
+<rect x="${W - RIGHT - legendWidth}" y="${TOP + 8}" width="${legendWidth - 10}" height="${
+      8 + 18 * lines.length
+    }" fill="white" stroke="#999"/>
+${legend.join("\n")}
 </svg>
 `;
 }
