@@ -189,11 +189,18 @@ function opCases(): Record<string, OpCase> {
       },
     };
   }
-  for (const [L, parallel] of [[37, true], [37, false], [300, true], [1, false]] as const) {
-    const [B, ED, N, R] = [2, 11, 5, 3];
+  // [B, L, ED, N, R, parallel]; the last: d_state 16 over many chunks, more channels than a block.
+  const scanShapes = [
+    [2, 37, 11, 5, 3, true],
+    [2, 37, 11, 5, 3, false],
+    [2, 300, 11, 5, 3, true],
+    [2, 1, 11, 5, 3, false],
+    [3, 203, 70, 16, 5, true],
+  ] as const;
+  for (const [B, L, ED, N, R, parallel] of scanShapes) {
     const S = R + 2 * N, zStride = 2 * ED;
     const rows = B * L;
-    cases[`selectiveScan and its backward (L=${L}, parallel ${parallel})`] = {
+    cases[`selectiveScan and its backward (B=${B}, L=${L}, ED=${ED}, N=${N}, parallel ${parallel})`] = {
       floats: {
         y: randn(rows * ED),
         u: randn(rows * ED),
@@ -417,6 +424,8 @@ function moeCases(): Record<string, OpCase> {
     const logits = randn(T * E, 2); // (T, E)
     for (let t = 0; t < T; t++) {
       const row = logits.subarray(t * E, (t + 1) * E);
+      // Most rows favour expert 0: routing is never balanced, so the aux gradient is never 0.
+      if (E > 1 && t % 3 !== 2) row[0] = Math.max(...row) + 1;
       if (E > 2 && t % 10 !== 0) row[E - 1] -= 6;
       if (E > 2 && t % 7 === 3) row[0] = row[2] = Math.max(...row) + 0.5; // tie for the top
       if (E > 2 && t % 7 === 4) row[1] = row[2];
