@@ -4,10 +4,10 @@
  * stopping agreed on by all ranks, and resuming with a different number of ranks.
  */
 import assert from "node:assert/strict";
+import { tinyCorpus as corpus, tinySettings } from "./tiny_run.ts";
 import type { Backend, DeviceBuffer } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { readSafetensors } from "../lib/checkpoint.ts";
-import type { Corpus } from "../lib/data.ts";
 import type { Communicator } from "../lib/distributed/communicator.ts";
 import { DataParallel, gradAccumForWorld, gradientBuckets } from "../lib/distributed/data_parallel.ts";
 import { Random } from "../lib/random.ts";
@@ -92,39 +92,18 @@ Deno.test("the bucketed all-reduce over 3 simulated ranks leaves every rank the 
   for (const s of scalars) assert.deepEqual(s, [1, 10]);
 });
 
-function corpus(): Corpus {
-  const line = "the cat sat on the mat. the dog sat on the log. ";
-  const bytes = new TextEncoder().encode(line.repeat(60));
-  return { train: bytes.subarray(0, 2600), val: bytes.subarray(2600), description: "test corpus" };
-}
-
+/** Tiny runs with grad-accum 2 by default, so that 2 ranks × 1 = 1 rank × 2. */
 function settings(out: string, overrides: Partial<TrainSettings> = {}): TrainSettings {
-  return {
-    dim: 16,
-    depth: 1,
-    d_state: 4,
-    expand_factor: 2,
-    d_conv: 4,
-    pscan: true,
+  const shorter = {
     steps: 8,
     batch_size: 2,
-    seq_len: 32,
     grad_accum: 2,
-    lr: 1e-2,
-    min_lr: 1e-3,
     warmup: 2,
-    weight_decay: 0.1,
-    clip: 1,
     seed: 5,
-    log_every: 1,
     eval_every: 4,
     eval_batches: 1,
-    save_every: 100,
-    out,
-    data: null,
-    backend: "cpu",
-    ...overrides,
   };
+  return tinySettings(out, { ...shorter, ...overrides });
 }
 
 async function metrics(dir: string): Promise<MetricRecord[]> {

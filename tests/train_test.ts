@@ -3,9 +3,9 @@
  * files are written, and a run interrupted and resumed reproduces the uninterrupted losses exactly.
  */
 import assert from "node:assert/strict";
+import { tinyCorpus as corpus, tinySettings as settings } from "./tiny_run.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { loadModel, readSafetensors } from "../lib/checkpoint.ts";
-import type { Corpus } from "../lib/data.ts";
 import {
   defaultsKind,
   type MetricRecord,
@@ -14,42 +14,6 @@ import {
   trainDefaults,
   type TrainSettings,
 } from "../lib/train.ts";
-
-/** A small corpus with structure a tiny model learns within a few dozen steps. */
-function corpus(): Corpus {
-  const line = "the cat sat on the mat. the dog sat on the log. ";
-  const bytes = new TextEncoder().encode(line.repeat(60));
-  return { train: bytes.subarray(0, 2600), val: bytes.subarray(2600), description: "test corpus" };
-}
-
-function settings(out: string, overrides: Partial<TrainSettings> = {}): TrainSettings {
-  return {
-    dim: 16,
-    depth: 1,
-    d_state: 4,
-    expand_factor: 2,
-    d_conv: 4,
-    pscan: true,
-    steps: 40,
-    batch_size: 4,
-    seq_len: 32,
-    grad_accum: 1,
-    lr: 1e-2,
-    min_lr: 1e-3,
-    warmup: 5,
-    weight_decay: 0.1,
-    clip: 1,
-    seed: 3,
-    log_every: 1,
-    eval_every: 10,
-    eval_batches: 2,
-    save_every: 100,
-    out,
-    data: null,
-    backend: "cpu",
-    ...overrides,
-  };
-}
 
 async function metrics(dir: string): Promise<MetricRecord[]> {
   const text = await Deno.readTextFile(`${dir}/${RUN_FILES.metrics}`);
