@@ -47,3 +47,4 @@ export { sampleLogits, type SamplingOptions, Utf8Stream } from "./lib/sample.ts"
 export { evaluateBpb, train, trainDefaults, type TrainSettings } from "./lib/train.ts";
 export { type Corpus, loadCorpus, loadDefaultCorpus } from "./lib/data.ts";
 export { AdamW, clipScale, learningRate } from "./lib/optim.ts";
+export { type MemoryPlan, memoryPlan } from "./lib/memory_plan.ts";
