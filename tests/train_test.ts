@@ -6,14 +6,7 @@ import assert from "node:assert/strict";
 import { tinyCorpus as corpus, tinySettings as settings } from "./tiny_run.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { loadModel, readSafetensors } from "../lib/checkpoint.ts";
-import {
-  defaultsKind,
-  type MetricRecord,
-  RUN_FILES,
-  train,
-  trainDefaults,
-  type TrainSettings,
-} from "../lib/train.ts";
+import { defaultsKind, type MetricRecord, RUN_FILES, train, trainDefaults } from "../lib/train.ts";
 
 async function metrics(dir: string): Promise<MetricRecord[]> {
   const text = await Deno.readTextFile(`${dir}/${RUN_FILES.metrics}`);
