@@ -106,7 +106,7 @@ export function requireMoeOps(backend: Backend): MoeOps {
   if (!backend.moe) {
     throw new Error(
       `the ${backend.device} backend (${backend.description}) has no mixture-of-experts ops, ` +
-        "which this config's moe blocks need; use the cpu or cuda backend",
+        "which this config's moe blocks need; use the cpu, cuda or webgpu backend",
     );
   }
   return backend.moe;

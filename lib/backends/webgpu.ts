@@ -16,6 +16,7 @@ import type {
 } from "../backend.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { KERNEL_FILES, loadKernelSources } from "./webgpu_kernel_source.ts";
+import { WebGpuMoeOps } from "./webgpu_moe.ts";
 import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
 
 /** Rows summed by one invocation of a column reduction before the partials are added up. */
@@ -109,12 +110,15 @@ const per256 = (n: number): number => Math.ceil(n / 256);
 
 export class WebGpuBackend implements Backend {
   readonly device = "webgpu" as const;
+  /** Mixture-of-experts ops (kernels/moe.wgsl). */
+  readonly moe: WebGpuMoeOps;
   readonly #rt: GpuRuntime;
   /** Scratch for partial sums and the scan's chunk states, grown on demand. */
   #scratch: GpuView | null = null;
 
   constructor(runtime: GpuRuntime, readonly description: string) {
     this.#rt = runtime;
+    this.moe = new WebGpuMoeOps((d) => this.#run(d), (length) => this.#work(length), gv);
   }
 
   get #gpu(): GPUDevice {

@@ -19,6 +19,7 @@ export const KERNEL_FILES = [
   "reduce",
   "adamw",
   "sample",
+  "moe",
 ] as const;
 
 export type KernelFile = typeof KERNEL_FILES[number];
