@@ -107,6 +107,11 @@ MB_API int mb_cross_entropy(uint64_t losses, uint64_t dlogits, uint64_t logits, 
 MB_API int mb_sum_of_squares(uint64_t x, int64_t n, double* result);
 MB_API int mb_adamw(uint64_t param, uint64_t grad, uint64_t m, uint64_t v, int64_t n, float lr, float beta1,
                     float beta2, float eps, float weight_decay, int step, float grad_scale);
+/* mb_adamw with 8-bit moments (lib/quant8.ts) over ceil(n / 256) blocks: m_codes (signed) and v_codes
+ * hold 256 bytes per block (padding 0), scales (blocks, 2) float32 absmax of m and of v. */
+MB_API int mb_adamw_8bit(uint64_t param, uint64_t grad, uint64_t m_codes, uint64_t v_codes, uint64_t scales,
+                         int64_t n, float lr, float beta1, float beta2, float eps, float weight_decay, int step,
+                         float grad_scale);
 
 /* ---- mixture of experts (lib/backend.ts, MoeOps) ----
  * Every op takes MoeDims as (rows T, experts E, top_k k, capacity C, dim D). choice, slot (T, k) and

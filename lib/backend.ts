@@ -10,8 +10,9 @@
  *   and always ACCUMULATES (+=) into parameter gradients (dweight, dbias, dA_log, dD, …).
  * - A "stride" is the distance in elements between consecutive rows of a strided view: it lets
  *   ops read B and C inside x_proj's output (B·L, R + 2N), or z inside in_proj's (B·L, 2ED).
- * - Buffers are views: `view(buffer, offset, length)` shares memory with `buffer`.
- * - Nothing is read back to the host except by `read` / `sumOfSquares`.
+ * - Buffers are views: `view(buffer, offset, length)` shares memory with `buffer` (`viewIndices`
+ *   for index buffers).
+ * - Nothing is read back to the host except by `read` / `readIndices` / `sumOfSquares`.
  */
 import type { SamplingOptions } from "./sample.ts";
 
@@ -32,7 +33,10 @@ export interface DeviceBuffer {
   readonly length: number;
 }
 
-/** Opaque handle to device memory holding `length` int32 indices (byte values). */
+/**
+ * Opaque handle to device memory holding `length` int32 indices (byte values), or 8-bit codes
+ * packed four to a word (lib/quant8.ts).
+ */
 export interface IndexBuffer {
   readonly length: number;
 }
@@ -203,9 +207,12 @@ export interface Backend {
   allocIndices(length: number): IndexBuffer;
   /** A view of `length` floats of `buffer` starting at element `offset`. */
   view(buffer: DeviceBuffer, offset: number, length: number): DeviceBuffer;
+  /** A view of `length` int32 words of an index buffer starting at word `offset`. */
+  viewIndices(buffer: IndexBuffer, offset: number, length: number): IndexBuffer;
   write(dst: DeviceBuffer, src: ArrayLike<number>): void;
   writeIndices(dst: IndexBuffer, src: ArrayLike<number>): void;
   read(src: DeviceBuffer): Promise<FloatArray>;
+  readIndices(src: IndexBuffer): Promise<Int32Array>;
   fill(dst: DeviceBuffer, value: number): void;
   /** dst ← src (same length). */
   copy(dst: DeviceBuffer, src: DeviceBuffer): void;
@@ -361,6 +368,21 @@ export interface Backend {
     grad: DeviceBuffer,
     m: DeviceBuffer,
     v: DeviceBuffer,
+    options: AdamWOptions,
+  ): void;
+  /**
+   * adamw with 8-bit moments (lib/quant8.ts), over blocks of 256 elements (the last partial):
+   * per block, m and v are dequantized from their codes and scales, updated as `adamw` updates
+   * them, the parameter updated from the new m and v exactly as `adamw` does, and the new m and v
+   * requantized with the block's new absmax. param, grad: (n); mCodes, vCodes: (blocks · 64)
+   * int32 words (4 codes each; padding codes 0); scales: (blocks, 2) = absmax of m, absmax of v.
+   */
+  adamw8bit(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    mCodes: IndexBuffer,
+    vCodes: IndexBuffer,
+    scales: DeviceBuffer,
     options: AdamWOptions,
   ): void;
 

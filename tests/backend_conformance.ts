@@ -8,7 +8,7 @@
  * (env CI set) with `requiredInCI`, where unavailability fails the run.
  */
 import assert from "node:assert/strict";
-import type { Backend, DeviceBuffer, FloatArray, IndexBuffer } from "../lib/backend.ts";
+import type { AdamWOptions, Backend, DeviceBuffer, FloatArray, IndexBuffer } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { type Loss, MambaByte } from "../lib/model.ts";
@@ -409,6 +409,110 @@ function samplingInputs(B: number, o: SamplingOptions): { logits: Float32Array; 
   return { logits, uniforms };
 }
 
+/** One adamw8bit call on views: `n` elements at `offset` of their buffers, codes and scales at `block`. */
+interface Adamw8bitCase {
+  n: number;
+  offset: number;
+  block: number;
+  options: AdamWOptions;
+}
+
+const ADAMW8_CASES: Adamw8bitCase[] = [
+  { n: 1000, offset: 0, block: 0, options: { ...adamwOptions(), weightDecay: 0.1, step: 3 } },
+  { n: 257, offset: 300, block: 2, options: { ...adamwOptions(), step: 1 } },
+  { n: 1, offset: 5, block: 1, options: { ...adamwOptions(), step: 7, gradScale: 1.3 } },
+  { n: 3 * 256, offset: 64, block: 0, options: { ...adamwOptions(), step: 40 } },
+];
+
+function adamwOptions(): AdamWOptions {
+  return { lr: 1e-2, beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0, step: 1, gradScale: 0.7 };
+}
+
+/** Inputs of a case: random state around the views (which must stay untouched), one block all zero. */
+function adamw8bitInputs(c: Adamw8bitCase) {
+  const blocks = Math.ceil(c.n / 256), allBlocks = c.block + blocks + 1, pad = 37;
+  const grads = randn(c.offset + c.n + pad);
+  const scales = Float32Array.from(
+    { length: 2 * allBlocks },
+    (_, i) => rng.uniform(0.01, 1) * (i % 2 ? 0.1 : 1),
+  );
+  if (blocks > 1) {
+    // The case's second block: zero state and zero gradients, so it stays all zero.
+    grads.fill(0, c.offset + 256, c.offset + Math.min(512, c.n));
+    scales.fill(0, 2 * (c.block + 1), 2 * (c.block + 2));
+  }
+  const word = () => rng.int(256) | (rng.int(256) << 8) | (rng.int(256) << 16) | (rng.int(256) << 24);
+  return {
+    params: randn(c.offset + c.n + pad),
+    grads,
+    mCodes: Int32Array.from({ length: 64 * allBlocks }, word),
+    vCodes: Int32Array.from({ length: 64 * allBlocks }, word),
+    scales,
+  };
+}
+
+async function runAdamw8bit(be: Backend, c: Adamw8bitCase, inputs: ReturnType<typeof adamw8bitInputs>) {
+  const blocks = Math.ceil(c.n / 256);
+  const [p, g, s] = [inputs.params, inputs.grads, inputs.scales].map((data) => {
+    const buffer = be.alloc(data.length);
+    be.write(buffer, data);
+    return buffer;
+  });
+  const [mc, vc] = [inputs.mCodes, inputs.vCodes].map((data) => {
+    const buffer = be.allocIndices(data.length);
+    be.writeIndices(buffer, data);
+    return buffer;
+  });
+  const codes = (x: IndexBuffer) => be.viewIndices(x, 64 * c.block, 64 * blocks);
+  be.adamw8bit(
+    be.view(p, c.offset, c.n),
+    be.view(g, c.offset, c.n),
+    codes(mc),
+    codes(vc),
+    be.view(s, 2 * c.block, 2 * blocks),
+    c.options,
+  );
+  const out = {
+    params: await be.read(p),
+    scales: await be.read(s),
+    mCodes: await be.readIndices(mc),
+    vCodes: await be.readIndices(vc),
+  };
+  for (const buffer of [p, g, s, mc, vc]) be.free(buffer);
+  return out;
+}
+
+/** Bytes of packed codes (m codes as signed values). */
+function codeBytes(words: Int32Array, signed: boolean): number[] {
+  const bytes = [...new Uint8Array(Int32Array.from(words).buffer)]; // little-endian, as the contract packs them
+  return signed ? bytes.map((b) => (b >= 128 ? b - 256 : b)) : bytes;
+}
+
+/**
+ * adamw8bit on `backend` against the cpu reference: parameters and scales within 1e-5, codes
+ * equal but for rounding ties (at most one code apart, at most 1% of them), the rest untouched.
+ */
+async function expectSameAdamw8bit(backend: Backend, reference: Backend): Promise<void> {
+  for (const c of ADAMW8_CASES) {
+    const inputs = adamw8bitInputs(c);
+    const want = await runAdamw8bit(reference, c, inputs), got = await runAdamw8bit(backend, c, inputs);
+    const tag = `n ${c.n} at ${c.offset}`;
+    for (const name of ["params", "scales"] as const) {
+      const error = maxRelativeError(got[name], want[name]);
+      assert.ok(error <= 1e-5, `${tag}: ${name}: max relative error ${error.toExponential(2)}`);
+    }
+    let ties = 0;
+    for (const [name, signed] of [["mCodes", true], ["vCodes", false]] as const) {
+      const a = codeBytes(got[name], signed), b = codeBytes(want[name], signed);
+      for (let i = 0; i < a.length; i++) {
+        assert.ok(Math.abs(a[i] - b[i]) <= 1, `${tag}: ${name} byte ${i}: ${a[i]} vs ${b[i]}`);
+        if (a[i] !== b[i]) ties++;
+      }
+    }
+    assert.ok(ties <= Math.max(1, 0.01 * 2 * c.n), `${tag}: ${ties} codes differ in ${2 * c.n}`);
+  }
+}
+
 /**
  * Mixture-of-experts op cases, for backends with MoeOps. Each runs the ops in a model's order
  * (route, gather, scatter, and the backwards in reverse), so the index outputs (choice, slot,
@@ -582,6 +686,18 @@ export async function conformanceSuite(
   for (const [name, c] of Object.entries(cases)) {
     Deno.test(`${label}: ${name} matches the cpu reference`, () => expectSame(backend, reference, c));
   }
+  Deno.test(
+    `${label}: adamw8bit matches the cpu reference (codes apart only at rounding ties)`,
+    () => expectSameAdamw8bit(backend, reference),
+  );
+  Deno.test(`${label}: readIndices and viewIndices return the words written, packed codes included`, async () => {
+    const words = Int32Array.of(0, 1, -1, 0x7fffffff, -0x80000000, 0x01ff80fe, 255, 256);
+    const buffer = backend.allocIndices(words.length);
+    backend.writeIndices(buffer, words);
+    assert.deepEqual(await backend.readIndices(buffer), words);
+    assert.deepEqual(await backend.readIndices(backend.viewIndices(buffer, 3, 4)), words.slice(3, 7));
+    backend.free(buffer);
+  });
   if (moe) {
     Deno.test(`${label}: BlackMamba dropping tokens: gradients, aux loss and drops match the cpu reference`, async () => {
       const { loss, refLoss } = await expectSameGradients(backend, reference, MOE_DROPPING, 99);

@@ -15,6 +15,17 @@ import type {
   MoeOps,
   ScanDims,
 } from "../backend.ts";
+import {
+  checkAdamw8bitLengths,
+  codeByte,
+  decodeM,
+  decodeV,
+  encodeM,
+  encodeV,
+  QUANT_BLOCK,
+  setCodeByte,
+  signedCode,
+} from "../quant8.ts";
 import { sampleWithUniform, type SamplingOptions } from "../sample.ts";
 import { CpuMoeOps } from "./cpu_moe.ts";
 import { scanLinear } from "./cpu_scan.ts";
@@ -91,6 +102,14 @@ export class CpuBackend implements Backend {
     }
     return new CpuBuffer(f(buffer).subarray(offset, offset + length));
   }
+  viewIndices(buffer: IndexBuffer, offset: number, length: number): IndexBuffer {
+    if (offset < 0 || offset + length > buffer.length) {
+      throw new RangeError(
+        `view [${offset}, ${offset + length}) outside an index buffer of ${buffer.length}`,
+      );
+    }
+    return new CpuIndexBuffer(ix(buffer).subarray(offset, offset + length));
+  }
   write(dst: DeviceBuffer, src: ArrayLike<number>): void {
     f(dst).set(src);
   }
@@ -99,6 +118,9 @@ export class CpuBackend implements Backend {
   }
   read(src: DeviceBuffer): Promise<FloatArray> {
     return Promise.resolve(f(src).slice());
+  }
+  readIndices(src: IndexBuffer): Promise<Int32Array> {
+    return Promise.resolve(ix(src).slice());
   }
   fill(dst: DeviceBuffer, value: number): void {
     f(dst).fill(value);
@@ -599,6 +621,45 @@ export class CpuBackend implements Backend {
       m[i] = o.beta1 * m[i] + (1 - o.beta1) * gi;
       v[i] = o.beta2 * v[i] + (1 - o.beta2) * gi * gi;
       p[i] = p[i] * decay - (o.lr * (m[i] / c1)) / (Math.sqrt(v[i] / c2) + o.eps);
+    }
+  }
+
+  adamw8bit(
+    paramBuf: DeviceBuffer,
+    gradBuf: DeviceBuffer,
+    mCodesBuf: IndexBuffer,
+    vCodesBuf: IndexBuffer,
+    scalesBuf: DeviceBuffer,
+    o: AdamWOptions,
+  ): void {
+    const p = f(paramBuf),
+      g = f(gradBuf),
+      mCodes = ix(mCodesBuf),
+      vCodes = ix(vCodesBuf),
+      scales = f(scalesBuf);
+    const n = p.length, blocks = Math.ceil(n / QUANT_BLOCK);
+    checkAdamw8bitLengths(n, g.length, mCodes.length, vCodes.length, scales.length);
+    const c1 = 1 - o.beta1 ** o.step, c2 = 1 - o.beta2 ** o.step;
+    const decay = 1 - o.lr * o.weightDecay;
+    const m = new Float64Array(QUANT_BLOCK), v = new Float64Array(QUANT_BLOCK); // one block's new moments
+    for (let b = 0; b < blocks; b++) {
+      const start = b * QUANT_BLOCK, count = Math.min(QUANT_BLOCK, n - start);
+      let absM = 0, absV = 0;
+      for (let j = 0; j < count; j++) {
+        const i = start + j, gi = g[i] * o.gradScale;
+        m[j] = o.beta1 * decodeM(signedCode(codeByte(mCodes, i)), scales[2 * b]) + (1 - o.beta1) * gi;
+        v[j] = o.beta2 * decodeV(codeByte(vCodes, i), scales[2 * b + 1]) + (1 - o.beta2) * gi * gi;
+        p[i] = p[i] * decay - (o.lr * (m[j] / c1)) / (Math.sqrt(v[j] / c2) + o.eps);
+        absM = Math.max(absM, Math.abs(m[j]));
+        absV = Math.max(absV, v[j]);
+      }
+      scales[2 * b] = absM; // codes are relative to the scales as stored (float32 here)
+      scales[2 * b + 1] = absV;
+      for (let j = 0; j < QUANT_BLOCK; j++) {
+        const live = j < count;
+        setCodeByte(mCodes, start + j, live ? encodeM(m[j], scales[2 * b]) : 0);
+        setCodeByte(vCodes, start + j, live ? encodeV(v[j], scales[2 * b + 1]) : 0);
+      }
     }
   }
 

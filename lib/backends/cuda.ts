@@ -16,6 +16,7 @@ import type {
   MoeOps,
   ScanDims,
 } from "../backend.ts";
+import { checkAdamw8bitLengths } from "../quant8.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { BUILD_HINT, type CudaLibrary, cudaLibraryPath, openCudaLibrary } from "./cuda_ffi.ts";
 import { CudaMoeOps } from "./cuda_moe.ts";
@@ -132,7 +133,7 @@ export class CudaBackend implements Backend {
    * `replay()` runs them again with one launch, so a decode step of ~100 small kernels costs one
    * host call. The recording keeps the buffers it was given: data that changes between replays
    * (the next bytes) goes into a fixed device buffer, written before `replay()`. Inside `record`,
-   * write, writeIndices, read, sumOfSquares, alloc, free and synchronize throw.
+   * write, writeIndices, read, readIndices, sumOfSquares, alloc, free and synchronize throw.
    */
   capture(record: () => void): CapturedOps {
     this.#notCapturing("capture");
@@ -220,6 +221,9 @@ export class CudaBackend implements Backend {
     }
     return new CudaBuffer(p(buffer) + BigInt(offset * BYTES), length, false);
   }
+  viewIndices(buffer: IndexBuffer, offset: number, length: number): IndexBuffer {
+    return this.view(buffer, offset, length);
+  }
   write(dst: DeviceBuffer, src: ArrayLike<number>): void {
     this.#notCapturing("write");
     const data = src instanceof Float32Array ? src : Float32Array.from(src);
@@ -236,6 +240,12 @@ export class CudaBackend implements Backend {
     this.#notCapturing("read");
     const out = new Float32Array(src.length);
     this.#check(this.#lib.mb_read(out, p(src), BigInt(out.byteLength)), "read");
+    return Promise.resolve(out);
+  }
+  readIndices(src: IndexBuffer): Promise<Int32Array> {
+    this.#notCapturing("readIndices");
+    const out = new Int32Array(src.length);
+    this.#check(this.#lib.mb_read(out, p(src), BigInt(out.byteLength)), "readIndices");
     return Promise.resolve(out);
   }
   fill(dst: DeviceBuffer, value: number): void {
@@ -518,6 +528,33 @@ export class CudaBackend implements Backend {
       o.gradScale,
     );
     this.#check(status, "adamw");
+  }
+  adamw8bit(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    mCodes: IndexBuffer,
+    vCodes: IndexBuffer,
+    scales: DeviceBuffer,
+    o: AdamWOptions,
+  ): void {
+    const n = param.length;
+    checkAdamw8bitLengths(n, grad.length, mCodes.length, vCodes.length, scales.length);
+    const status = this.#lib.mb_adamw_8bit(
+      p(param),
+      p(grad),
+      p(mCodes),
+      p(vCodes),
+      p(scales),
+      n,
+      o.lr,
+      o.beta1,
+      o.beta2,
+      o.eps,
+      o.weightDecay,
+      o.step,
+      o.gradScale,
+    );
+    this.#check(status, "adamw8bit");
   }
 
   // ---- single-step decode ----

@@ -57,6 +57,7 @@ export const CUDA_SYMBOLS = {
   mb_cross_entropy: status(PTR, PTR, PTR, PTR, I32, I32, "f32"),
   mb_sum_of_squares: status(PTR, "i64", "buffer"),
   mb_adamw: status(PTR, PTR, PTR, PTR, "i64", "f32", "f32", "f32", "f32", "f32", I32, "f32"),
+  mb_adamw_8bit: status(PTR, PTR, PTR, PTR, PTR, "i64", "f32", "f32", "f32", "f32", "f32", I32, "f32"),
   mb_sample_tokens: status(PTR, PTR, PTR, PTR, I32, I32, "f32", "f32"),
   mb_moe_route: status(...Array<Deno.NativeType>(7).fill(PTR), ...MOE_DIMS),
   mb_moe_route_backward: status(PTR, PTR, PTR, PTR, PTR, "f32", ...MOE_DIMS),

@@ -14,6 +14,7 @@ import type {
   MatmulOptions,
   ScanDims,
 } from "../backend.ts";
+import { checkAdamw8bitLengths } from "../quant8.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { KERNEL_FILES, loadKernelSources } from "./webgpu_kernel_source.ts";
 import { WebGpuMoeOps } from "./webgpu_moe.ts";
@@ -93,9 +94,13 @@ const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string
   scan: { NS: 16, WG: 64, T: SCAN_CHUNK },
 };
 
-/** An index buffer, plus its rows grouped by token value for embeddingBackward. */
+/**
+ * An index buffer, plus its rows grouped by token value for embeddingBackward: made by
+ * writeIndices when what it writes are bytes (not for packed codes, which need no grouping).
+ */
 class GpuIndexView extends GpuView {
-  constructor(root: GPUBuffer, length: number, readonly byToken: GpuView) {
+  byToken: GpuView | null = null;
+  constructor(root: GPUBuffer, length: number) {
     super(root, 0, length);
   }
 }
@@ -157,8 +162,7 @@ export class WebGpuBackend implements Backend {
   }
 
   allocIndices(length: number): IndexBuffer {
-    const byToken = new GpuView(this.#buffer((VOCAB + 1 + length) * 4), 0, VOCAB + 1 + length);
-    return new GpuIndexView(this.#buffer(length * 4), length, byToken);
+    return new GpuIndexView(this.#buffer(length * 4), length);
   }
 
   view(buffer: DeviceBuffer, offset: number, length: number): DeviceBuffer {
@@ -167,6 +171,10 @@ export class WebGpuBackend implements Backend {
       throw new RangeError(`view [${offset}, ${offset + length}) outside a buffer of ${v.length}`);
     }
     return new GpuView(v.root, v.offset + offset, length);
+  }
+
+  viewIndices(buffer: IndexBuffer, offset: number, length: number): IndexBuffer {
+    return this.view(buffer, offset, length);
   }
 
   write(dst: DeviceBuffer, src: ArrayLike<number>): void {
@@ -178,7 +186,14 @@ export class WebGpuBackend implements Backend {
     if (!(view instanceof GpuIndexView)) throw new Error("webgpu: writeIndices needs an allocIndices buffer");
     const tokens = Int32Array.from(src);
     this.#upload(view, tokens);
-    this.#upload(view.byToken, groupByToken(tokens));
+    if (tokens.every((t) => t >= 0 && t < VOCAB)) {
+      view.byToken ??= new GpuView(this.#buffer((VOCAB + 1 + view.length) * 4), 0, VOCAB + 1 + view.length);
+      this.#upload(view.byToken, groupByToken(tokens));
+    } else if (view.byToken) {
+      // Not bytes (packed codes, say): no grouping, and embeddingBackward refuses the buffer.
+      this.#rt.release(view.byToken.root);
+      view.byToken = null;
+    }
   }
 
   #upload(dst: GpuView, data: Float32Array<ArrayBuffer> | Int32Array<ArrayBuffer>): void {
@@ -190,7 +205,15 @@ export class WebGpuBackend implements Backend {
   }
 
   async read(src: DeviceBuffer): Promise<FloatArray> {
-    const view = gv(src);
+    return new Float32Array(await this.#download(gv(src)));
+  }
+
+  async readIndices(src: IndexBuffer): Promise<Int32Array> {
+    return new Int32Array(await this.#download(gv(src)));
+  }
+
+  /** The bytes of a view, once the commands recorded so far have run. */
+  async #download(view: GpuView): Promise<ArrayBuffer> {
     const staging = this.#gpu.createBuffer({
       size: Math.max(4, view.length * 4),
       usage: GPUBufferUsage.MAP_READ | GPUBufferUsage.COPY_DST,
@@ -202,7 +225,7 @@ export class WebGpuBackend implements Backend {
     try {
       await this.#rt.throwErrors();
       await staging.mapAsync(GPUMapMode.READ);
-      return new Float32Array(staging.getMappedRange().slice(0, view.length * 4));
+      return staging.getMappedRange().slice(0, view.length * 4);
     } finally {
       staging.destroy();
     }
@@ -229,7 +252,7 @@ export class WebGpuBackend implements Backend {
   free(buffer: DeviceBuffer | IndexBuffer): void {
     const view = gv(buffer);
     this.#rt.release(view.root);
-    if (view instanceof GpuIndexView) this.#rt.release(view.byToken.root);
+    if (view instanceof GpuIndexView && view.byToken) this.#rt.release(view.byToken.root);
   }
 
   dispose(): void {
@@ -408,8 +431,10 @@ export class WebGpuBackend implements Backend {
     dim: number,
   ): void {
     const view = gv(tokens);
-    if (!(view instanceof GpuIndexView)) {
-      throw new Error("webgpu: embeddingBackward needs an allocIndices buffer");
+    if (!(view instanceof GpuIndexView) || !view.byToken) {
+      throw new Error(
+        "webgpu: embeddingBackward needs an allocIndices buffer of bytes written by writeIndices",
+      );
     }
     if (rows !== view.length) {
       throw new Error(
@@ -757,6 +782,27 @@ export class WebGpuBackend implements Backend {
     });
   }
 
+  adamw8bit(
+    param: DeviceBuffer,
+    grad: DeviceBuffer,
+    mCodes: IndexBuffer,
+    vCodes: IndexBuffer,
+    scales: DeviceBuffer,
+    o: AdamWOptions,
+  ): void {
+    const p = gv(param);
+    checkAdamw8bitLengths(p.length, grad.length, mCodes.length, vCodes.length, scales.length);
+    const c1 = 1 - o.beta1 ** o.step, c2 = 1 - o.beta2 ** o.step;
+    this.#run({
+      file: "adamw",
+      entry: "adamw_8bit",
+      bindings: [p, gv(grad), undefined, undefined, gv(mCodes), gv(vCodes), gv(scales)],
+      ints: [p.length],
+      floats: [o.lr, o.beta1, o.beta2, o.eps, 1 - o.lr * o.weightDecay, c1, c2, o.gradScale],
+      groups: per256(p.length), // one workgroup per quantization block
+    });
+  }
+
   // ---- single-step decode ----
   conv1dSiluStep(
     out: DeviceBuffer,
@@ -836,15 +882,12 @@ export class WebGpuBackend implements Backend {
 }
 
 /**
- * Rows grouped by token value (a counting sort): 257 starts, then the row indices of token 0,
+ * Rows grouped by token value (a counting sort; every token a byte): 257 starts, then the row indices of token 0,
  * of token 1, … — what embedding_backward walks instead of using float atomics.
  */
 function groupByToken(tokens: Int32Array): Int32Array<ArrayBuffer> {
   const out = new Int32Array(VOCAB + 1 + tokens.length);
-  for (const t of tokens) {
-    if (!(t >= 0 && t < VOCAB)) throw new RangeError(`token ${t} is not a byte (0..255)`);
-    out[t + 1]++;
-  }
+  for (const t of tokens) out[t + 1]++;
   for (let v = 0; v < VOCAB; v++) out[v + 1] += out[v];
   const next = out.slice(0, VOCAB);
   for (let r = 0; r < tokens.length; r++) out[VOCAB + 1 + next[tokens[r]]++] = r;
