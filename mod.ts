@@ -46,5 +46,5 @@ export { generate, GENERATE_DEFAULTS, type GenerateOptions } from "./lib/generat
 export { sampleLogits, type SamplingOptions, Utf8Stream } from "./lib/sample.ts";
 export { evaluateBpb, train, trainDefaults, type TrainSettings } from "./lib/train.ts";
 export { type Corpus, loadCorpus, loadDefaultCorpus } from "./lib/data.ts";
-export { AdamW, clipScale, learningRate } from "./lib/optim.ts";
+export { AdamW, type AdamWConfig, clipScale, learningRate, type OptimizerBits } from "./lib/optim.ts";
 export { type MemoryPlan, memoryPlan } from "./lib/memory_plan.ts";

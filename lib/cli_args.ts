@@ -8,7 +8,16 @@ import { parseArgs } from "node:util";
 
 /** One option: its kind, default, help text and allowed range. */
 export type OptionSpec =
-  | { kind: "int" | "number"; default?: number; help: string; min?: number; gt?: number; max?: number }
+  | {
+    kind: "int" | "number";
+    default?: number;
+    help: string;
+    min?: number;
+    gt?: number;
+    max?: number;
+    /** The only values allowed. */
+    choices?: readonly number[];
+  }
   | { kind: "string"; default?: string; help: string; choices?: readonly string[] }
   | { kind: "bool"; default?: boolean; help: string };
 
@@ -67,7 +76,7 @@ export function usage(command: string, specs: Record<string, OptionSpec>): strin
   for (const [name, spec] of Object.entries(specs)) {
     const value = spec.kind === "bool"
       ? ""
-      : spec.kind === "string" && spec.choices
+      : spec.choices
       ? `=${spec.choices.join("|")}`
       : `=${spec.kind === "string" ? "TEXT" : "N"}`;
     const def = spec.default === undefined ? "" : ` (default ${spec.default})`;
@@ -118,6 +127,9 @@ function convert(name: string, raw: string, spec: OptionSpec): unknown {
       if (!ok) {
         const what = isInt ? "an integer" : "a number";
         throw new UsageError(`--${name} must be ${what}${range ? ` ${range}` : ""}, got "${raw}"`);
+      }
+      if (spec.choices && !spec.choices.includes(value)) {
+        throw new UsageError(`--${name} must be one of ${spec.choices.join(", ")}, got "${raw}"`);
       }
       return value;
     }

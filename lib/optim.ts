@@ -1,10 +1,17 @@
 /**
  * AdamW over the flat parameter buffer (the update runs as one backend op per contiguous run
  * of equal weight decay), global-norm gradient clipping, and the learning-rate schedule:
- * linear warmup, then cosine decay to a minimum.
+ * linear warmup, then cosine decay to a minimum. The moments are float32 buffers laid out like
+ * the parameters, or (bits 8) blockwise-quantized codes and scales (lib/optim_8bit.ts).
  */
-import type { Backend, DeviceBuffer, FloatArray } from "./backend.ts";
+import type { AdamWOptions, Backend, DeviceBuffer } from "./backend.ts";
+import { flatToTensors, type NamedTensor, tensorsToFlat } from "./checkpoint.ts";
+import { QUANTIZED_STATE_NAMES, QuantizedMoments, type Run } from "./optim_8bit.ts";
 import { decayRuns, type ParamTable } from "./params.ts";
+
+/** Bits per stored moment: float32, or 8-bit codes with a float32 scale per 256. */
+export type OptimizerBits = 32 | 8;
+export const OPTIMIZER_BITS: readonly OptimizerBits[] = [32, 8];
 
 export interface AdamWConfig {
   beta1: number;
@@ -12,38 +19,93 @@ export interface AdamWConfig {
   eps: number;
   /** Decoupled weight decay, applied only to tensors whose spec has `decay` true. */
   weightDecay: number;
+  /** How the moments are stored (default 32). */
+  bits?: OptimizerBits;
 }
 
-/** β1 0.9, β2 0.95, eps 1e-8, weight decay 0.1. */
-export const ADAMW_DEFAULTS: AdamWConfig = { beta1: 0.9, beta2: 0.95, eps: 1e-8, weightDecay: 0.1 };
+/** β1 0.9, β2 0.95, eps 1e-8, weight decay 0.1, float32 moments. */
+export const ADAMW_DEFAULTS: AdamWConfig = {
+  beta1: 0.9,
+  beta2: 0.95,
+  eps: 1e-8,
+  weightDecay: 0.1,
+  bits: 32,
+};
 
-/** AdamW with its first and second moments as flat buffers laid out like the parameters. */
-export class AdamW {
-  /** First moment, (table.size). */
+/** The first and second moments, in whichever form: updated run by run, saved as tensors. */
+interface Moments {
+  /** One AdamW update of run `index` of the parameters. */
+  update(index: number, params: DeviceBuffer, grads: DeviceBuffer, options: AdamWOptions): void;
+  read(): Promise<Map<string, NamedTensor>>;
+  write(tensors: Map<string, NamedTensor>, source: string): void;
+  free(): void;
+}
+
+/** float32 m and v, flat buffers laid out like the parameters; saved as `optimizer.m.<name>` etc. */
+class FloatMoments implements Moments {
+  /** (table.size) */
   readonly m: DeviceBuffer;
-  /** Second moment, (table.size). */
+  /** (table.size) */
   readonly v: DeviceBuffer;
+
+  constructor(readonly backend: Backend, readonly table: ParamTable, readonly runs: readonly Run[]) {
+    this.m = backend.alloc(table.size);
+    this.v = backend.alloc(table.size);
+  }
+
+  update(index: number, params: DeviceBuffer, grads: DeviceBuffer, options: AdamWOptions): void {
+    const be = this.backend, run = this.runs[index];
+    const view = (flat: DeviceBuffer) => be.view(flat, run.offset, run.length);
+    be.adamw(view(params), view(grads), view(this.m), view(this.v), options);
+  }
+
+  async read(): Promise<Map<string, NamedTensor>> {
+    return new Map([
+      ...flatToTensors(this.table, await this.backend.read(this.m), "optimizer.m."),
+      ...flatToTensors(this.table, await this.backend.read(this.v), "optimizer.v."),
+    ]);
+  }
+
+  write(tensors: Map<string, NamedTensor>, source: string): void {
+    const what = `${source} (optimizer moments)`;
+    this.backend.write(this.m, tensorsToFlat(this.table, tensors, "optimizer.m.", what));
+    this.backend.write(this.v, tensorsToFlat(this.table, tensors, "optimizer.v.", what));
+  }
+
+  free(): void {
+    this.backend.free(this.m);
+    this.backend.free(this.v);
+  }
+}
+
+/** AdamW with its moments on the device, float32 or 8-bit (config.bits). */
+export class AdamW {
+  readonly bits: OptimizerBits;
   /** Updates done so far (the bias correction uses t + 1 for the next one). */
   t = 0;
   readonly #runs: { offset: number; length: number; decay: boolean }[];
+  readonly #moments: Moments;
 
   constructor(
     readonly backend: Backend,
     readonly table: ParamTable,
     readonly config: AdamWConfig = ADAMW_DEFAULTS,
   ) {
-    this.m = backend.alloc(table.size);
-    this.v = backend.alloc(table.size);
+    this.bits = config.bits ?? 32;
+    if (!OPTIMIZER_BITS.includes(this.bits)) {
+      throw new Error(`AdamW: bits must be one of ${OPTIMIZER_BITS.join(", ")}, got ${this.bits}`);
+    }
     this.#runs = decayRuns(table);
+    this.#moments = this.bits === 8
+      ? new QuantizedMoments(backend, this.#runs)
+      : new FloatMoments(backend, table, this.#runs);
   }
 
   /** params ← AdamW(params, gradScale · grads) with learning rate `lr`. */
   step(params: DeviceBuffer, grads: DeviceBuffer, lr: number, gradScale: number): void {
-    const be = this.backend;
     this.t += 1;
-    for (const run of this.#runs) {
-      const view = (flat: DeviceBuffer) => be.view(flat, run.offset, run.length);
-      be.adamw(view(params), view(grads), view(this.m), view(this.v), {
+    this.#runs.forEach((run, index) => {
+      this.#moments.update(index, params, grads, {
         lr,
         beta1: this.config.beta1,
         beta2: this.config.beta2,
@@ -52,29 +114,40 @@ export class AdamW {
         step: this.t,
         gradScale,
       });
-    }
+    });
   }
 
-  /** The moments on the host, for checkpoints. */
-  async readState(): Promise<{ m: FloatArray; v: FloatArray; t: number }> {
-    return { m: await this.backend.read(this.m), v: await this.backend.read(this.v), t: this.t };
+  /**
+   * The moments as checkpoint tensors (names start with `optimizer.`; 32 bits: `optimizer.m.<param>`
+   * and `optimizer.v.<param>`, F32; 8 bits: lib/optim_8bit.ts's codes and scales) and the step count.
+   */
+  async readState(): Promise<{ tensors: Map<string, NamedTensor>; t: number }> {
+    return { tensors: await this.#moments.read(), t: this.t };
   }
 
-  /** Restores moments and step count saved by `readState`. */
-  writeState(state: { m: ArrayLike<number>; v: ArrayLike<number>; t: number }): void {
-    if (state.m.length !== this.table.size || state.v.length !== this.table.size) {
+  /**
+   * Restores what `readState` saved (other tensors in `tensors` are ignored). Moments of the
+   * other bit width are an Error: converting them is not supported.
+   */
+  writeState(tensors: Map<string, NamedTensor>, t: number, source = "checkpoint"): void {
+    const names = [...tensors.keys()];
+    const saved = names.some((name) => name.startsWith("optimizer.m."))
+      ? 32
+      : tensors.has(QUANTIZED_STATE_NAMES.mCodes)
+      ? 8
+      : this.bits; // neither: the moments' own check names what is missing
+    if (saved !== this.bits) {
       throw new Error(
-        `AdamW: moments of ${state.m.length} and ${state.v.length} values do not match ${this.table.size} parameters`,
+        `${source} holds ${saved}-bit AdamW moments, but this optimizer keeps ${this.bits}-bit ones ` +
+          `(resume with optimizer bits ${saved}; converting moments is not supported)`,
       );
     }
-    this.backend.write(this.m, state.m);
-    this.backend.write(this.v, state.v);
-    this.t = state.t;
+    this.#moments.write(tensors, source);
+    this.t = t;
   }
 
   free(): void {
-    this.backend.free(this.m);
-    this.backend.free(this.v);
+    this.#moments.free();
   }
 }
 

@@ -11,12 +11,12 @@
  */
 import type { Backend } from "./backend.ts";
 import type { DataParallel } from "./distributed/data_parallel.ts";
-import { flatToTensors, type NamedTensor, type Safetensors, saveModel, tensorsToFlat } from "./checkpoint.ts";
+import { type Safetensors, saveModel, tensorsToFlat } from "./checkpoint.ts";
 import { MambaConfig } from "./config.ts";
 import { MOE_DEFAULTS, type MoeConfigOptions } from "./moe_config.ts";
 import { type Batch, BatchStream, checkCorpus, type Corpus, validationBatches } from "./data.ts";
 import { MambaByte } from "./model.ts";
-import { AdamW, ADAMW_DEFAULTS, clipScale, gradNorm, learningRate } from "./optim.ts";
+import { AdamW, ADAMW_DEFAULTS, clipScale, gradNorm, learningRate, type OptimizerBits } from "./optim.ts";
 import { lossPlotSvg, type MetricPoint } from "./plot.ts";
 import type { ProgressInfo } from "./progress.ts";
 
@@ -62,6 +62,8 @@ export interface TrainSettings {
   /** Steps of linear warmup. */
   warmup: number;
   weight_decay: number;
+  /** Bits per AdamW moment: 32 (float32) or 8 (blockwise-quantized); absent: 32. */
+  optimizer_bits?: OptimizerBits;
   /** Global gradient-norm clip (0: off). */
   clip: number;
   /** Seeds the initial weights and the stream of training windows. */
@@ -113,9 +115,10 @@ export function trainDefaults(kind: DefaultsKind): TrainDefaults {
     recompute: false,
     grad_accum: 1,
     weight_decay: 0.1,
+    optimizer_bits: 32,
     clip: 1,
     seed: 1337,
-  };
+  } satisfies Partial<TrainDefaults>;
   if (kind === "cpu") {
     return {
       ...shared,
@@ -243,7 +246,11 @@ export async function train(
   const root = rank === 0;
   const config = runConfig(s);
   const model = new MambaByte(config, { backend, seed: s.seed, recompute: s.recompute ?? false });
-  const optimizer = new AdamW(backend, model.table, { ...ADAMW_DEFAULTS, weightDecay: s.weight_decay });
+  const optimizer = new AdamW(backend, model.table, {
+    ...ADAMW_DEFAULTS,
+    weightDecay: s.weight_decay,
+    bits: s.optimizer_bits ?? 32,
+  });
   const stream = new BatchStream(corpus.train, s.seq_len, s.seed + 1);
   const valBatches = validationBatches(corpus.val, s.seq_len, s.batch_size, s.eval_batches);
   const out = (name: string) => `${s.out}/${name}`;
@@ -262,18 +269,14 @@ export async function train(
   }
 
   const save = async () => {
-    const { m, v, t } = await optimizer.readState();
-    const extra = new Map<string, NamedTensor>([
-      ...flatToTensors(model.table, m, "optimizer.m."),
-      ...flatToTensors(model.table, v, "optimizer.v."),
-    ]);
+    const { tensors, t } = await optimizer.readState();
     await saveModel(out(RUN_FILES.checkpoint), model, {
       step: String(step),
       optimizer_step: String(t),
       train_options: JSON.stringify(s),
       data_state: JSON.stringify(stream.state),
       best_val_bpb: String(bestValBpb),
-    }, extra);
+    }, tensors);
   };
 
   const bytesPerStep = s.batch_size * s.seq_len * s.grad_accum * world;
@@ -403,11 +406,7 @@ function restore(
 ): { step: number; bestValBpb: number } {
   const meta = file.metadata;
   model.writeParams(tensorsToFlat(model.table, file.tensors, "", "checkpoint"));
-  optimizer.writeState({
-    m: tensorsToFlat(model.table, file.tensors, "optimizer.m.", "checkpoint (optimizer moments)"),
-    v: tensorsToFlat(model.table, file.tensors, "optimizer.v.", "checkpoint (optimizer moments)"),
-    t: Number(meta.optimizer_step),
-  });
+  optimizer.writeState(file.tensors, Number(meta.optimizer_step), "checkpoint");
   stream.state = JSON.parse(meta.data_state);
   return { step: Number(meta.step), bestValBpb: Number(meta.best_val_bpb ?? Infinity) };
 }

@@ -11,6 +11,7 @@ import { type OptionSpec, parseOptions, parseSize, runCli, usage, UsageError } f
 import { openCorpus } from "../lib/data.ts";
 import { DataParallel, gradAccumForWorld } from "../lib/distributed/data_parallel.ts";
 import { joinGroup, type WorkerInfo, workerInfo } from "../lib/distributed/worker.ts";
+import { OPTIMIZER_BITS } from "../lib/optim.ts";
 import { logLine, progressBar } from "../lib/progress.ts";
 import {
   checkpointSettings,
@@ -52,6 +53,11 @@ const SPECS = {
   "min-lr": num("final learning rate (cosine decay)"),
   warmup: int("linear warmup steps", 0),
   "weight-decay": num("AdamW weight decay"),
+  "optimizer-bits": {
+    kind: "int",
+    choices: OPTIMIZER_BITS,
+    help: "bits per AdamW moment: 32 float32, 8 blockwise-quantized (about 1/4 of the memory)",
+  },
   clip: num("global gradient-norm clip, 0 = off"),
   seed: int("seed of the weights and data windows", 0),
   "log-every": int("steps per log line"),
@@ -66,8 +72,11 @@ const SPECS = {
   ...LAUNCH_SPECS,
 } satisfies Record<string, OptionSpec>;
 
-/** Options allowed with --resume (everything else comes from the checkpoint). */
-const RESUME_OPTIONS = ["resume", "backend", "steps", "max-memory"];
+/**
+ * Options allowed with --resume (everything else comes from the checkpoint); --optimizer-bits
+ * only when it matches the checkpoint's moments.
+ */
+const RESUME_OPTIONS = ["resume", "backend", "steps", "max-memory", "optimizer-bits"];
 
 function helpText(): string {
   const specs: Record<string, OptionSpec> = { ...SPECS };
@@ -125,6 +134,13 @@ async function main(): Promise<number> {
       );
     }
     const saved = resume.settings;
+    const bits = options["optimizer-bits"], savedBits = saved.optimizer_bits ?? 32;
+    if (bits !== undefined && bits !== savedBits) {
+      throw new UsageError(
+        `--optimizer-bits ${bits} does not match the checkpoint's ${savedBits}-bit AdamW moments; ` +
+          `resume with --optimizer-bits ${savedBits} or without it (converting moments is not supported)`,
+      );
+    }
     settings = {
       ...saved,
       out: options.resume!,

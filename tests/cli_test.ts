@@ -112,9 +112,14 @@ Deno.test("train → eval → generate on a tiny model, end to end", async () =>
   await fails(
     ["tasks/train.ts", "--resume", out, "--dim=9"],
     2,
-    /only --resume, --backend, --steps, --max-memory may be given/,
+    /only --resume, --backend, --steps, --max-memory, --optimizer-bits may be given/,
   );
-  const resumed = await run(["tasks/train.ts", "--resume", out, "--steps=7"]);
+  await fails(
+    ["tasks/train.ts", "--resume", out, "--optimizer-bits=8"],
+    2,
+    /--optimizer-bits 8 does not match the checkpoint's 32-bit AdamW moments; resume with --optimizer-bits 32 or without it/,
+  );
+  const resumed = await run(["tasks/train.ts", "--resume", out, "--steps=7", "--optimizer-bits=32"]);
   assert.equal(resumed.code, 0, resumed.stderr);
   assert.match(resumed.stdout, /resuming from step 6/);
   assert.match(resumed.stdout, /^step 7\/7 /m);
@@ -129,6 +134,11 @@ Deno.test("bad options: exit 2 and a line that lists what is valid", async () =>
   await fails(["tasks/train.ts", "--lr", "fast"], 2, /--lr must be a number > 0, got "fast"/);
   await fails(["tasks/train.ts", "--steps=2.5"], 2, /--steps must be an integer >= 1, got "2.5"/);
   await fails(["tasks/train.ts", "--backend=tpu"], 2, /--backend must be one of auto, cpu, webgpu, cuda/);
+  await fails(
+    ["tasks/train.ts", "--optimizer-bits=16"],
+    2,
+    /--optimizer-bits must be one of 32, 8, got "16"/,
+  );
   await fails(
     ["generate.ts", "--checkpoint", `${dir}/tiny.safetensors`, "--prompt=a", "--top-p", "1.5"],
     2,

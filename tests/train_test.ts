@@ -39,31 +39,59 @@ Deno.test("forty steps lower the loss and write checkpoint, best, metrics and pl
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("a run interrupted at step 7 and resumed reproduces the uninterrupted losses exactly", async () => {
-  const whole = await Deno.makeTempDir(), split = await Deno.makeTempDir();
-  const run = (out: string) => settings(out, { steps: 14, eval_every: 4, grad_accum: 2, warmup: 3 });
-  await train(run(whole), new CpuBackend(), corpus());
+Deno.test("forty steps with 8-bit AdamW moments lower the loss and checkpoint codes and scales", async () => {
+  const dir = await Deno.makeTempDir();
+  await train(settings(dir, { optimizer_bits: 8 }), new CpuBackend(), corpus());
+  const m = await metrics(dir);
+  const first = m.slice(0, 5).reduce((a, r) => a + r.loss, 0) / 5,
+    last = m.slice(-5).reduce((a, r) => a + r.loss, 0) / 5;
+  assert.ok(last < first - 2, `loss falls: ${first} → ${last}`);
+  const checkpoint = await readSafetensors(`${dir}/${RUN_FILES.checkpoint}`);
+  assert.equal(checkpoint.tensors.get("optimizer.m_codes")?.dtype, "U8");
+  assert.equal(checkpoint.tensors.get("optimizer.scales")?.dtype, "F32");
+  assert.ok(
+    ![...checkpoint.tensors.keys()].some((name) => name.startsWith("optimizer.m.")),
+    "no fp32 moments",
+  );
+  assert.equal(JSON.parse(checkpoint.metadata.train_options).optimizer_bits, 8);
 
-  const controller = new AbortController();
-  const stopped = await train(run(split), new CpuBackend(), corpus(), {
-    signal: controller.signal,
-    onStep: (info) => info.step === 7 && controller.abort(),
-  });
-  assert.deepEqual([stopped.step, stopped.interrupted], [7, true]);
-  const checkpoint = await readSafetensors(`${split}/${RUN_FILES.checkpoint}`);
-  assert.equal(checkpoint.metadata.step, "7");
-  const resumed = await train(run(split), new CpuBackend(), corpus(), {}, checkpoint);
-  assert.deepEqual([resumed.step, resumed.interrupted], [14, false]);
-
-  const strip = (m: MetricRecord[]) => m.map(({ step, loss, lr, val_bpb }) => ({ step, loss, lr, val_bpb }));
-  assert.deepEqual(strip(await metrics(split)), strip(await metrics(whole)));
-  const [a, b] = [
-    await loadModel(`${whole}/${RUN_FILES.checkpoint}`),
-    await loadModel(`${split}/${RUN_FILES.checkpoint}`),
-  ];
-  assert.deepEqual(await a.readParams(), await b.readParams());
-  for (const dir of [whole, split]) await Deno.remove(dir, { recursive: true });
+  // The checkpoint's moments are 8-bit: resuming them as 32-bit ones is an error, not a silent reset.
+  await assert.rejects(
+    () => train(settings(dir, { optimizer_bits: 32, steps: 41 }), new CpuBackend(), corpus(), {}, checkpoint),
+    /holds 8-bit AdamW moments, but this optimizer keeps 32-bit ones/,
+  );
+  await Deno.remove(dir, { recursive: true });
 });
+
+for (const bits of [32, 8] as const) {
+  Deno.test(`${bits}-bit moments: a run interrupted at step 7 and resumed reproduces the uninterrupted losses exactly`, async () => {
+    const whole = await Deno.makeTempDir(), split = await Deno.makeTempDir();
+    const run = (out: string) =>
+      settings(out, { steps: 14, eval_every: 4, grad_accum: 2, warmup: 3, optimizer_bits: bits });
+    await train(run(whole), new CpuBackend(), corpus());
+
+    const controller = new AbortController();
+    const stopped = await train(run(split), new CpuBackend(), corpus(), {
+      signal: controller.signal,
+      onStep: (info) => info.step === 7 && controller.abort(),
+    });
+    assert.deepEqual([stopped.step, stopped.interrupted], [7, true]);
+    const checkpoint = await readSafetensors(`${split}/${RUN_FILES.checkpoint}`);
+    assert.equal(checkpoint.metadata.step, "7");
+    const resumed = await train(run(split), new CpuBackend(), corpus(), {}, checkpoint);
+    assert.deepEqual([resumed.step, resumed.interrupted], [14, false]);
+
+    const strip = (m: MetricRecord[]) =>
+      m.map(({ step, loss, lr, val_bpb }) => ({ step, loss, lr, val_bpb }));
+    assert.deepEqual(strip(await metrics(split)), strip(await metrics(whole)));
+    const [a, b] = [
+      await loadModel(`${whole}/${RUN_FILES.checkpoint}`),
+      await loadModel(`${split}/${RUN_FILES.checkpoint}`),
+    ];
+    assert.deepEqual(await a.readParams(), await b.readParams());
+    for (const dir of [whole, split]) await Deno.remove(dir, { recursive: true });
+  });
+}
 
 Deno.test("a corpus shorter than seq-len + 1 is an error before anything is written", async () => {
   const dir = await Deno.makeTempDir();
