@@ -10,7 +10,7 @@
 import type { Backend, DeviceBuffer, IndexBuffer } from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
 import { MambaByte } from "./model.ts";
-import { AdamW } from "./optim.ts";
+import { AdamW, ADAMW_DEFAULTS, type OptimizerBits } from "./optim.ts";
 
 export interface MemoryPlan {
   /** Bytes of each component, in the order a training run allocates them. */
@@ -35,6 +35,9 @@ class CountingBackend {
     return { length };
   }
   view(_buffer: DeviceBuffer, _offset: number, length: number): DeviceBuffer {
+    return { length };
+  }
+  viewIndices(_buffer: IndexBuffer, _offset: number, length: number): IndexBuffer {
     return { length };
   }
   read(src: DeviceBuffer): Promise<Float32Array> {
@@ -62,10 +65,13 @@ function countingBackend(): { backend: Backend; counter: CountingBackend } {
   return { backend, counter };
 }
 
-/** What training `config` on batches of (batch, length) bytes allocates. */
+/**
+ * What training `config` on batches of (batch, length) bytes allocates, with AdamW's moments
+ * in `optimizerBits` (default 32).
+ */
 export async function memoryPlan(
   config: MambaConfig,
-  options: { batch: number; length: number; recompute: boolean },
+  options: { batch: number; length: number; recompute: boolean; optimizerBits?: OptimizerBits },
 ): Promise<MemoryPlan> {
   const { backend, counter } = countingBackend();
   const components: { name: string; bytes: number }[] = [];
@@ -77,7 +83,8 @@ export async function memoryPlan(
   let model!: MambaByte;
   await measure("weights", () => model = new MambaByte(config, { backend, recompute: options.recompute }));
   await measure("gradients", () => model.grads);
-  await measure("AdamW moments", () => new AdamW(backend, model.table));
+  const bits = options.optimizerBits ?? 32;
+  await measure("AdamW moments", () => new AdamW(backend, model.table, { ...ADAMW_DEFAULTS, bits }));
   const n = options.batch * options.length;
   await measure(
     "activations and scratch",

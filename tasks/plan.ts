@@ -2,10 +2,12 @@
  * `deno task plan`: the memory a training run will allocate, by component, in GiB.
  *
  *   deno task plan --dim 1024 --depth 53 --seq-len 8192 --batch-size 1 [--recompute] [--d-state 16]
+ *     [--optimizer-bits 8]
  */
 import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { memoryPlan } from "../lib/memory_plan.ts";
+import { OPTIMIZER_BITS, type OptimizerBits } from "../lib/optim.ts";
 
 const int = (help: string, fallback?: number) => ({ kind: "int" as const, help, min: 1, default: fallback });
 const SPECS = {
@@ -17,6 +19,12 @@ const SPECS = {
   "seq-len": int("bytes per window"),
   "batch-size": int("windows per micro-batch", 1),
   recompute: { kind: "bool" as const, help: "recompute block activations in backward" },
+  "optimizer-bits": {
+    kind: "int" as const,
+    choices: OPTIMIZER_BITS,
+    default: 32,
+    help: "bits per AdamW moment (8: blockwise-quantized)",
+  },
 } satisfies Record<string, OptionSpec>;
 
 const GiB = 2 ** 30;
@@ -42,12 +50,13 @@ async function main(): Promise<number> {
     batch: options["batch-size"]!,
     length: options["seq-len"]!,
     recompute,
+    optimizerBits: options["optimizer-bits"] as OptimizerBits,
   });
   console.log(
     `MambaByte D=${config.dim} × ${config.depth} (${(plan.parameters / 1e6).toFixed(1)} M parameters), ` +
-      `batch ${options["batch-size"]} × ${options["seq-len"]} bytes, fp32, recompute ${
-        recompute ? "on" : "off"
-      }`,
+      `batch ${options["batch-size"]} × ${options["seq-len"]} bytes, fp32, ${
+        options["optimizer-bits"]
+      }-bit AdamW moments, recompute ${recompute ? "on" : "off"}`,
   );
   for (const { name, bytes } of plan.components) {
     console.log(`${name.padEnd(24)} ${(bytes / GiB).toFixed(2)} GiB`);

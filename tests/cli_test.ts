@@ -140,6 +140,11 @@ Deno.test("bad options: exit 2 and a line that lists what is valid", async () =>
     /--optimizer-bits must be one of 32, 8, got "16"/,
   );
   await fails(
+    ["tasks/plan.ts", "--dim=8", "--depth=1", "--seq-len=8", "--optimizer-bits=4"],
+    2,
+    /--optimizer-bits must be one of 32, 8, got "4"/,
+  );
+  await fails(
     ["generate.ts", "--checkpoint", `${dir}/tiny.safetensors`, "--prompt=a", "--top-p", "1.5"],
     2,
     /--top-p must be a number > 0 and <= 1, got "1.5"/,

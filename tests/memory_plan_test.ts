@@ -2,7 +2,7 @@
 import assert from "node:assert/strict";
 import { MambaConfig } from "../lib/config.ts";
 import { memoryPlan } from "../lib/memory_plan.ts";
-import { paramTable } from "../lib/params.ts";
+import { decayRuns, paramTable } from "../lib/params.ts";
 
 // D = 8, ED = 16, N = 4, R = 1 (so R + 2N = 9); B·L = 10 rows.
 const config = new MambaConfig({ dim: 8, depth: 2, d_state: 4 });
@@ -29,4 +29,31 @@ Deno.test("with recomputation only each block's input is kept per block", async 
   const shared = block - rows * D; // one set of intermediates for all blocks
   const activations = 4 * (2 * rows * D + shared + rows * D + scratch + lmHead);
   assert.equal(plan.components[3].bytes, activations);
+});
+
+Deno.test("8-bit moments: 2 bytes per element of each decay run in whole 256-blocks, plus 8 bytes per block", async () => {
+  const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false, optimizerBits: 8 });
+  const fp32 = await memoryPlan(config, { batch: 2, length: 5, recompute: false });
+  const blocks = decayRuns(paramTable(config, true)).reduce(
+    (sum, run) => sum + Math.ceil(run.length / 256),
+    0,
+  );
+  assert.deepEqual(plan.components[2], { name: "AdamW moments", bytes: blocks * (2 * 256 + 8) });
+  for (const i of [0, 1, 3]) {
+    assert.deepEqual(plan.components[i], fp32.components[i], "only the moments change");
+  }
+  assert.equal(plan.total, fp32.total - fp32.components[2].bytes + blocks * (2 * 256 + 8));
+});
+
+Deno.test("8-bit moments of a D=512 × 8 model: 2.03 bytes per parameter against fp32's 8", async () => {
+  const big = new MambaConfig({ dim: 512, depth: 8 });
+  const options = { batch: 1, length: 16, recompute: true };
+  const int8 = await memoryPlan(big, { ...options, optimizerBits: 8 }), fp32 = await memoryPlan(big, options);
+  const perParam = (p: typeof fp32) => p.components[2].bytes / p.parameters;
+  assert.ok(perParam(fp32) >= 8 && perParam(fp32) < 8.01, `fp32: ${perParam(fp32)} bytes per parameter`);
+  // 2 + 8/256 = 2.03125, and a little padding (tensors aligned to 64, runs to 256)
+  assert.ok(
+    perParam(int8) >= 2.03125 && perParam(int8) < 2.04,
+    `8-bit: ${perParam(int8)} bytes per parameter`,
+  );
 });
