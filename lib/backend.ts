@@ -53,6 +53,14 @@ export interface MatmulOptions {
   ldc?: number;
 }
 
+/** Options of matmulInt8 (C = A·dequant(W)ᵀ, W a Linear weight in int8). */
+export interface Int8MatmulOptions {
+  /** C += A·dequant(W)ᵀ instead of C = A·dequant(W)ᵀ. */
+  accumulate?: boolean;
+  /** Row stride of A; default K. */
+  lda?: number;
+}
+
 /** Dimensions of the fused selective scan. */
 export interface ScanDims {
   /** B */
@@ -362,6 +370,29 @@ export interface Backend {
     m: DeviceBuffer,
     v: DeviceBuffer,
     options: AdamWOptions,
+  ): void;
+
+  // ---- int8 weights ----
+  /**
+   * A new buffer holding `words` as they are: int32 words that are not byte indices (int8 codes
+   * packed four per word by lib/quantize.ts), for matmulInt8. Released with `free`.
+   */
+  uploadWords(words: Int32Array): IndexBuffer;
+  /**
+   * C (M, N) = A (M, K) · dequant(W)ᵀ, or += with `accumulate`, in fp32: W (N, K) is a Linear
+   * weight in int8 (lib/quantize.ts), codes (N, ⌈K/4⌉) int32 words, four codes per word
+   * (little-endian, rows padded with zero codes), dequant(W)[o, k] = scales[o] · code[o, k].
+   * Rows of A are `lda` apart (default K); C is packed (M, N).
+   */
+  matmulInt8(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    codes: IndexBuffer,
+    scales: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options?: Int8MatmulOptions,
   ): void;
 
   // ---- single-step decode ----

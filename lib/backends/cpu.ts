@@ -11,10 +11,12 @@ import type {
   DeviceBuffer,
   FloatArray,
   IndexBuffer,
+  Int8MatmulOptions,
   MatmulOptions,
   MoeOps,
   ScanDims,
 } from "../backend.ts";
+import { checkMatmulInt8, int8WordsPerRow } from "../quantize.ts";
 import { sampleWithUniform, type SamplingOptions } from "../sample.ts";
 import { CpuMoeOps } from "./cpu_moe.ts";
 import { scanLinear } from "./cpu_scan.ts";
@@ -599,6 +601,39 @@ export class CpuBackend implements Backend {
       m[i] = o.beta1 * m[i] + (1 - o.beta1) * gi;
       v[i] = o.beta2 * v[i] + (1 - o.beta2) * gi * gi;
       p[i] = p[i] * decay - (o.lr * (m[i] / c1)) / (Math.sqrt(v[i] / c2) + o.eps);
+    }
+  }
+
+  // ---- int8 weights ----
+  uploadWords(words: Int32Array): IndexBuffer {
+    return new CpuIndexBuffer(words.slice());
+  }
+
+  matmulInt8(
+    cBuf: DeviceBuffer,
+    aBuf: DeviceBuffer,
+    codesBuf: IndexBuffer,
+    scalesBuf: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options: Int8MatmulOptions = {},
+  ): void {
+    const { accumulate = false } = options;
+    const lda = options.lda ?? k;
+    checkMatmulInt8(cBuf, aBuf, codesBuf, scalesBuf, m, n, k, lda);
+    const c = f(cBuf), a = f(aBuf), codes = ix(codesBuf), scales = f(scalesBuf);
+    const words = int8WordsPerRow(k);
+    const w = new this.#Float(k); // codes of row j of W, unpacked
+    for (let j = 0; j < n; j++) {
+      // code p: byte p % 4 of word p / 4, sign-extended
+      for (let p = 0; p < k; p++) w[p] = (codes[j * words + (p >> 2)] << (24 - 8 * (p & 3))) >> 24;
+      for (let i = 0; i < m; i++) {
+        let s = 0;
+        for (let p = 0, ai = i * lda; p < k; p++) s += a[ai + p] * w[p];
+        const ci = i * n + j;
+        c[ci] = (accumulate ? c[ci] : 0) + scales[j] * s;
+      }
     }
   }
 
