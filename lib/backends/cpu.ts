@@ -622,17 +622,17 @@ export class CpuBackend implements Backend {
     const { accumulate = false } = options;
     const lda = options.lda ?? k;
     checkMatmulInt8(cBuf, aBuf, codesBuf, scalesBuf, m, n, k, lda);
-    const c = f(cBuf), a = f(aBuf), codes = ix(codesBuf), scales = f(scalesBuf);
-    const words = int8WordsPerRow(k);
-    const w = new this.#Float(k); // codes of row j of W, unpacked
-    for (let j = 0; j < n; j++) {
-      // code p: byte p % 4 of word p / 4, sign-extended
-      for (let p = 0; p < k; p++) w[p] = (codes[j * words + (p >> 2)] << (24 - 8 * (p & 3))) >> 24;
-      for (let i = 0; i < m; i++) {
+    const c = f(cBuf), a = f(aBuf), words = ix(codesBuf), scales = f(scalesBuf);
+    // Code p of row j is byte p of the row's words (little-endian: the byte order of every
+    // platform Deno runs on), so the words read as int8 bytes are the codes, rows 4·KW apart.
+    const codes = new Int8Array(words.buffer, words.byteOffset, words.byteLength);
+    const rowBytes = 4 * int8WordsPerRow(k);
+    for (let i = 0; i < m; i++) {
+      const ai = i * lda, ci = i * n;
+      for (let j = 0; j < n; j++) {
         let s = 0;
-        for (let p = 0, ai = i * lda; p < k; p++) s += a[ai + p] * w[p];
-        const ci = i * n + j;
-        c[ci] = (accumulate ? c[ci] : 0) + scales[j] * s;
+        for (let p = 0, wj = j * rowBytes; p < k; p++) s += a[ai + p] * codes[wj + p];
+        c[ci + j] = (accumulate ? c[ci + j] : 0) + scales[j] * s;
       }
     }
   }
