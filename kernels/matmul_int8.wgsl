@@ -5,14 +5,14 @@
 // packed_4x8_integer_dot_product language extension); dequant(W)[o, p] = scales[o] · code.
 // A's rows are lda apart (a strided view such as x_proj's δr columns); C is packed (ldc = N).
 // Each output is scales[o] · Σ_p A[i, p] · code[o, p]: the scale is applied once, at the end.
+//
+// Defines: ROWS (gemv_int8 only: M, 1 to 8, a constant so that the per-row sums stay in registers).
 
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
 @group(0) @binding(2) var<storage, read> a: array<f32>;
 @group(0) @binding(3) var<storage, read> codes: array<u32>;
 @group(0) @binding(4) var<storage, read> scales: array<f32>;
 
-/** Rows of C handled by gemv_int8 (decode: M = batch). */
-const GEMV_ROWS: u32 = 8u;
 /** Columns of C (rows of W) per gemv_int8 workgroup. */
 const GEMV_COLS: u32 = 4u;
 
@@ -38,14 +38,13 @@ fn store_c(i: u32, sum: f32, scale: f32, accumulate: bool) {
 
 var<workgroup> gemv_partial: array<vec4<f32>, 64>;
 
-// Decode (M ≤ 8): one workgroup per GEMV_COLS consecutive rows of W, its 64 invocations
+// Decode (M = ROWS ≤ 8): one workgroup per GEMV_COLS consecutive rows of W, its 64 invocations
 // striding over the KW words of those rows (one u32 of each row and one vec4 of A per step, for
 // all M rows of A at once, so every word of W is read once), then a tree sum per row of C.
-// ints: m, n, k, lda, accumulate. Grid: ceil(N / 4) workgroups (spread over x and y).
+// ints: m (= ROWS), n, k, lda, accumulate. Grid: ceil(N / 4) workgroups (spread over x and y).
 @compute @workgroup_size(64)
 fn gemv_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
-  let m = arg_u(0u);
   let n = arg_u(1u);
   let k = arg_u(2u);
   let lda = arg_u(3u);
@@ -56,18 +55,18 @@ fn gemv_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng:
   for (var g = 0u; g < GEMV_COLS; g++) {
     rows[g] = view_offset(3u) + min(j0 + g, n - 1u) * kw;
   }
-  var acc: array<vec4<f32>, GEMV_ROWS>; // [row of C][column j0 + g]
+  var acc: array<vec4<f32>, ROWS>; // [row of C][column j0 + g]
   for (var q = lid; q < kw; q += 64u) {
     let w0 = vec4<f32>(unpack4xI8(codes[rows[0] + q]));
     let w1 = vec4<f32>(unpack4xI8(codes[rows[1] + q]));
     let w2 = vec4<f32>(unpack4xI8(codes[rows[2] + q]));
     let w3 = vec4<f32>(unpack4xI8(codes[rows[3] + q]));
-    for (var r = 0u; r < m; r++) {
+    for (var r = 0u; r < ROWS; r++) {
       let x = a_word(view_offset(2u) + r * lda, 4u * q, k);
       acc[r] += vec4<f32>(dot(x, w0), dot(x, w1), dot(x, w2), dot(x, w3));
     }
   }
-  for (var r = 0u; r < m; r++) {
+  for (var r = 0u; r < ROWS; r++) {
     gemv_partial[lid] = acc[r];
     workgroupBarrier();
     for (var s = 32u; s > 0u; s >>= 1u) {

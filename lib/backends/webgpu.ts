@@ -94,6 +94,7 @@ function quietHeadlessVulkan(): void {
 const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string, number>>> = {
   matmul: { TM: 4, TN: 4, BK: 16 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1 },
+  matmul_int8: { ROWS: 1 },
   scan: { NS: 16, WG: 64, T: SCAN_CHUNK },
 };
 
@@ -780,10 +781,13 @@ export class WebGpuBackend implements Backend {
   ): void {
     const lda = options.lda ?? k;
     checkMatmulInt8(c, a, codes, scales, m, n, k, lda);
+    if (m === 0) return;
     const gemv = m <= MAX_INT8_GEMV_ROWS;
     this.#run({
       file: "matmul_int8",
       entry: gemv ? "gemv_int8" : "matmul_int8",
+      // gemv: M rows as a constant (its sums stay in registers); the tiled kernel ignores ROWS
+      defines: gemv ? { ROWS: m } : DEFAULT_DEFINES.matmul_int8,
       bindings: [gv(c), gv(a), gv(codes), gv(scales)],
       ints: [m, n, k, lda, +(options.accumulate ?? false)],
       groups: gemv ? Math.ceil(n / 4) : [Math.ceil(n / 64), Math.ceil(m / 64)],
