@@ -1,12 +1,14 @@
 /**
  * `deno run -A generate.ts --checkpoint FILE|RUN_DIR --prompt TEXT`: streams bytes sampled
  * from a checkpoint to stdout (never splitting a UTF-8 character) and reports bytes/s on
- * stderr. `--prompt -` reads the prompt from stdin; `--help` lists the options.
+ * stderr. `--prompt -` reads the prompt from stdin; `--quantize int8` decodes with int8 Linear
+ * weights (lib/quantize.ts); `--help` lists the options.
  */
 import { createBackend, type DeviceChoice } from "./lib/backend.ts";
 import { loadModel } from "./lib/checkpoint.ts";
 import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "./lib/cli_args.ts";
 import { generate, GENERATE_DEFAULTS } from "./lib/generate.ts";
+import { type Quantization, QUANTIZATIONS } from "./lib/quantize.ts";
 import { Utf8Stream } from "./lib/sample.ts";
 import { RUN_FILES } from "./lib/train.ts";
 
@@ -32,6 +34,12 @@ const SPECS = {
     help: "bytes sampled on the device between reads back to the host",
   },
   backend: { kind: "string", choices: ["auto", "cpu", "webgpu", "cuda"], default: "auto", help: "device" },
+  quantize: {
+    kind: "string",
+    choices: QUANTIZATIONS,
+    default: "none",
+    help: "int8: Linear weights in int8 per output channel (4× fewer weight bytes read per byte)",
+  },
 } satisfies Record<string, OptionSpec>;
 
 async function main(): Promise<number> {
@@ -48,6 +56,7 @@ async function main(): Promise<number> {
   }
   const backend = await createBackend(o.backend as DeviceChoice);
   const model = await loadModel(await checkpointFile(o.checkpoint), { backend });
+  await model.quantize(o.quantize as Quantization);
 
   const B = o["num-samples"];
   const stdout = Deno.stdout;
@@ -92,7 +101,7 @@ async function main(): Promise<number> {
   console.error(
     `${generated} bytes in ${seconds.toFixed(2)} s: ${
       (generated / seconds).toFixed(1)
-    } bytes/s (${backend.device})`,
+    } bytes/s (${backend.device}${model.quantization === "none" ? "" : `, ${model.quantization} weights`})`,
   );
   return 0;
 }

@@ -26,10 +26,12 @@ export {
   type DeviceChoice,
   type FloatArray,
   type IndexBuffer,
+  type Int8MatmulOptions,
   type MoeDims,
   type MoeOps,
 } from "./lib/backend.ts";
 export { type MoeConfigOptions, type MoeSettings } from "./lib/moe_config.ts";
+export { type Int8Matrix, type Quantization, QUANTIZATIONS, quantizeInt8 } from "./lib/quantize.ts";
 export { createWebGpuBackend } from "./lib/backends/webgpu.ts";
 export { CpuBackend } from "./lib/backends/cpu.ts";
 export { type ParamSpec, type ParamTable, paramTable } from "./lib/params.ts";

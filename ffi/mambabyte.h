@@ -66,6 +66,14 @@ MB_API int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, in
 MB_API int mb_add_bias(uint64_t out, uint64_t bias, int rows, int cols);
 MB_API int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int cols);
 
+/* ---- int8 weights ---- */
+/* C (M, N) = A (M, K) · dequant(W)ᵀ, or += when accumulate, in fp32: W (N, K) int8 per output channel,
+ * codes (N, ceil(K/4)) int32 words (code p of row o in byte p % 4 of word o·ceil(K/4) + p/4, rows padded
+ * with zero codes), scales (N); dequant(W)[o, p] = scales[o] · code. Rows of A are lda apart, C is packed.
+ * At most 8 rows: a GEMV kernel; more: a tiled kernel. No host synchronisation (graph-capturable). */
+MB_API int mb_matmul_int8(uint64_t c, uint64_t a, uint64_t codes, uint64_t scales, int m, int n, int k, int lda,
+                          int accumulate);
+
 /* ---- embedding ---- */
 MB_API int mb_embedding(uint64_t out, uint64_t table, uint64_t tokens, int rows, int dim);
 MB_API int mb_embedding_backward(uint64_t dtable, uint64_t dout, uint64_t tokens, int rows, int dim);

@@ -57,6 +57,14 @@ export interface MatmulOptions {
   ldc?: number;
 }
 
+/** Options of matmulInt8 (C = A·dequant(W)ᵀ, W a Linear weight in int8). */
+export interface Int8MatmulOptions {
+  /** C += A·dequant(W)ᵀ instead of C = A·dequant(W)ᵀ. */
+  accumulate?: boolean;
+  /** Row stride of A; default K. */
+  lda?: number;
+}
+
 /** Dimensions of the fused selective scan. */
 export interface ScanDims {
   /** B */
@@ -210,6 +218,7 @@ export interface Backend {
   /** A view of `length` int32 words of an index buffer starting at word `offset`. */
   viewIndices(buffer: IndexBuffer, offset: number, length: number): IndexBuffer;
   write(dst: DeviceBuffer, src: ArrayLike<number>): void;
+  /** Any int32 words: byte tokens, or packed codes (lib/quantize.ts, lib/quant8.ts). */
   writeIndices(dst: IndexBuffer, src: ArrayLike<number>): void;
   read(src: DeviceBuffer): Promise<FloatArray>;
   readIndices(src: IndexBuffer): Promise<Int32Array>;
@@ -384,6 +393,24 @@ export interface Backend {
     vCodes: IndexBuffer,
     scales: DeviceBuffer,
     options: AdamWOptions,
+  ): void;
+
+  // ---- int8 weights ----
+  /**
+   * C (M, N) = A (M, K) · dequant(W)ᵀ, or += with `accumulate`, in fp32: W (N, K) is a Linear
+   * weight in int8 (lib/quantize.ts), codes (N, ⌈K/4⌉) int32 words, four codes per word
+   * (little-endian, rows padded with zero codes), dequant(W)[o, k] = scales[o] · code[o, k].
+   * Rows of A are `lda` apart (default K); C is packed (M, N).
+   */
+  matmulInt8(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    codes: IndexBuffer,
+    scales: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options?: Int8MatmulOptions,
   ): void;
 
   // ---- single-step decode ----

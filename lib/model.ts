@@ -13,6 +13,11 @@
  *
  * Parameters, gradients (and the optimizer's moments) each live in ONE flat buffer laid out
  * by lib/params.ts.
+ *
+ * `quantize("int8")` (lib/quantize.ts) gives forward and decode int8 copies of the Linear weights
+ * (in_proj, x_proj, dt_proj, out_proj, the MoE experts, lm_head), made from the fp32 parameters,
+ * which stay as they are for everything else (embedding, norms, conv, A_log, D, Δ bias) and for
+ * training, which a quantized model refuses.
  */
 import type { Backend, DeviceBuffer, FloatArray, IndexBuffer, RecordedOps } from "./backend.ts";
 import { CpuBackend } from "./backends/cpu.ts";
@@ -20,8 +25,16 @@ import { MambaConfig, VOCAB_SIZE } from "./config.ts";
 import { initParams, type ParamSpec, type ParamTable, paramTable } from "./params.ts";
 import { moeBlockCount } from "./moe_config.ts";
 import { requireMoeOps } from "./moe_mlp.ts";
+import { LinearWeights, type Quantization } from "./quantize.ts";
 import { checkSampling, type SamplingOptions } from "./sample.ts";
-import { layerViews, ResidualStack, RMS_EPS, StackActivations, StackCache } from "./residual_stack.ts";
+import {
+  blockLinears,
+  layerViews,
+  ResidualStack,
+  RMS_EPS,
+  StackActivations,
+  StackCache,
+} from "./residual_stack.ts";
 
 /** Host-side data with a shape. */
 export interface Tensor {
@@ -61,6 +74,10 @@ abstract class FlatModel {
   readonly recompute: boolean;
   #grads: DeviceBuffer | null = null;
   protected readonly stack: ResidualStack;
+  /** The Linear products of forward and decode: fp32, or int8 after `quantize`. */
+  protected readonly linears: LinearWeights;
+  /** View of lm_head (256, D) in `params`; null for the Mamba module. */
+  protected readonly lmHead: DeviceBuffer | null;
   #gradStack: ReturnType<typeof layerViews>[] | null = null;
 
   constructor(config: MambaConfig, lm: boolean, options: ModelOptions) {
@@ -74,11 +91,51 @@ abstract class FlatModel {
     this.table = paramTable(config, lm);
     this.params = this.backend.alloc(this.table.size);
     this.backend.write(this.params, initParams(this.table, config, options.seed ?? 0));
+    this.linears = new LinearWeights(this.backend);
+    this.lmHead = this.table.lmHead && this.view(this.table.lmHead);
     this.stack = new ResidualStack(
       this.backend,
       config,
       this.table.layers.map((layer) => layerViews(this.backend, this.params, layer)),
+      this.linears,
     );
+  }
+
+  /** How the Linear weights are held for forward and decode ("none": fp32). */
+  get quantization(): Quantization {
+    return this.linears.quantization;
+  }
+
+  /**
+   * From now on forward, loss and decode use int8 copies of the Linear weights, quantized per
+   * output channel from the current parameters (lib/quantize.ts) — or, with "none", the fp32
+   * weights again. Training a quantized model is an error.
+   */
+  async quantize(mode: Quantization): Promise<void> {
+    const values = mode === "none" ? null : await this.readParams();
+    const linears = this.table.layers.flatMap((layer, l) => blockLinears(layer, this.stack.params[l]));
+    if (this.table.lmHead) linears.push({ spec: this.table.lmHead, weight: this.lmHead! });
+    this.linears.quantize(
+      mode,
+      values
+        ? linears.map(({ spec, weight }) => ({
+          weight,
+          values: values.subarray(spec.offset, spec.offset + spec.size),
+          rows: spec.shape[0],
+          cols: spec.size / spec.shape[0],
+        }))
+        : [],
+    );
+  }
+
+  /** Throws unless the weights are fp32: `op` computes gradients. */
+  protected requireTrainable(op: string): void {
+    if (this.quantization !== "none") {
+      throw new Error(
+        `${op}: this model's Linear weights are quantized to ${this.quantization}, for inference only; ` +
+          `training needs the fp32 weights (call quantize("none") first, or load the model without --quantize)`,
+      );
+    }
   }
 
   /** All parameter gradients, one flat buffer laid out like `params` (allocated on first use). */
@@ -109,6 +166,7 @@ abstract class FlatModel {
 
   /** Releases the device memory of parameters, gradients and activations. */
   dispose(): void {
+    this.linears.free();
     this.backend.free(this.params);
     if (this.#grads) this.backend.free(this.#grads);
     this.freeActivations();
@@ -117,10 +175,16 @@ abstract class FlatModel {
   /** Releases the saved activations (they are rebuilt on the next forward). */
   protected abstract freeActivations(): void;
 
-  /** Replaces the flat parameters (length must match `table.size`). */
+  /** Replaces the flat parameters (length must match `table.size`; the model must not be quantized). */
   writeParams(values: ArrayLike<number>): void {
     if (values.length !== this.table.size) {
       throw new Error(`writeParams: expected ${this.table.size} values, got ${values.length}`);
+    }
+    if (this.quantization !== "none") {
+      throw new Error(
+        `writeParams: the model is quantized to ${this.quantization}; call quantize("none") first ` +
+          "(and quantize again after writing)",
+      );
     }
     this.backend.write(this.params, values);
   }
@@ -166,6 +230,7 @@ export class Mamba extends FlatModel {
    * (MoE blocks add no load-balancing gradient here: this module has no training loss.)
    */
   async backward(dout: Tensor): Promise<Tensor> {
+    this.requireTrainable("Mamba.backward");
     const acts = this.#acts;
     if (!acts) throw new Error("Mamba.backward: call forward first");
     const dx = this.backend.alloc(dout.data.length);
@@ -247,6 +312,8 @@ export class ByteCache {
   readonly logits: DeviceBuffer; // (B, 256)
   /** The recorded decode step, on backends that can replay one (see Backend.capture). */
   graph: RecordedOps | null = null;
+  /** The model's LinearWeights.version when `graph` was recorded (it holds those weight buffers). */
+  graphWeights = -1;
   /** (K, B) uniforms and sampled bytes of a block of device-sampled steps (grown on demand). */
   #block: { uniforms: DeviceBuffer; history: DeviceBuffer } | null = null;
 
@@ -341,7 +408,7 @@ export class MambaByte extends FlatModel {
     be.embedding(acts.stack.input, this.view(t.embedding!), acts.tokens, rows, D); // (B, L, D)
     this.stack.forward(acts.stack);
     be.rmsnorm(acts.hidden, acts.rstd, acts.stack.out, this.view(t.normF!), rows, D, RMS_EPS);
-    be.matmul(acts.logits, acts.hidden, this.view(t.lmHead!), rows, VOCAB_SIZE, D, { transB: true });
+    this.linears.apply(acts.logits, acts.hidden, this.lmHead!, rows, VOCAB_SIZE, D); // (B, L, 256)
     return acts;
   }
 
@@ -372,6 +439,7 @@ export class MambaByte extends FlatModel {
     shape: [number, number],
     gradScale = 1,
   ): Promise<Loss> {
+    this.requireTrainable("MambaByte.lossAndBackward");
     const acts = this.#forward(inputs, shape);
     checkShape(targets, shape);
     const be = this.backend, t = this.table, D = this.config.dim;
@@ -383,7 +451,7 @@ export class MambaByte extends FlatModel {
       transA: true,
       accumulate: true,
     });
-    be.matmul(acts.dhidden, acts.dlogits, this.view(t.lmHead!), rows, D, VOCAB_SIZE); // (B, L, D)
+    be.matmul(acts.dhidden, acts.dlogits, this.lmHead!, rows, D, VOCAB_SIZE); // (B, L, D)
     // final RMSNorm (dx starts at zero: nothing else reads the stack's output)
     be.fill(acts.dx, 0);
     be.rmsnormBackward(
@@ -459,7 +527,12 @@ export class MambaByte extends FlatModel {
   #advance(cache: ByteCache): void {
     const be = this.backend;
     if (be.capture) {
+      if (cache.graph && cache.graphWeights !== this.linears.version) {
+        cache.graph.free(); // recorded before quantize() replaced the weights
+        cache.graph = null;
+      }
       cache.graph ??= be.capture(() => this.#stepOps(cache));
+      cache.graphWeights = this.linears.version;
       cache.graph.replay();
     } else {
       this.#stepOps(cache);
@@ -472,7 +545,7 @@ export class MambaByte extends FlatModel {
     be.embedding(cache.x, this.view(t.embedding!), cache.tokens, B, D); // (B, D)
     this.stack.step(cache.x, cache.stack);
     be.rmsnorm(cache.hidden, cache.rstd, cache.x, this.view(t.normF!), B, D, RMS_EPS);
-    be.matmul(cache.logits, cache.hidden, this.view(t.lmHead!), B, VOCAB_SIZE, D, { transB: true });
+    this.linears.apply(cache.logits, cache.hidden, this.lmHead!, B, VOCAB_SIZE, D); // (B, 256)
   }
 }
 

@@ -17,6 +17,7 @@ import type { Backend, DeviceBuffer, IndexBuffer, MoeDims, MoeOps } from "./back
 import type { MambaConfig } from "./config.ts";
 import type { MoeSettings } from "./moe_config.ts";
 import type { MoeLayerParams, ParamSpec } from "./params.ts";
+import type { LinearWeights } from "./quantize.ts";
 
 /** The parameter (or gradient) views of one MoE block. */
 export interface MoeViews {
@@ -35,6 +36,21 @@ export function moeViews(backend: Backend, flat: DeviceBuffer, layer: MoeLayerPa
     router: v(layer.router),
     experts: layer.experts.map((e) => ({ w1: v(e.w1), w3: v(e.w3), w2: v(e.w2) })),
   };
+}
+
+/**
+ * The expert weights of an MoE block with their specs: what int8 quantization replaces. The
+ * router stays fp32: it is small (E, D), and its logits make a discrete top-k choice that a
+ * rounding error can flip.
+ */
+export function moeLinears(
+  layer: MoeLayerParams,
+  views: MoeViews,
+): { spec: ParamSpec; weight: DeviceBuffer }[] {
+  return layer.experts.flatMap((e, i) => {
+    const w = views.experts[i];
+    return [{ spec: e.w1, weight: w.w1 }, { spec: e.w3, weight: w.w3 }, { spec: e.w2, weight: w.w2 }];
+  });
 }
 
 /** What the mixture's forward saves for its backward, for T positions and capacity C. */
@@ -112,12 +128,15 @@ export function requireMoeOps(backend: Backend): MoeOps {
   return backend.moe;
 }
 
-/** The mixture's forward, backward and scatter for one config, over given views and buffers. */
+/**
+ * The mixture's forward, backward and scatter for one config, over given views and buffers.
+ * The forward's expert products go through `linears` (fp32, or int8 once quantized).
+ */
 export class MoeMlp {
   readonly ops: MoeOps;
   readonly moe: MoeSettings;
 
-  constructor(readonly backend: Backend, readonly config: MambaConfig) {
+  constructor(readonly backend: Backend, readonly config: MambaConfig, readonly linears: LinearWeights) {
     if (!config.moe) throw new Error("MoeMlp: the config has no moe settings");
     this.ops = requireMoeOps(backend);
     this.moe = config.moe;
@@ -142,12 +161,12 @@ export class MoeMlp {
     ops.gather(a.xe, xn, a.slotRows, dims); // (E·C, D)
     for (let e = 0; e < E; e++) {
       const w = p.experts[e], xe = rowsOf(a.xe, e, D);
-      be.matmul(rowsOf(a.h1, e, H), xe, w.w1, C, H, D, { transB: true }); // (C, H)
-      be.matmul(rowsOf(a.h3, e, H), xe, w.w3, C, H, D, { transB: true }); // (C, H)
+      this.linears.apply(rowsOf(a.h1, e, H), xe, w.w1, C, H, D); // (C, H)
+      this.linears.apply(rowsOf(a.h3, e, H), xe, w.w3, C, H, D); // (C, H)
     }
     ops.swiglu(a.act, a.h1, a.h3, E * C * H); // (E·C, H)
     for (let e = 0; e < E; e++) {
-      be.matmul(rowsOf(a.ye, e, D), rowsOf(a.act, e, H), p.experts[e].w2, C, D, H, { transB: true }); // (C, D)
+      this.linears.apply(rowsOf(a.ye, e, D), rowsOf(a.act, e, H), p.experts[e].w2, C, D, H); // (C, D)
     }
   }
 

@@ -16,12 +16,14 @@ import {
   allocMoeBuffers,
   allocMoeScratch,
   type MoeBuffers,
+  moeLinears,
   MoeMlp,
   type MoeScratch,
   type MoeViews,
   moeViews,
 } from "./moe_mlp.ts";
 import type { BlockParams, LayerParams, ParamSpec } from "./params.ts";
+import type { LinearWeights } from "./quantize.ts";
 
 export const RMS_EPS = 1e-5;
 
@@ -68,6 +70,24 @@ function mambaViews(backend: Backend, flat: DeviceBuffer, layer: LayerParams): L
     outProj: v(layer.outProj),
     outProjBias: vOrNull(layer.outProjBias),
   };
+}
+
+/**
+ * The Linear weights of a block (x·Wᵀ products of forward and decode) with their parameter
+ * specs, views into `views`: what int8 quantization replaces (lib/quantize.ts).
+ */
+export function blockLinears(
+  layer: BlockParams,
+  views: BlockViews,
+): { spec: ParamSpec; weight: DeviceBuffer }[] {
+  if (layer.kind === "moe") return moeLinears(layer, views as MoeViews);
+  const v = views as LayerViews;
+  return [
+    { spec: layer.inProj, weight: v.inProj },
+    { spec: layer.xProj, weight: v.xProj },
+    { spec: layer.dtProj, weight: v.dtProj },
+    { spec: layer.outProj, weight: v.outProj },
+  ];
 }
 
 /** Views into a (rows, 2ED) in_proj output and a (rows, R + 2N) x_proj output. */
@@ -273,7 +293,11 @@ function ownedAllocator(backend: Backend, owned: (DeviceBuffer | IndexBuffer)[])
   };
 }
 
-/** The stack's forward, backward and step over given parameter and gradient views. */
+/**
+ * The stack's forward, backward and step over given parameter and gradient views. Forward and
+ * step run the Linear products through `linears` (fp32, or int8 once quantized); backward,
+ * which only an fp32 model runs, uses the fp32 views.
+ */
 export class ResidualStack {
   /** The MoE blocks' mixture; null without config.moe. Throws when the backend lacks MoE ops. */
   readonly #moe: MoeMlp | null;
@@ -282,8 +306,9 @@ export class ResidualStack {
     readonly backend: Backend,
     readonly config: MambaConfig,
     readonly params: BlockViews[],
+    readonly linears: LinearWeights,
   ) {
-    this.#moe = config.moe ? new MoeMlp(backend, config) : null;
+    this.#moe = config.moe ? new MoeMlp(backend, config, linears) : null;
   }
 
   #dims(batch: number, length: number): { conv: ConvDims; scan: ScanDims } {
@@ -319,7 +344,7 @@ export class ResidualStack {
       }
       const mamba = a as BlockActivations;
       this.#mixer(p, mamba, acts);
-      be.matmul(next, mamba.y, p.outProj, rows, D, ED, { transB: true, accumulate: true }); // (B, L, D)
+      this.linears.apply(next, mamba.y, p.outProj, rows, D, ED, { accumulate: true }); // (B, L, D)
       if (p.outProjBias) be.addBias(next, p.outProjBias, rows, D);
     }
   }
@@ -332,11 +357,12 @@ export class ResidualStack {
     const dims = this.#dims(acts.batch, acts.length);
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     be.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, D, RMS_EPS);
-    be.matmul(a.xz, a.xn, p.inProj, rows, 2 * ED, D, { transB: true }); // (B, L, 2ED)
+    const linear = this.linears;
+    linear.apply(a.xz, a.xn, p.inProj, rows, 2 * ED, D); // (B, L, 2ED)
     if (p.inProjBias) be.addBias(a.xz, p.inProjBias, rows, 2 * ED);
     be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
-    be.matmul(a.dbc, a.u, p.xProj, rows, R + 2 * N, ED, { transB: true }); // (B, L, R + 2N)
-    be.matmul(a.delta, s.dtIn, p.dtProj, rows, ED, R, { transB: true, lda: R + 2 * N }); // (B, L, ED)
+    linear.apply(a.dbc, a.u, p.xProj, rows, R + 2 * N, ED); // (B, L, R + 2N)
+    linear.apply(a.delta, s.dtIn, p.dtProj, rows, ED, R, { lda: R + 2 * N }); // (B, L, ED)
     be.selectiveScan(a.y, a.u, a.delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, dims.scan); // (B, L, ED)
   }
 
@@ -438,7 +464,7 @@ export class ResidualStack {
 
   /** One position for every sequence: x (B, D) is updated in place through every block. */
   step(x: DeviceBuffer, cache: StackCache): void {
-    const be = this.backend;
+    const be = this.backend, linear = this.linears;
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R, d_conv: K } = this.config;
     const batch = cache.batch;
     const { xn, rstd, xz, u, dbc, delta, y, moe } = cache.scratch;
@@ -453,13 +479,13 @@ export class ResidualStack {
         this.#moe!.scatter(x, moe!, batch, batch); // (B, D) +=
         continue;
       }
-      be.matmul(xz, xn, p.inProj, batch, 2 * ED, D, { transB: true }); // (B, 2ED)
+      linear.apply(xz, xn, p.inProj, batch, 2 * ED, D); // (B, 2ED)
       if (p.inProjBias) be.addBias(xz, p.inProjBias, batch, 2 * ED);
       be.conv1dSiluStep(u, c!.conv, s.u, p.convWeight, p.convBias, batch, ED, K, 2 * ED); // (B, ED)
-      be.matmul(dbc, u, p.xProj, batch, R + 2 * N, ED, { transB: true }); // (B, R + 2N)
-      be.matmul(delta, s.dtIn, p.dtProj, batch, ED, R, { transB: true, lda: R + 2 * N }); // (B, ED)
+      linear.apply(dbc, u, p.xProj, batch, R + 2 * N, ED); // (B, R + 2N)
+      linear.apply(delta, s.dtIn, p.dtProj, batch, ED, R, { lda: R + 2 * N }); // (B, ED)
       be.selectiveScanStep(y, c!.h, u, delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, scanDims);
-      be.matmul(x, y, p.outProj, batch, D, ED, { transB: true, accumulate: true }); // (B, D)
+      linear.apply(x, y, p.outProj, batch, D, ED, { accumulate: true }); // (B, D)
       if (p.outProjBias) be.addBias(x, p.outProjBias, batch, D);
     }
   }

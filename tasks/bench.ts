@@ -1,10 +1,11 @@
 /**
  * `deno task bench`: a table, per backend and model size, of training bytes/s (forward +
- * backward + AdamW), decode bytes/s at batch 1, and matmul GFLOP/s. Every backend in one
- * run, so that ratios between them are measured side by side. Decode is generation as users
- * get it: `generate` of 256 bytes at batch 1 after a one-byte prompt (bytes sampled on the
- * device, read back in blocks of GENERATE_DEFAULTS.blockSize), the time of the whole call over
- * the bytes generated.
+ * backward + AdamW), decode bytes/s at batch 1 with fp32 and with int8 weights, and matmul
+ * GFLOP/s. Every backend in one run, so that ratios between them are measured side by side.
+ * Decode is generation as users get it: `generate` of 256 bytes at batch 1 after a one-byte
+ * prompt (bytes sampled on the device, read back in blocks of GENERATE_DEFAULTS.blockSize), the
+ * time of the whole call over the bytes generated; the int8 figure is the same model, quantized
+ * (model.quantize("int8"), as `generate.ts --quantize int8`), timed right after the fp32 one.
  *
  *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium] [--steps N] [--torch]
  *
@@ -41,6 +42,8 @@ interface Row {
   trainBytesPerSec: number;
   decodeModel: string;
   decodeBytesPerSec: number;
+  /** The same decode with int8 Linear weights (absent for the PyTorch reference). */
+  decodeInt8BytesPerSec?: number;
   matmul: string;
 }
 
@@ -80,24 +83,31 @@ async function benchTraining(backend: Backend, size: Size, steps: number): Promi
 /** Bytes generated per timed run of the decode benchmark. */
 const DECODE_BYTES = 256;
 
-/** Bytes/s of `generate` at batch 1 (device sampling, the default block size), prompt excluded. */
-async function benchDecode(backend: Backend, size: Size): Promise<number> {
+/**
+ * Bytes/s of `generate` at batch 1 (device sampling, the default block size), prompt excluded:
+ * with fp32 weights, then with the same model's weights in int8.
+ */
+async function benchDecode(backend: Backend, size: Size): Promise<{ fp32: number; int8: number }> {
   const s = SIZES[size];
   const model = new MambaByte(new MambaConfig({ dim: s.decodeDim, depth: s.decodeDepth }), {
     backend,
     seed: 1,
   });
-  const seconds = await timeIt(
-    async () => {
-      for await (const _ of generate(model, "A", { maxBytes: DECODE_BYTES, seed: 1 })) {
-        // consumed as a user would: byte by byte, as the generator yields them
-      }
-    },
-    2,
-    1,
-  );
+  const bytesPerSec = async () =>
+    DECODE_BYTES / await timeIt(
+      async () => {
+        for await (const _ of generate(model, "A", { maxBytes: DECODE_BYTES, seed: 1 })) {
+          // consumed as a user would: byte by byte, as the generator yields them
+        }
+      },
+      2,
+      1,
+    );
+  const fp32 = await bytesPerSec();
+  await model.quantize("int8");
+  const int8 = await bytesPerSec();
   model.dispose();
-  return DECODE_BYTES / seconds;
+  return { fp32, int8 };
 }
 
 async function benchMatmul(backend: Backend, n: number): Promise<number> {
@@ -192,13 +202,16 @@ async function main() {
       const s = SIZES[size];
       if (!s) throw new Error(`unknown size ${size}; choose from ${Object.keys(SIZES)}`);
       console.error(`${name} ${size}: ${backend.description}`);
+      const trainBytesPerSec = await benchTraining(backend, size, steps);
+      const decode = await benchDecode(backend, size);
       rows.push({
         backend: name,
         size,
         model: `D=${s.dim}×${s.depth}, ${s.batch}×${s.length}`,
-        trainBytesPerSec: await benchTraining(backend, size, steps),
+        trainBytesPerSec,
         decodeModel: `D=${s.decodeDim}×${s.decodeDepth}`,
-        decodeBytesPerSec: await benchDecode(backend, size),
+        decodeBytesPerSec: decode.fp32,
+        decodeInt8BytesPerSec: decode.int8,
         matmul: `${(await benchMatmul(backend, s.matmul)).toFixed(1)} GFLOP/s at ${s.matmul}³`,
       });
     }
@@ -206,13 +219,17 @@ async function main() {
   }
   if (values.torch) rows.push(...await benchTorch([...new Set(rows.map((r) => r.size as Size))]));
   console.log(
-    "| backend | size | training model | train bytes/s | decode model (batch 1) | decode bytes/s | matmul fp32 |",
+    "| backend | size | training model | train bytes/s | decode model (batch 1) | decode bytes/s | " +
+      "decode int8 bytes/s | matmul fp32 |",
   );
-  console.log("|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|");
   for (const r of rows) {
+    const int8 = r.decodeInt8BytesPerSec === undefined
+      ? ""
+      : `${format(r.decodeInt8BytesPerSec)} (${(r.decodeInt8BytesPerSec / r.decodeBytesPerSec).toFixed(2)}×)`;
     console.log(
       `| ${r.backend} | ${r.size} | ${r.model} | ${format(r.trainBytesPerSec)} | ${r.decodeModel} | ` +
-        `${format(r.decodeBytesPerSec)} | ${r.matmul} |`,
+        `${format(r.decodeBytesPerSec)} | ${int8} | ${r.matmul} |`,
     );
   }
   const torch = rows.filter((r) => r.backend === "pytorch (seed)");

@@ -13,6 +13,7 @@ import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { type Loss, MambaByte } from "../lib/model.ts";
 import { AdamW, ADAMW_DEFAULTS, type OptimizerBits } from "../lib/optim.ts";
+import { quantizeInt8 } from "../lib/quantize.ts";
 import { Random } from "../lib/random.ts";
 import type { SamplingOptions } from "../lib/sample.ts";
 
@@ -34,6 +35,7 @@ type Indices = Record<string, IndexBuffer>;
 interface OpCase {
   /** Float inputs and outputs (outputs start random: that tests overwrite vs +=). */
   floats: Record<string, FloatArray>;
+  /** Index buffers: byte tokens, or packed codes. */
   indices?: Record<string, Int32Array>;
   /** Which float buffers to compare after `run`. */
   outputs: string[];
@@ -384,6 +386,45 @@ function opCases(): Record<string, OpCase> {
 }
 
 /**
+ * matmulInt8 cases (weights quantized on the host by lib/quantize.ts): decode rows (M = 1, 3),
+ * just past the GEMV (9) and a tiled M (64), with N and K multiples of neither 4 nor any tile,
+ * K = 64 (CUDA's 16-byte loads), overwrite and accumulate, and A a strided view (x_proj's δr).
+ * Their own generator, so that adding them leaves the other cases' inputs as they were.
+ */
+function int8Cases(): Record<string, OpCase> {
+  const cases: Record<string, OpCase> = {}, r = new Random(808);
+  const normal = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * r.normal());
+  const shapes = [[1, 37, 45], [3, 45, 70], [3, 33, 64], [9, 19, 13], [64, 67, 29], [64, 130, 150]];
+  for (const [m, n, k] of shapes) {
+    for (const accumulate of [false, true]) {
+      const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
+      const lda = k + 3, offset = 2; // A: columns [2, 2 + K) of (M, K + 3)
+      cases[`matmulInt8 M=${m} N=${n} K=${k} accumulate=${accumulate}, A strided`] = {
+        floats: { a: normal(m * lda), scales, c: normal(m * n) },
+        indices: { codes },
+        outputs: ["c"],
+        run: (be, f, i) =>
+          be.matmulInt8(f.c, be.view(f.a, offset, m * lda - offset), i.codes, f.scales, m, n, k, {
+            lda,
+            accumulate,
+          }),
+      };
+    }
+  }
+  {
+    const [m, n, k] = [2, 40, 64]; // packed A, 16-byte aligned: the vectorized GEMV paths
+    const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
+    cases[`matmulInt8 M=${m} N=${n} K=${k}, A packed`] = {
+      floats: { a: normal(m * k), scales, c: normal(m * n) },
+      indices: { codes },
+      outputs: ["c"],
+      run: (be, f, i) => be.matmulInt8(f.c, f.a, i.codes, f.scales, m, n, k),
+    };
+  }
+  return cases;
+}
+
+/**
  * Logits (B, 256) and uniforms (B) for `o` with every float comparison of the sampler at least
  * 2e-4 of the row's mass away from a tie (the top-p cut and the pick), so that float32 on a
  * device and float64 on the host decide alike. Rows and draws too close are drawn again.
@@ -682,7 +723,7 @@ export async function conformanceSuite(
   console.log(`${label} backend: ${backend.description}`);
   const reference = new CpuBackend();
   const moe = backend.moe !== undefined;
-  const cases = { ...opCases(), ...(moe ? moeCases() : {}) };
+  const cases = { ...opCases(), ...(moe ? moeCases() : {}), ...int8Cases() };
   for (const [name, c] of Object.entries(cases)) {
     Deno.test(`${label}: ${name} matches the cpu reference`, () => expectSame(backend, reference, c));
   }
@@ -732,6 +773,29 @@ export async function conformanceSuite(
       for (let s = 0; s < 20; s++) {
         assert.ok(Math.abs(ours[s] - ref[s]) <= 1e-3 * ref[s], `step ${s}: ${ours[s]} vs ${ref[s]}`);
       }
+    });
+
+    Deno.test(`${label}: ${tag}: int8 weights: logits match the cpu reference's, decoding equals the forward pass`, async () => {
+      const model = new MambaByte(config, { backend, seed: 8 }),
+        ref = new MambaByte(config, { backend: reference, seed: 8 });
+      const fp32 = await model.forward(inputs, [2, 23]);
+      await model.quantize("int8");
+      await ref.quantize("int8");
+      const logits = await model.forward(inputs, [2, 23]);
+      const expected = await ref.forward(inputs, [2, 23]);
+      assert.ok(maxRelativeError(logits.data, expected.data) <= 1e-4, "int8 logits differ from the cpu's");
+      assert.ok(maxRelativeError(logits.data, fp32.data) > 1e-5, "the int8 weights are in use");
+      const cache = model.createCache(2);
+      for (let t = 0; t < 23; t++) {
+        const step = await model.step([inputs[t], inputs[23 + t]], cache);
+        for (let b = 0; b < 2; b++) {
+          const row = logits.data.subarray((b * 23 + t) * 256, (b * 23 + t + 1) * 256);
+          const error = maxRelativeError(step.data.subarray(b * 256, (b + 1) * 256), row);
+          assert.ok(error <= 1e-4, `position ${t}, sequence ${b}: max relative error ${error}`);
+        }
+      }
+      cache.free();
+      model.dispose();
     });
     Deno.test(`${label}: ${tag}: decoding byte by byte equals one forward pass`, async () => {
       const model = new MambaByte(config, { backend, seed: 8 });

@@ -80,6 +80,23 @@ Deno.test("train → eval → generate on a tiny model, end to end", async () =>
   ]);
   assert.equal(evaluated.code, 0, evaluated.stderr);
   assert.match(evaluated.stdout, /^\d+\.\d{4} bits per byte on 4 held-out windows of 16 bytes/);
+  const fp32Bpb = evaluated.stdout.slice(0, 6);
+  const quantized = await run([
+    "tasks/eval.ts",
+    "--checkpoint",
+    `${out}/checkpoint.safetensors`,
+    "--eval-batches=2",
+    "--quantize=int8",
+  ]);
+  assert.equal(quantized.code, 0, quantized.stderr);
+  assert.match(
+    quantized.stdout,
+    /^\d+\.\d{4} bits per byte on 4 held-out windows of 16 bytes .*, int8 weights\n/,
+  );
+  assert.match(
+    quantized.stdout,
+    new RegExp(`^int8 − fp32 weights: [+-]\\d\\.\\d{4} bits per byte \\(fp32: ${fp32Bpb}\\)$`, "m"),
+  );
 
   const generated = await run([
     "generate.ts",
@@ -98,6 +115,16 @@ Deno.test("train → eval → generate on a tiny model, end to end", async () =>
     "We the",
   );
   assert.equal(again.stdout, generated.stdout, "stdin prompt, same seed, same text");
+  const int8 = ["generate.ts", "--checkpoint", out, "--prompt", "We the", "--max-bytes=12", "--seed=4"];
+  const quantizedText = await run([...int8, "--quantize", "int8"]);
+  assert.equal(quantizedText.code, 0, quantizedText.stderr);
+  assert.ok(quantizedText.stdout.startsWith("We the"));
+  assert.match(quantizedText.stderr, /^12 bytes in [\d.]+ s: [\d.]+ bytes\/s \(cpu, int8 weights\)/);
+  assert.equal(
+    (await run([...int8, "--quantize=int8"])).stdout,
+    quantizedText.stdout,
+    "int8: same seed, same text",
+  );
   const batch = await run([
     "generate.ts",
     "--checkpoint",
@@ -150,6 +177,12 @@ Deno.test("bad options: exit 2 and a line that lists what is valid", async () =>
     /--top-p must be a number > 0 and <= 1, got "1.5"/,
   );
   await fails(["generate.ts", "--prompt=a"], 2, /--checkpoint FILE \(or a run directory\) is required/);
+  await fails(
+    ["generate.ts", "--checkpoint", `${dir}/tiny.safetensors`, "--prompt=a", "--quantize=int4"],
+    2,
+    /--quantize must be one of none, int8, got "int4"/,
+  );
+  await fails(["tasks/eval.ts", "--quantize", "fp8"], 2, /--quantize must be one of none, int8, got "fp8"/);
   await fails(["tasks/eval.ts", "extra"], 2, /Unexpected argument 'extra'/);
 });
 

@@ -2,7 +2,8 @@
  * The CUDA backend against the CPU reference: the shared conformance suite (every op forward and
  * backward, end to end: logits, gradients, 20 AdamW steps, decode), plus what is specific to the
  * CUDA library: the chunked scan at the model's real d_state and across channel blocks, device
- * memory that stays flat over many training steps, and errors that carry the library's message.
+ * memory that stays flat over many training steps, errors that carry the library's message, and
+ * decode (fp32 and int8 weights) replayed from a captured step.
  * Without a GPU (or without `deno task build:cuda`) every test is registered as ignored.
  */
 import assert from "node:assert/strict";
@@ -171,6 +172,41 @@ Deno.test({
       const replayed = await graphed.step(bytes, cache);
       assert.ok(cache.graph !== null, "the step was recorded as a graph");
       assert.equal(plain.graph, null);
+      const error = maxRelativeError(replayed.data, expected.data);
+      assert.ok(error <= 1e-5, `logits differ: ${error.toExponential(2)}`);
+    }
+    plain.free();
+    cache.free();
+    graphed.dispose();
+    direct.dispose();
+  },
+});
+
+Deno.test({
+  name:
+    "cuda: int8 decode replays from a captured step, recorded again after quantize(), as the op-by-op step",
+  ignore,
+  fn: async () => {
+    const config = new MambaConfig({ dim: 64, depth: 2 }); // K = 64, 128: 16-byte loads; dt_proj K = 4: scalar
+    const opByOp = new Proxy(cuda, {
+      get(target, key) {
+        if (key === "capture") return undefined;
+        const value = Reflect.get(target, key, target);
+        return typeof value === "function" ? value.bind(target) : value;
+      },
+    });
+    const direct = new MambaByte(config, { backend: opByOp, seed: 4 });
+    const graphed = new MambaByte(config, { backend: cuda, seed: 4 });
+    const [plain, cache] = [direct.createCache(3), graphed.createCache(3)];
+    await direct.step([65, 66, 67], plain);
+    await graphed.step([65, 66, 67], cache); // records the fp32 step
+    const fp32Graph = cache.graph;
+    await direct.quantize("int8");
+    await graphed.quantize("int8");
+    for (const bytes of [[72, 105, 0], [101, 33, 255], [10, 10, 10]]) {
+      const expected = await direct.step(bytes, plain);
+      const replayed = await graphed.step(bytes, cache);
+      assert.ok(cache.graph !== null && cache.graph !== fp32Graph, "the int8 step was recorded anew");
       const error = maxRelativeError(replayed.data, expected.data);
       assert.ok(error <= 1e-5, `logits differ: ${error.toExponential(2)}`);
     }

@@ -91,3 +91,21 @@ Deno.test("an empty prompt and bad options are errors", async () => {
   await assert.rejects(() => collect("a", { numSamples: 0 }), /numSamples/);
   await assert.rejects(() => collect("a", { blockSize: 0 }), /blockSize must be an integer >= 1, got 0/);
 });
+
+Deno.test("generate with int8 weights yields the requested bytes and is deterministic for a seed", async () => {
+  const quantized = new MambaByte(new MambaConfig({ dim: 16, depth: 2, d_state: 4 }), { seed: 3 });
+  await quantized.quantize("int8");
+  const run = async (seed: number, numSamples = 1) => {
+    const chunks: Uint8Array[] = [];
+    for await (const c of generate(quantized, "The ", { maxBytes: 40, seed, numSamples, temperature: 1 })) {
+      chunks.push(c);
+    }
+    return chunks;
+  };
+  const a = await run(42), b = await run(42);
+  assert.equal(a.length, 40);
+  assert.ok(a.every((c) => c.length === 1));
+  assert.deepEqual(a, b);
+  assert.notDeepEqual(await run(43), a);
+  assert.deepEqual((await run(5, 3)).map((c) => c.length), new Array(40).fill(3));
+});

@@ -11,6 +11,7 @@ import type {
   DeviceBuffer,
   FloatArray,
   IndexBuffer,
+  Int8MatmulOptions,
   MatmulOptions,
   MoeOps,
   ScanDims,
@@ -26,6 +27,7 @@ import {
   setCodeByte,
   signedCode,
 } from "../quant8.ts";
+import { checkMatmulInt8, int8WordsPerRow } from "../quantize.ts";
 import { sampleWithUniform, type SamplingOptions } from "../sample.ts";
 import { CpuMoeOps } from "./cpu_moe.ts";
 import { scanLinear } from "./cpu_scan.ts";
@@ -659,6 +661,35 @@ export class CpuBackend implements Backend {
         const live = j < count;
         setCodeByte(mCodes, start + j, live ? encodeM(m[j], scales[2 * b]) : 0);
         setCodeByte(vCodes, start + j, live ? encodeV(v[j], scales[2 * b + 1]) : 0);
+      }
+    }
+  }
+
+  // ---- int8 weights ----
+  matmulInt8(
+    cBuf: DeviceBuffer,
+    aBuf: DeviceBuffer,
+    codesBuf: IndexBuffer,
+    scalesBuf: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options: Int8MatmulOptions = {},
+  ): void {
+    const { accumulate = false } = options;
+    const lda = options.lda ?? k;
+    checkMatmulInt8(cBuf, aBuf, codesBuf, scalesBuf, m, n, k, lda);
+    const c = f(cBuf), a = f(aBuf), words = ix(codesBuf), scales = f(scalesBuf);
+    // Code p of row j is byte p of the row's words (little-endian: the byte order of every
+    // platform Deno runs on), so the words read as int8 bytes are the codes, rows 4·KW apart.
+    const codes = new Int8Array(words.buffer, words.byteOffset, words.byteLength);
+    const rowBytes = 4 * int8WordsPerRow(k);
+    for (let i = 0; i < m; i++) {
+      const ai = i * lda, ci = i * n;
+      for (let j = 0; j < n; j++) {
+        let s = 0;
+        for (let p = 0, wj = j * rowBytes; p < k; p++) s += a[ai + p] * codes[wj + p];
+        c[ci + j] = (accumulate ? c[ci + j] : 0) + scales[j] * s;
       }
     }
   }

@@ -12,11 +12,13 @@ import type {
   DeviceBuffer,
   FloatArray,
   IndexBuffer,
+  Int8MatmulOptions,
   MatmulOptions,
   MoeOps,
   ScanDims,
 } from "../backend.ts";
 import { checkAdamw8bitLengths } from "../quant8.ts";
+import { checkMatmulInt8 } from "../quantize.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { BUILD_HINT, type CudaLibrary, cudaLibraryPath, openCudaLibrary } from "./cuda_ffi.ts";
 import { CudaMoeOps } from "./cuda_moe.ts";
@@ -555,6 +557,33 @@ export class CudaBackend implements Backend {
       o.gradScale,
     );
     this.#check(status, "adamw8bit");
+  }
+
+  // ---- int8 weights ----
+  matmulInt8(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    codes: IndexBuffer,
+    scales: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options: Int8MatmulOptions = {},
+  ): void {
+    const lda = options.lda ?? k;
+    checkMatmulInt8(c, a, codes, scales, m, n, k, lda);
+    const status = this.#lib.mb_matmul_int8(
+      p(c),
+      p(a),
+      p(codes),
+      p(scales),
+      m,
+      n,
+      k,
+      lda,
+      Number(options.accumulate ?? false),
+    );
+    this.#check(status, "matmulInt8");
   }
 
   // ---- single-step decode ----

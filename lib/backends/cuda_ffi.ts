@@ -34,6 +34,7 @@ export const CUDA_SYMBOLS = {
   mb_graph_launch: status(PTR),
   mb_graph_free: status(PTR),
   mb_matmul: status(PTR, PTR, PTR, I32, I32, I32, I32, I32, I32, I32, I32, I32),
+  mb_matmul_int8: status(PTR, PTR, PTR, PTR, I32, I32, I32, I32, I32),
   mb_add_bias: status(PTR, PTR, I32, I32),
   mb_add_bias_backward: status(PTR, PTR, I32, I32),
   mb_embedding: status(PTR, PTR, PTR, I32, I32),

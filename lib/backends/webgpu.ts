@@ -11,10 +11,12 @@ import type {
   DeviceBuffer,
   FloatArray,
   IndexBuffer,
+  Int8MatmulOptions,
   MatmulOptions,
   ScanDims,
 } from "../backend.ts";
 import { checkAdamw8bitLengths } from "../quant8.ts";
+import { checkMatmulInt8 } from "../quantize.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { KERNEL_FILES, loadKernelSources } from "./webgpu_kernel_source.ts";
 import { WebGpuMoeOps } from "./webgpu_moe.ts";
@@ -34,6 +36,8 @@ const WANTED_WORKGROUPS = 256;
 const MIN_VEC4_ROWS = 16;
 /** Products with at most this many rows of C (decoding) take the gemv kernel when aligned. */
 const MAX_GEMV_ROWS = 8;
+/** matmulInt8 with at most this many rows of C (decoding) takes its gemv kernel. */
+const MAX_INT8_GEMV_ROWS = 8;
 /** Workgroups of sumOfSquares' first level. */
 const SQUARE_GROUPS = 1024;
 /** The byte vocabulary: embedding tables are (256, dim). */
@@ -91,6 +95,7 @@ function quietHeadlessVulkan(): void {
 const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string, number>>> = {
   matmul: { TM: 4, TN: 4, BK: 16 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1 },
+  matmul_int8: { ROWS: 1 },
   scan: { NS: 16, WG: 64, T: SCAN_CHUNK },
 };
 
@@ -800,6 +805,32 @@ export class WebGpuBackend implements Backend {
       ints: [p.length],
       floats: [o.lr, o.beta1, o.beta2, o.eps, 1 - o.lr * o.weightDecay, c1, c2, o.gradScale],
       groups: per256(p.length), // one workgroup per quantization block
+    });
+  }
+
+  // ---- int8 weights ----
+  matmulInt8(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    codes: IndexBuffer,
+    scales: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    options: Int8MatmulOptions = {},
+  ): void {
+    const lda = options.lda ?? k;
+    checkMatmulInt8(c, a, codes, scales, m, n, k, lda);
+    if (m === 0) return;
+    const gemv = m <= MAX_INT8_GEMV_ROWS;
+    this.#run({
+      file: "matmul_int8",
+      entry: gemv ? "gemv_int8" : "matmul_int8",
+      // gemv: M rows as a constant (its sums stay in registers); the tiled kernel ignores ROWS
+      defines: gemv ? { ROWS: m } : DEFAULT_DEFINES.matmul_int8,
+      bindings: [gv(c), gv(a), gv(codes), gv(scales)],
+      ints: [m, n, k, lda, +(options.accumulate ?? false)],
+      groups: gemv ? Math.ceil(n / 4) : [Math.ceil(n / 64), Math.ceil(m / 64)],
     });
   }
 

@@ -10,6 +10,7 @@ export const KERNEL_FILES = [
   "copy",
   "matmul",
   "matmul_vec4",
+  "matmul_int8",
   "bias",
   "embedding",
   "rmsnorm",

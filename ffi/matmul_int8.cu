@@ -1,0 +1,169 @@
+// int8 weight-only matmul: C (M, N) [+]= A (M, K) · dequant(W)ᵀ in fp32, W (N, K) a Linear weight
+// quantized per output channel (lib/quantize.ts): codes (N, KW) int32 words, KW = ceil(K / 4),
+// code p of row o in byte p % 4 of word o·KW + p / 4 (little-endian, zero-padded rows);
+// dequant(W)[o, p] = scales[o] · code. Each output is scales[o] · Σ_p A[i, p] · code[o, p].
+//
+// Decode (M ≤ kGemvMaxRows) takes the GEMV of gemv.cu's shape: one warp per row of W, its lanes
+// splitting the row's words (16-byte loads of four words where the operands allow), the codes
+// dequantized in registers, warp-shuffle sums; every word of W is read once for all M rows of A.
+// dp4a does not apply: A is fp32. Larger M (a prompt, evaluation) takes a shared-memory tiled
+// kernel. Both are plain launches on the library's stream: capturable in a CUDA graph.
+#include "common.cuh"
+#include "gemv.cuh"
+
+namespace {
+
+constexpr int kThreads = 256;
+constexpr int kWarps = kThreads / 32;
+
+// The four codes of a word as floats (byte 0 first).
+__device__ inline float4 unpack_codes(int word) {
+  char4 q = *reinterpret_cast<char4*>(&word);
+  return make_float4(q.x, q.y, q.z, q.w);
+}
+
+__device__ inline float dot4(float4 x, float4 w) { return x.x * w.x + x.y * w.y + x.z * w.z + x.w * w.w; }
+
+// A[p .. p+3] of one row, zeros from K on (scalar loads: any lda and offset).
+__device__ inline float4 load_a(const float* row, int p, int k) {
+  return make_float4(p < k ? row[p] : 0.0f, p + 1 < k ? row[p + 1] : 0.0f, p + 2 < k ? row[p + 2] : 0.0f,
+                     p + 3 < k ? row[p + 3] : 0.0f);
+}
+
+__device__ inline void store_c(float* out, float value, bool accumulate) { *out = accumulate ? *out + value : value; }
+
+// V: words per load (4: int4 with float4 loads of A, needing K % 16 == 0, lda % 4 == 0 and 16-byte
+// aligned operands; 1: one word and scalar loads of A, zeros past K).
+template <int kM, int V>
+__global__ void __launch_bounds__(kThreads) gemv_int8_kernel(float* c, const float* a, const int* codes,
+                                                             const float* scales, int n, int k, int lda,
+                                                             bool accumulate) {
+  const int lane = threadIdx.x % 32, col = blockIdx.x * kWarps + threadIdx.x / 32;
+  if (col >= n) return;  // whole warps: no shuffle is left waiting
+  const int kw = (k + 3) / 4;
+  const int* row = codes + (int64_t)col * kw;
+  float acc[kM] = {};
+  if constexpr (V == 4) {
+#pragma unroll 2
+    for (int i = lane; i < kw / 4; i += 32) {
+      int4 w = __ldg(reinterpret_cast<const int4*>(row) + i);
+      float4 w0 = unpack_codes(w.x), w1 = unpack_codes(w.y), w2 = unpack_codes(w.z), w3 = unpack_codes(w.w);
+#pragma unroll
+      for (int m = 0; m < kM; m++) {
+        const float4* x = reinterpret_cast<const float4*>(a + (int64_t)m * lda) + 4 * i;
+        acc[m] += dot4(__ldg(x), w0) + dot4(__ldg(x + 1), w1) + dot4(__ldg(x + 2), w2) + dot4(__ldg(x + 3), w3);
+      }
+    }
+  } else {
+#pragma unroll 4
+    for (int i = lane; i < kw; i += 32) {
+      float4 w = unpack_codes(__ldg(row + i));
+#pragma unroll
+      for (int m = 0; m < kM; m++) acc[m] += dot4(load_a(a + (int64_t)m * lda, 4 * i, k), w);
+    }
+  }
+  const float scale = scales[col];
+#pragma unroll
+  for (int m = 0; m < kM; m++) {
+    float sum = mb_warp_sum(acc[m]);
+    if (lane == m) store_c(c + (int64_t)m * n + col, scale * sum, accumulate);
+  }
+}
+
+template <int kM>
+void launch_gemv(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
+                 bool accumulate, bool vec) {
+  unsigned blocks = (n + kWarps - 1) / kWarps;
+  if (vec) {
+    gemv_int8_kernel<kM, 4><<<blocks, kThreads, 0, mb_stream()>>>(c, a, codes, scales, n, k, lda, accumulate);
+  } else {
+    gemv_int8_kernel<kM, 1><<<blocks, kThreads, 0, mb_stream()>>>(c, a, codes, scales, n, k, lda, accumulate);
+  }
+}
+
+constexpr int kTile = 64;   // outputs per block along M and N
+constexpr int kDepth = 16;  // k per stage (a multiple of 4: whole words)
+
+// Any M: 16×16 threads per 64×64 tile of C, 4×4 outputs each (rows ty + 16·r, columns tx + 16·s);
+// each stage puts a (kDepth, 64) slice of A and the codes of 64 rows of W, unpacked to floats,
+// in shared memory.
+__global__ void __launch_bounds__(256) matmul_int8_kernel(float* c, const float* a, const int* codes,
+                                                          const float* scales, int m, int n, int k, int lda,
+                                                          bool accumulate) {
+  __shared__ float tile_a[kDepth][kTile];
+  __shared__ float tile_w[kDepth][kTile];
+  const int tx = threadIdx.x, ty = threadIdx.y, tid = ty * 16 + tx;
+  const int row0 = blockIdx.y * kTile, col0 = blockIdx.x * kTile, kw = (k + 3) / 4;
+  float acc[4][4] = {};
+  for (int p0 = 0; p0 < k; p0 += kDepth) {
+    for (int q = tid; q < kTile * kDepth; q += 256) {
+      int i = q / kDepth, p = q % kDepth;
+      tile_a[p][i] = row0 + i < m && p0 + p < k ? a[(int64_t)(row0 + i) * lda + p0 + p] : 0.0f;
+    }
+    {
+      int j = tid / (kDepth / 4), word = p0 / 4 + tid % (kDepth / 4), p = 4 * (tid % (kDepth / 4));
+      float4 w = col0 + j < n && word < kw ? unpack_codes(codes[(int64_t)(col0 + j) * kw + word])
+                                           : make_float4(0.0f, 0.0f, 0.0f, 0.0f);
+      tile_w[p][j] = w.x;
+      tile_w[p + 1][j] = w.y;
+      tile_w[p + 2][j] = w.z;
+      tile_w[p + 3][j] = w.w;
+    }
+    __syncthreads();
+#pragma unroll
+    for (int p = 0; p < kDepth; p++) {
+#pragma unroll
+      for (int r = 0; r < 4; r++) {
+        float x = tile_a[p][ty + 16 * r];
+#pragma unroll
+        for (int s = 0; s < 4; s++) acc[r][s] = fmaf(x, tile_w[p][tx + 16 * s], acc[r][s]);
+      }
+    }
+    __syncthreads();
+  }
+#pragma unroll
+  for (int r = 0; r < 4; r++) {
+    int i = row0 + ty + 16 * r;
+#pragma unroll
+    for (int s = 0; s < 4; s++) {
+      int j = col0 + tx + 16 * s;
+      if (i < m && j < n) store_c(c + (int64_t)i * n + j, scales[j] * acc[r][s], accumulate);
+    }
+  }
+}
+
+bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
+
+}  // namespace
+
+extern "C" int mb_matmul_int8(uint64_t c_ptr, uint64_t a_ptr, uint64_t codes_ptr, uint64_t scales_ptr, int m,
+                              int n, int k, int lda, int accumulate) {
+  if (mb_require_init()) return 1;
+  if (m < 0 || n < 0 || k < 0 || lda < k) {
+    return mb_fail("matmul_int8: bad shape M=%d N=%d K=%d lda=%d (need sizes >= 0 and lda >= K)", m, n, k, lda);
+  }
+  if (m == 0 || n == 0) return 0;
+  float* c = mb_ptr<float>(c_ptr);
+  const float* a = mb_ptr<const float>(a_ptr);
+  const int* codes = mb_ptr<const int>(codes_ptr);
+  const float* scales = mb_ptr<const float>(scales_ptr);
+  if (m > kGemvMaxRows) {
+    dim3 grid((n + kTile - 1) / kTile, (m + kTile - 1) / kTile);
+    matmul_int8_kernel<<<grid, dim3(16, 16), 0, mb_stream()>>>(c, a, codes, scales, m, n, k, lda, accumulate);
+    MB_LAUNCHED("matmul_int8");
+    return 0;
+  }
+  bool vec = k % 16 == 0 && lda % 4 == 0 && aligned16(a) && aligned16(codes);
+  switch (m) {
+    case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+    case 2: launch_gemv<2>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+    case 3: launch_gemv<3>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+    case 4: launch_gemv<4>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+    case 5: launch_gemv<5>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+    case 6: launch_gemv<6>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+    case 7: launch_gemv<7>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+    default: launch_gemv<8>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+  }
+  MB_LAUNCHED("matmul_int8 (gemv)");
+  return 0;
+}
