@@ -10,7 +10,7 @@ import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "./lib/
 import { generate, GENERATE_DEFAULTS } from "./lib/generate.ts";
 import { type Quantization, QUANTIZATIONS } from "./lib/quantize.ts";
 import { Utf8Stream } from "./lib/sample.ts";
-import { RUN_FILES } from "./lib/train.ts";
+import { checkpointFile } from "./lib/train.ts";
 
 const d = GENERATE_DEFAULTS;
 const SPECS = {
@@ -104,21 +104,6 @@ async function main(): Promise<number> {
     } bytes/s (${backend.device}${model.quantization === "none" ? "" : `, ${model.quantization} weights`})`,
   );
   return 0;
-}
-
-/** A file as is; a run directory → its best.safetensors, else its checkpoint.safetensors. */
-async function checkpointFile(path: string): Promise<string> {
-  let info: Deno.FileInfo;
-  try {
-    info = await Deno.stat(path);
-  } catch {
-    throw new Error(`checkpoint ${path}: no such file or directory`);
-  }
-  if (!info.isDirectory) return path;
-  for (const name of [RUN_FILES.best, RUN_FILES.checkpoint]) {
-    if (await Deno.stat(`${path}/${name}`).then(() => true, () => false)) return `${path}/${name}`;
-  }
-  throw new Error(`${path} holds neither ${RUN_FILES.best} nor ${RUN_FILES.checkpoint}`);
 }
 
 async function readStdin(): Promise<Uint8Array> {

@@ -225,6 +225,21 @@ export const RUN_FILES = {
   plot: "loss.svg",
 } as const;
 
+/** A file as is; a run directory → its best.safetensors, else its checkpoint.safetensors. */
+export async function checkpointFile(path: string): Promise<string> {
+  let info: Deno.FileInfo;
+  try {
+    info = await Deno.stat(path);
+  } catch {
+    throw new Error(`checkpoint ${path}: no such file or directory`);
+  }
+  if (!info.isDirectory) return path;
+  for (const name of [RUN_FILES.best, RUN_FILES.checkpoint]) {
+    if (await Deno.stat(`${path}/${name}`).then(() => true, () => false)) return `${path}/${name}`;
+  }
+  throw new Error(`${path} holds neither ${RUN_FILES.best} nor ${RUN_FILES.checkpoint}`);
+}
+
 /**
  * Trains from scratch, or from `resume` (a checkpoint written by this loop) when given, writing
  * the run's files into `settings.out`.

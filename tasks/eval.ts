@@ -1,5 +1,5 @@
 /**
- * `deno task eval --checkpoint FILE [--data PATH] [--quantize int8]`: bits per byte of a
+ * `deno task eval --checkpoint FILE|RUN_DIR [--data PATH] [--quantize int8]`: bits per byte of a
  * checkpoint on held-out text (the validation split of --data, else of the run's own corpus,
  * else the default corpus). With --quantize int8 the same windows are also evaluated with the
  * fp32 weights, and the difference is printed: the quality check of int8 decode.
@@ -9,10 +9,10 @@ import { modelFromCheckpoint, readSafetensors } from "../lib/checkpoint.ts";
 import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
 import { checkCorpus, openCorpus, validationBatches } from "../lib/data.ts";
 import { type Quantization, QUANTIZATIONS } from "../lib/quantize.ts";
-import { evaluateBpb, type TrainSettings } from "../lib/train.ts";
+import { checkpointFile, evaluateBpb, type TrainSettings } from "../lib/train.ts";
 
 const SPECS = {
-  checkpoint: { kind: "string", help: "a .safetensors checkpoint" },
+  checkpoint: { kind: "string", help: "a .safetensors file, or a run directory (its best, else latest)" },
   data: { kind: "string", help: "corpus file, directory or glob (default: the run's corpus)" },
   "seq-len": { kind: "int", min: 1, help: "bytes per window (default: the run's, else 128)" },
   "batch-size": { kind: "int", min: 1, help: "windows per batch (default: the run's, else 8)" },
@@ -32,8 +32,8 @@ async function main(): Promise<number> {
     console.log(usage("deno task eval", SPECS));
     return 0;
   }
-  if (o.checkpoint === undefined) throw new UsageError("--checkpoint FILE is required");
-  const file = await readSafetensors(o.checkpoint);
+  if (o.checkpoint === undefined) throw new UsageError("--checkpoint FILE (or a run directory) is required");
+  const file = await readSafetensors(await checkpointFile(o.checkpoint));
   const backend = await createBackend(o.backend as DeviceChoice);
   const model = modelFromCheckpoint(file, { backend, source: `checkpoint ${o.checkpoint}` });
   const run = file.metadata.train_options

@@ -81,6 +81,11 @@ Deno.test("train → eval → generate on a tiny model, end to end", async () =>
   assert.equal(evaluated.code, 0, evaluated.stderr);
   assert.match(evaluated.stdout, /^\d+\.\d{4} bits per byte on 4 held-out windows of 16 bytes/);
   const fp32Bpb = evaluated.stdout.slice(0, 6);
+  const evalOf = (checkpoint: string) =>
+    run(["tasks/eval.ts", "--checkpoint", checkpoint, "--eval-batches=2"]);
+  const [ofDir, ofBest] = await Promise.all([evalOf(out), evalOf(`${out}/best.safetensors`)]);
+  assert.equal(ofDir.code, 0, ofDir.stderr);
+  assert.equal(ofDir.stdout, ofBest.stdout, "a run directory evaluates its best.safetensors");
   const quantized = await run([
     "tasks/eval.ts",
     "--checkpoint",
