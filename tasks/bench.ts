@@ -7,7 +7,7 @@
  * time of the whole call over the bytes generated; the int8 figure is the same model, quantized
  * (model.quantize("int8"), as `generate.ts --quantize int8`), timed right after the fp32 one.
  *
- *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium] [--steps N] [--torch]
+ *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium,large] [--steps N] [--torch]
  *
  * --torch also runs the PyTorch reference (tests/reference/bench_torch.py: the seed's model,
  * Blelloch pscan, fp32) at the same sizes in the same command, and prints ratios against it.
@@ -30,6 +30,8 @@ const SIZES = {
   tiny: { dim: 64, depth: 4, batch: 8, length: 256, decodeDim: 64, decodeDepth: 4, matmul: 256 },
   small: { dim: 256, depth: 4, batch: 4, length: 512, decodeDim: 256, decodeDepth: 4, matmul: 1024 },
   medium: { dim: 512, depth: 8, batch: 8, length: 2048, decodeDim: 1024, decodeDepth: 16, matmul: 4096 },
+  // training D=1024×16 at 4 × 8 KiB (the seed's PyTorch runs out of memory there), decoding MambaByte-972M
+  large: { dim: 1024, depth: 16, batch: 4, length: 8192, decodeDim: 1792, decodeDepth: 48, matmul: 8192 },
 } as const;
 type Size = keyof typeof SIZES;
 
