@@ -151,20 +151,23 @@ Deno.test({
   },
 });
 
+/** The same backend without `capture`: a model on it runs its decode step op by op. */
+function withoutCapture(backend: Backend): Backend {
+  return new Proxy(backend, {
+    get(target, key) {
+      if (key === "capture") return undefined;
+      const value = Reflect.get(target, key, target);
+      return typeof value === "function" ? value.bind(target) : value;
+    },
+  });
+}
+
 Deno.test({
   name: "cuda: decode replayed from a captured step gives the logits of the op-by-op step",
   ignore,
   fn: async () => {
     const config = new MambaConfig({ dim: 48, depth: 2 });
-    // The same backend without `capture`: the model then runs its step op by op.
-    const opByOp = new Proxy(cuda, {
-      get(target, key) {
-        if (key === "capture") return undefined;
-        const value = Reflect.get(target, key, target);
-        return typeof value === "function" ? value.bind(target) : value;
-      },
-    });
-    const direct = new MambaByte(config, { backend: opByOp, seed: 3 });
+    const direct = new MambaByte(config, { backend: withoutCapture(cuda), seed: 3 });
     const graphed = new MambaByte(config, { backend: cuda, seed: 3 });
     const [plain, cache] = [direct.createCache(2), graphed.createCache(2)];
     for (const bytes of [[72, 105], [101, 33], [0, 255], [10, 10]]) {
@@ -188,14 +191,7 @@ Deno.test({
   ignore,
   fn: async () => {
     const config = new MambaConfig({ dim: 64, depth: 2 }); // K = 64, 128: 16-byte loads; dt_proj K = 4: scalar
-    const opByOp = new Proxy(cuda, {
-      get(target, key) {
-        if (key === "capture") return undefined;
-        const value = Reflect.get(target, key, target);
-        return typeof value === "function" ? value.bind(target) : value;
-      },
-    });
-    const direct = new MambaByte(config, { backend: opByOp, seed: 4 });
+    const direct = new MambaByte(config, { backend: withoutCapture(cuda), seed: 4 });
     const graphed = new MambaByte(config, { backend: cuda, seed: 4 });
     const [plain, cache] = [direct.createCache(3), graphed.createCache(3)];
     await direct.step([65, 66, 67], plain);
