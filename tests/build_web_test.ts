@@ -38,6 +38,7 @@ Deno.test(
         }
       }
       assert.ok(!bundle.includes("../../kernels/"), "the bundle still fetches kernels/ at run time");
+      assert.ok(!bundle.includes("node:worker_threads"), "the bundle starts the cpu backend's Deno workers");
 
       const mod = await import(`file://${outfile}`);
       assert.equal(typeof mod.MambaByte, "function");

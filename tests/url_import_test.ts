@@ -39,7 +39,12 @@ const backend = await createBackend("${device}");
 const lm = new MambaByte(new MambaConfig(${JSON.stringify(CONFIG)}), { backend, seed: 5 });
 const bytes = new TextEncoder().encode(${JSON.stringify(TEXT)});
 const logits = await lm.forward(bytes, [1, bytes.length]);
-console.log(JSON.stringify({ device: backend.device, logits: Array.from(logits.data) }));
+// On cpu: an op large enough for the worker threads (their module comes from the server too).
+const threads = await import("${origin}/lib/backends/cpu.ts");
+const cpu = new threads.CpuBackend({ threads: 2 });
+const a = cpu.alloc(300 * 300), c = cpu.alloc(300 * 300);
+cpu.matmul(c, a, a, 300, 300, 300);
+console.log(JSON.stringify({ device: backend.device, logits: Array.from(logits.data), threadedOps: cpu.threadedOps }));
 `;
 
 async function localLogits(device: "cpu" | "webgpu"): Promise<Float32Array | Float64Array> {
@@ -76,6 +81,11 @@ for (const device of ["cpu", "webgpu"] as const) {
         if (device === "webgpu") {
           assert.ok(requested.includes("/kernels/scan.wgsl"), "the kernels came from the server");
         }
+        assert.equal(remote.threadedOps, 1, "the cpu backend's matmul did not run on its worker threads");
+        assert.ok(
+          requested.includes("/lib/backends/cpu_worker.ts"),
+          "the worker module came from the server",
+        );
         const error = maxRelativeError(remote.logits, await localLogits(device));
         assert.ok(error <= 1e-6, `logits differ from the local import's: ${error.toExponential(2)}`);
       } finally {

@@ -2,7 +2,9 @@
  * The CPU reference backend: plain TypeScript over Float32Array (or Float64Array, for
  * gradient checks against finite differences). Every other backend is tested against it.
  * Written for clarity first; hot loops keep their inner dimension contiguous and allocate
- * nothing per element.
+ * nothing per element. The heavy kernels (matmul, the selective scan and its backward) are
+ * plain functions in cpu_kernels.ts that large ops hand to worker threads (cpu_threads.ts) on
+ * SharedArrayBuffer memory, partitioned so that the bits do not depend on the thread count.
  */
 import type {
   AdamWOptions,
@@ -29,8 +31,17 @@ import {
 } from "../quant8.ts";
 import { checkMatmulInt8, int8WordsPerRow } from "../quantize.ts";
 import { sampleWithUniform, type SamplingOptions } from "../sample.ts";
+import {
+  type KernelArgs,
+  type KernelName,
+  KERNELS,
+  scanBackwardReduce,
+  scanChunks,
+  sigmoid,
+  softplus,
+} from "./cpu_kernels.ts";
 import { CpuMoeOps } from "./cpu_moe.ts";
-import { scanLinear } from "./cpu_scan.ts";
+import { CpuThreadPool } from "./cpu_threads.ts";
 
 class CpuBuffer implements DeviceBuffer {
   constructor(readonly data: FloatArray) {}
@@ -53,50 +64,77 @@ const fOrNull = (buffer: DeviceBuffer | null): FloatArray | null => buffer && f(
 /** The byte vocabulary: logits rows are 256 wide. */
 const VOCAB = 256;
 
-const sigmoid = (x: number): number => 1 / (1 + Math.exp(-x));
-const softplus = (x: number): number => (x > 20 ? x : Math.log1p(Math.exp(x)));
-
-/** Per-channel scratch of the selective scan: (L, N) states, never (B, L, ED, N). */
-class ScanScratch {
-  readonly dt: FloatArray; // (L) δ of the channel
-  readonly A: FloatArray; // (N) -exp(A_log) of the channel
-  readonly a: FloatArray; // (L, N) exp(δ·A)
-  readonly h: FloatArray; // (L, N) states
-  readonly seqA: FloatArray; // (L) one state's sequence, for the parallel scan
-  readonly seqX: FloatArray; // (L)
-  constructor(Float: Float32ArrayConstructor | Float64ArrayConstructor, L: number, N: number) {
-    this.dt = new Float(L);
-    this.A = new Float(N);
-    this.a = new Float(L * N);
-    this.h = new Float(L * N);
-    this.seqA = new Float(L);
-    this.seqX = new Float(L);
-  }
-}
-
 export interface CpuBackendOptions {
   /** "f64" runs every op in float64 (for finite-difference gradient checks). */
   precision?: "f32" | "f64";
+  /**
+   * Threads that run the large ops (matmul, the selective scan), the calling thread included;
+   * 1 runs everything on the calling thread. Default: $MAMBABYTE_CPU_THREADS when set (and env
+   * access is allowed), else min(navigator.hardwareConcurrency, 8). The results are the same
+   * bits whatever the count. Where SharedArrayBuffer or workers are unavailable: 1.
+   */
+  threads?: number;
 }
+
+/** Below this many multiply-adds an op runs inline: a job's round trip to the workers costs ~0.1 ms. */
+const MIN_PARALLEL_WORK = 1 << 18;
+
+/** min(cores, 8), or $MAMBABYTE_CPU_THREADS. */
+function defaultThreads(): number {
+  let fromEnv: string | undefined;
+  try {
+    const query = { name: "env", variable: "MAMBABYTE_CPU_THREADS" } as const;
+    if (Deno.permissions.querySync(query).state === "granted") fromEnv = Deno.env.get(query.variable);
+  } catch {
+    fromEnv = undefined; // not Deno, or no env access: the default
+  }
+  if (fromEnv) {
+    const threads = Number(fromEnv);
+    if (!Number.isInteger(threads) || threads < 1) {
+      throw new Error(`MAMBABYTE_CPU_THREADS must be a positive integer, not "${fromEnv}"`);
+    }
+    return threads;
+  }
+  return Math.max(1, Math.min(globalThis.navigator?.hardwareConcurrency ?? 1, 8));
+}
+
+/** The array types the backend allocates. */
+type ArrayType = Float32ArrayConstructor | Float64ArrayConstructor | Int32ArrayConstructor;
+
+/** Shared memory where worker threads can be started (else the threads fall back to 1). */
+const canShare = typeof SharedArrayBuffer === "function" && typeof Worker === "function";
 
 export class CpuBackend implements Backend {
   readonly device = "cpu" as const;
   readonly description: string;
   readonly moe: MoeOps = new CpuMoeOps(f, ix);
+  /** Threads of the large ops (1: none started). */
+  readonly threads: number;
+  /** Ops handed to the worker threads so far (tests check that the threads were used). */
+  threadedOps = 0;
   readonly #Float: Float32ArrayConstructor | Float64ArrayConstructor;
+  /** The workers: started by the first op large enough to use them; null if they cannot be. */
+  #pool: CpuThreadPool | null | undefined = undefined;
+  /** Shared scratch of the ops that hand work to the threads, grown on demand. */
+  readonly #scratch = new Map<string, FloatArray>();
 
   constructor(options: CpuBackendOptions = {}) {
     const precision = options.precision ?? "f32";
+    const threads = options.threads ?? defaultThreads();
+    if (!Number.isInteger(threads) || threads < 1) {
+      throw new Error(`threads must be a positive integer, not ${threads}`);
+    }
     this.#Float = precision === "f64" ? Float64Array : Float32Array;
-    this.description = `cpu (TypeScript, ${precision})`;
+    this.threads = canShare ? threads : 1;
+    this.description = `cpu (TypeScript, ${precision}, ${this.threads} thread${this.threads > 1 ? "s" : ""})`;
   }
 
   // ---- memory ----
   alloc(length: number): DeviceBuffer {
-    return new CpuBuffer(new this.#Float(length));
+    return new CpuBuffer(this.#array(this.#Float, length) as FloatArray);
   }
   allocIndices(length: number): IndexBuffer {
-    return new CpuIndexBuffer(new Int32Array(length));
+    return new CpuIndexBuffer(this.#array(Int32Array, length) as Int32Array);
   }
   view(buffer: DeviceBuffer, offset: number, length: number): DeviceBuffer {
     if (offset < 0 || offset + length > buffer.length) {
@@ -133,7 +171,39 @@ export class CpuBackend implements Backend {
   free(_buffer: DeviceBuffer | IndexBuffer): void {
     // Garbage collected.
   }
-  dispose(): void {}
+  dispose(): void {
+    this.#pool?.dispose();
+    this.#pool = undefined;
+  }
+
+  // ---- threads ----
+  /** A zero-filled array, on shared memory when worker threads may read it. */
+  #array(Type: ArrayType, length: number): FloatArray | Int32Array {
+    if (this.threads === 1) return new Type(length);
+    return new Type(new SharedArrayBuffer(Type.BYTES_PER_ELEMENT * length) as unknown as ArrayBuffer);
+  }
+  /** Shared scratch `name` of at least `length` elements (contents not kept between ops). */
+  #scratchOf(name: string, Type: ArrayType, length: number): FloatArray {
+    const key = `${name}:${Type.name}`;
+    let s = this.#scratch.get(key);
+    if (!s || s.length < length) this.#scratch.set(key, s = this.#array(Type, length) as FloatArray);
+    return s.subarray(0, length);
+  }
+
+  /**
+   * Runs items [0, items) of a kernel: on the worker threads when the op is worth `work`
+   * multiply-adds or more and its arrays are all shared, else inline. Same bits either way.
+   */
+  #run<K extends KernelName>(kernel: K, args: KernelArgs<K>, items: number, work: number): void {
+    if (this.threads > 1 && items > 1 && work >= MIN_PARALLEL_WORK && allShared(args)) {
+      if (this.#pool === undefined) this.#pool = CpuThreadPool.create(this.threads);
+      if (this.#pool) {
+        this.threadedOps++;
+        return this.#pool.run(kernel, args, items);
+      }
+    }
+    (KERNELS[kernel] as (a: KernelArgs<K>, start: number, end: number) => void)(args, 0, items);
+  }
 
   // ---- dense ----
   matmul(
@@ -150,88 +220,16 @@ export class CpuBackend implements Backend {
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
     const a = f(aBuf), b = f(bBuf), c = f(cBuf);
-    if (!accumulate) {
-      for (let i = 0; i < m; i++) c.fill(0, i * ldc, i * ldc + n);
-    }
+    const args = { c, a, b, m, n, k, transA, transB, accumulate, lda, ldb, ldc };
     if (transB && m >= 16) {
-      // Many rows of C: transposing B once (n·k) lets every row use the streaming loop below.
-      const bt = new this.#Float(k * n);
+      // Many rows of C: transposing B once (n·k) lets every row use the streaming loop.
+      const bt = this.#scratchOf("bt", this.#Float, k * n);
       for (let j = 0; j < n; j++) {
         for (let p = 0; p < k; p++) bt[p * n + j] = b[j * ldb + p];
       }
-      this.#matmulStreaming(c, a, bt, m, n, k, transA, lda, n, ldc);
-      return;
+      Object.assign(args, { b: bt, transB: false, ldb: n });
     }
-    if (transB) {
-      // C[i, j] += Σ_p A[i, p] · B[j, p]: contiguous dot products, four columns of C at a time.
-      const aRow = new this.#Float(k);
-      for (let i = 0; i < m; i++) {
-        for (let p = 0; p < k; p++) aRow[p] = transA ? a[p * lda + i] : a[i * lda + p];
-        const ci = i * ldc;
-        let j = 0;
-        for (; j + 3 < n; j += 4) {
-          const b0 = j * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
-          let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-          for (let p = 0; p < k; p++) {
-            const ap = aRow[p];
-            s0 += ap * b[b0 + p];
-            s1 += ap * b[b1 + p];
-            s2 += ap * b[b2 + p];
-            s3 += ap * b[b3 + p];
-          }
-          c[ci + j] += s0;
-          c[ci + j + 1] += s1;
-          c[ci + j + 2] += s2;
-          c[ci + j + 3] += s3;
-        }
-        for (; j < n; j++) {
-          const bj = j * ldb;
-          let s0 = 0;
-          for (let p = 0; p < k; p++) s0 += aRow[p] * b[bj + p];
-          c[ci + j] += s0;
-        }
-      }
-      return;
-    }
-    this.#matmulStreaming(c, a, b, m, n, k, transA, lda, ldb, ldc);
-  }
-
-  /**
-   * C[i, :] += Σ_p A[i, p] · B[p, :] with B stored (K, N): each pass streams four rows of B
-   * into a row of C, in blocks of p that keep those rows of B in cache across rows of C.
-   */
-  #matmulStreaming(
-    c: FloatArray,
-    a: FloatArray,
-    b: FloatArray,
-    m: number,
-    n: number,
-    k: number,
-    transA: boolean,
-    lda: number,
-    ldb: number,
-    ldc: number,
-  ): void {
-    const KB = 64;
-    for (let p0 = 0; p0 < k; p0 += KB) {
-      const p1 = Math.min(k, p0 + KB);
-      for (let i = 0; i < m; i++) {
-        const ci = i * ldc;
-        const aAt = (p: number) => (transA ? a[p * lda + i] : a[i * lda + p]);
-        let p = p0;
-        for (; p + 3 < p1; p += 4) {
-          const a0 = aAt(p), a1 = aAt(p + 1), a2 = aAt(p + 2), a3 = aAt(p + 3);
-          const b0 = p * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
-          for (let j = 0; j < n; j++) {
-            c[ci + j] += a0 * b[b0 + j] + a1 * b[b1 + j] + a2 * b[b2 + j] + a3 * b[b3 + j];
-          }
-        }
-        for (; p < p1; p++) {
-          const ap = aAt(p), bp = p * ldb;
-          for (let j = 0; j < n; j++) c[ci + j] += ap * b[bp + j];
-        }
-      }
-    }
+    this.#run("matmulRows", args, m, m * n * k);
   }
 
   addBias(outBuf: DeviceBuffer, biasBuf: DeviceBuffer, rows: number, cols: number): void {
@@ -389,56 +387,8 @@ export class CpuBackend implements Backend {
   }
 
   // ---- fused selective scan ----
-  /**
-   * States of channel e of sequence b, (L, N) t-major: a[t, n] = exp(δ[t]·A[n]) and
-   * h[t, n] = a[t, n]·h[t-1, n] + δ[t]·B[t, n]·u[t], by the sequential or parallel scan.
-   * Scratch of one channel only: the op never holds (B, L, ED, N).
-   */
-  #channelStates(
-    s: ScanScratch,
-    u: FloatArray,
-    B: FloatArray,
-    b: number,
-    e: number,
-    dims: ScanDims,
-  ): void {
-    const { length: L, channels: ED, state: N, bcStride, parallel } = dims;
-    const { dt, A, a, h, seqA, seqX } = s;
-    for (let t = 0; t < L; t++) {
-      const r = b * L + t, du = dt[t] * u[r * ED + e];
-      for (let n = 0; n < N; n++) {
-        a[t * N + n] = Math.exp(dt[t] * A[n]);
-        h[t * N + n] = du * B[r * bcStride + n];
-      }
-    }
-    if (!parallel) {
-      for (let t = 1; t < L; t++) {
-        for (let n = 0; n < N; n++) h[t * N + n] += a[t * N + n] * h[(t - 1) * N + n];
-      }
-      return;
-    }
-    for (let n = 0; n < N; n++) {
-      for (let t = 0; t < L; t++) [seqA[t], seqX[t]] = [a[t * N + n], h[t * N + n]];
-      scanLinear(seqA, seqX, L, true);
-      for (let t = 0; t < L; t++) h[t * N + n] = seqX[t];
-    }
-  }
-
-  /** δ (L) and A (N) of channel e of sequence b into the scratch. */
-  #channelInputs(
-    s: ScanScratch,
-    delta: FloatArray,
-    dtBias: FloatArray,
-    aLog: FloatArray,
-    b: number,
-    e: number,
-    dims: ScanDims,
-  ): void {
-    const { length: L, channels: ED, state: N } = dims;
-    for (let t = 0; t < L; t++) s.dt[t] = softplus(delta[(b * L + t) * ED + e] + dtBias[e]);
-    for (let n = 0; n < N; n++) s.A[n] = -Math.exp(aLog[e * N + n]);
-  }
-
+  // The kernels live in cpu_kernels.ts: forward by channel (b, e), backward by (b, chunk of
+  // channels) with its sums over channels and over the batch added in a fixed order.
   selectiveScan(
     yBuf: DeviceBuffer,
     uBuf: DeviceBuffer,
@@ -451,23 +401,12 @@ export class CpuBackend implements Backend {
     zBuf: DeviceBuffer,
     dims: ScanDims,
   ): void {
-    const { batch, length: L, channels: ED, state: N, bcStride, zStride } = dims;
-    const y = f(yBuf), u = f(uBuf), delta = f(deltaBuf), dtBias = f(dtBiasBuf);
-    const aLog = f(aLogBuf), B = f(bBuf), C = f(cBuf), D = f(dBuf), z = f(zBuf);
-    const s = new ScanScratch(this.#Float, L, N);
-    for (let b = 0; b < batch; b++) {
-      for (let e = 0; e < ED; e++) {
-        this.#channelInputs(s, delta, dtBias, aLog, b, e, dims);
-        this.#channelStates(s, u, B, b, e, dims);
-        for (let t = 0; t < L; t++) {
-          const r = b * L + t;
-          let hc = 0; // h[t] · C[t]
-          for (let n = 0; n < N; n++) hc += s.h[t * N + n] * C[r * bcStride + n];
-          const zv = z[r * zStride + e];
-          y[r * ED + e] = (hc + D[e] * u[r * ED + e]) * zv * sigmoid(zv);
-        }
-      }
-    }
+    const args = {
+      y: f(yBuf),
+      ...this.#scanArgs(uBuf, deltaBuf, dtBiasBuf, aLogBuf, bBuf, cBuf, dBuf, zBuf, dims),
+    };
+    const { batch, channels: ED, length: L, state: N } = dims;
+    this.#run("scanForward", args, batch * ED, batch * ED * L * N);
   }
 
   selectiveScanBackward(
@@ -490,85 +429,66 @@ export class CpuBackend implements Backend {
     zBuf: DeviceBuffer,
     dims: ScanDims,
   ): void {
+    const { batch, length: L, channels: ED, state: N } = dims;
+    const chunks = scanChunks(ED);
+    const args = {
+      du: f(duBuf),
+      ddelta: f(ddeltaBuf),
+      dz: f(dzBuf),
+      dy: f(dyBuf),
+      ...this.#scanArgs(uBuf, deltaBuf, dtBiasBuf, aLogBuf, bBuf, cBuf, dBuf, zBuf, dims),
+      partB: this.#partials("partB", chunks * batch * L * N), // (chunks, B·L, N)
+      partC: this.#partials("partC", chunks * batch * L * N),
+      termD: this.#partials("termD", batch * ED), // (B, ED)
+      termBias: this.#partials("termBias", batch * ED),
+      termA: this.#partials("termA", batch * ED * N), // (B, ED, N)
+    };
+    this.#run("scanBackward", args, batch * chunks, 3 * batch * ED * L * N);
+    scanBackwardReduce({
+      ...args,
+      dB: f(dbBuf),
+      dC: f(dcBuf),
+      daLog: f(daLogBuf),
+      dD: f(ddBuf),
+      ddtBias: f(ddtBiasBuf),
+    });
+  }
+
+  /** Float64 shared scratch for partial sums. */
+  #partials(name: string, length: number): Float64Array {
+    return this.#scratchOf(name, Float64Array, length) as Float64Array;
+  }
+
+  /** The scan's inputs, as the kernels take them. */
+  #scanArgs(
+    uBuf: DeviceBuffer,
+    deltaBuf: DeviceBuffer,
+    dtBiasBuf: DeviceBuffer,
+    aLogBuf: DeviceBuffer,
+    bBuf: DeviceBuffer,
+    cBuf: DeviceBuffer,
+    dBuf: DeviceBuffer,
+    zBuf: DeviceBuffer,
+    dims: ScanDims,
+  ) {
     const { batch, length: L, channels: ED, state: N, bcStride, zStride, parallel } = dims;
-    const du = f(duBuf), ddelta = f(ddeltaBuf), ddtBias = f(ddtBiasBuf), daLog = f(daLogBuf);
-    const dB = f(dbBuf), dC = f(dcBuf), dD = f(ddBuf), dz = f(dzBuf), dy = f(dyBuf);
-    const u = f(uBuf), delta = f(deltaBuf), dtBias = f(dtBiasBuf), aLog = f(aLogBuf);
-    const B = f(bBuf), C = f(cBuf), D = f(dBuf), z = f(zBuf);
-    const s = new ScanScratch(this.#Float, L, N);
-    const { dt, A, a, h, seqA, seqX } = s;
-    const dpre = new this.#Float(L), ddt = new this.#Float(L), dA = new this.#Float(N);
-    const dh = new this.#Float(L * N); // ∂loss/∂h of one channel, (L, N)
-    for (let r = 0; r < batch * L; r++) {
-      dB.fill(0, r * bcStride, r * bcStride + N);
-      dC.fill(0, r * bcStride, r * bcStride + N);
-    }
-    for (let b = 0; b < batch; b++) {
-      for (let e = 0; e < ED; e++) {
-        this.#channelInputs(s, delta, dtBias, aLog, b, e, dims);
-        this.#channelStates(s, u, B, b, e, dims);
-        // y = (h·C + D·u)·silu(z): gradients of z, D, and of the output before the gate.
-        let dDe = 0;
-        for (let t = 0; t < L; t++) {
-          const r = b * L + t;
-          let hc = 0;
-          for (let n = 0; n < N; n++) hc += h[t * N + n] * C[r * bcStride + n];
-          const zv = z[r * zStride + e], sg = sigmoid(zv);
-          const pre = hc + D[e] * u[r * ED + e];
-          dz[r * zStride + e] = dy[r * ED + e] * pre * sg * (1 + zv * (1 - sg));
-          dpre[t] = dy[r * ED + e] * zv * sg;
-          dDe += dpre[t] * u[r * ED + e];
-          du[r * ED + e] = dpre[t] * D[e];
-        }
-        dD[e] += dDe;
-        // dh[t] = dpre[t]·C[t] + a[t+1]·dh[t+1]: the same recurrence, backwards in time.
-        for (let t = 0; t < L; t++) {
-          for (let n = 0; n < N; n++) dh[t * N + n] = dpre[t] * C[(b * L + t) * bcStride + n];
-        }
-        if (parallel) {
-          for (let n = 0; n < N; n++) {
-            for (let i = 0; i < L; i++) {
-              const t = L - 1 - i;
-              seqA[i] = t + 1 < L ? a[(t + 1) * N + n] : 0;
-              seqX[i] = dh[t * N + n];
-            }
-            scanLinear(seqA, seqX, L, true);
-            for (let i = 0; i < L; i++) dh[(L - 1 - i) * N + n] = seqX[i];
-          }
-        } else {
-          for (let t = L - 2; t >= 0; t--) {
-            for (let n = 0; n < N; n++) dh[t * N + n] += a[(t + 1) * N + n] * dh[(t + 1) * N + n];
-          }
-        }
-        // h[t] = a[t]·h[t-1] + δ[t]·B[t]·u[t] with a[t] = exp(δ[t]·A).
-        dA.fill(0);
-        for (let t = 0; t < L; t++) {
-          const r = b * L + t, ut = u[r * ED + e], bo = r * bcStride;
-          let ddtT = 0, duT = 0;
-          for (let n = 0; n < N; n++) {
-            const g = dh[t * N + n], Bt = B[bo + n];
-            const hPrev = t > 0 ? h[(t - 1) * N + n] : 0;
-            const da = g * hPrev * a[t * N + n];
-            ddtT += da * A[n] + g * Bt * ut;
-            dA[n] += da * dt[t];
-            dB[bo + n] += g * dt[t] * ut;
-            dC[bo + n] += dpre[t] * h[t * N + n];
-            duT += g * Bt;
-          }
-          ddt[t] = ddtT;
-          du[r * ED + e] += duT * dt[t];
-        }
-        for (let n = 0; n < N; n++) daLog[e * N + n] += dA[n] * A[n]; // A = -exp(A_log)
-        let dBias = 0;
-        for (let t = 0; t < L; t++) {
-          const r = b * L + t;
-          const g = ddt[t] * sigmoid(delta[r * ED + e] + dtBias[e]); // softplus' = sigmoid
-          ddelta[r * ED + e] = g;
-          dBias += g;
-        }
-        ddtBias[e] += dBias;
-      }
-    }
+    return {
+      u: f(uBuf),
+      delta: f(deltaBuf),
+      dtBias: f(dtBiasBuf),
+      aLog: f(aLogBuf),
+      B: f(bBuf),
+      C: f(cBuf),
+      D: f(dBuf),
+      z: f(zBuf),
+      batch,
+      L,
+      ED,
+      N,
+      bcStride,
+      zStride,
+      parallel,
+    };
   }
 
   // ---- loss ----
@@ -768,4 +688,12 @@ export class CpuBackend implements Backend {
       history[b] = tokens[b];
     }
   }
+}
+
+/** Every typed array of a kernel's arguments is on shared memory (else workers would see copies). */
+function allShared(args: object): boolean {
+  for (const value of Object.values(args)) {
+    if (ArrayBuffer.isView(value) && !(value.buffer instanceof SharedArrayBuffer)) return false;
+  }
+  return true;
 }

@@ -5,7 +5,13 @@
  * - parallel: the work-efficient Blelloch / Brent–Kung scan (2·log2(L) levels, O(L) work) over
  *   the associative operator (a1, x1) ∘ (a2, x2) = (a1·a2, a2·x1 + x2), as the seed's pscan.
  */
-import type { FloatArray } from "../backend.ts";
+
+/**
+ * backend.ts's FloatArray, not imported from it: this module runs in the cpu backend's worker
+ * threads too, and their module graph stays out of backend.ts (whose imports of the GPU
+ * backends do not type-check in a worker).
+ */
+type FloatArray = Float32Array | Float64Array;
 
 /** Scratch for the parallel scan, grown on demand (the scan runs once per channel and state). */
 let workA = new Float64Array(0);
