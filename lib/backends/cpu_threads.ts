@@ -16,9 +16,48 @@ export const MESSAGE_BYTES = 4096;
 /** What the calling thread posts to a worker for its range of a job. */
 export interface JobMessage {
   kernel: KernelName;
-  args: unknown;
+  args: PostedArgs;
   start: number;
   end: number;
+}
+
+/**
+ * A kernel's arguments as posted: each typed array as its SharedArrayBuffer and place in it.
+ * (Deno's node:worker_threads posts a typed array in time linear in its length, even on shared
+ * memory, but a SharedArrayBuffer itself in constant time.)
+ */
+type PostedArgs = Record<string, number | boolean | PostedArray>;
+interface PostedArray {
+  buffer: SharedArrayBuffer;
+  byteOffset: number;
+  length: number;
+  type: "Float32Array" | "Float64Array" | "Int32Array";
+}
+const ARRAY_TYPES = { Float32Array, Float64Array, Int32Array } as const;
+
+function postedArgs(args: object): PostedArgs {
+  const posted: PostedArgs = {};
+  for (const [key, value] of Object.entries(args)) {
+    if (value instanceof Float32Array || value instanceof Float64Array || value instanceof Int32Array) {
+      const { buffer, byteOffset, length } = value;
+      if (!(buffer instanceof SharedArrayBuffer)) throw new TypeError(`${key} is not on shared memory`);
+      posted[key] = { buffer, byteOffset, length, type: value.constructor.name as PostedArray["type"] };
+    } else {
+      posted[key] = value;
+    }
+  }
+  return posted;
+}
+
+/** The kernel's arguments back from what was posted: views of the same shared memory. */
+export function receivedArgs(posted: PostedArgs): Record<string, unknown> {
+  const args: Record<string, unknown> = {};
+  for (const [key, value] of Object.entries(posted)) {
+    args[key] = typeof value === "object"
+      ? new ARRAY_TYPES[value.type](value.buffer as unknown as ArrayBuffer, value.byteOffset, value.length)
+      : value;
+  }
+  return args;
 }
 
 /** What a worker receives first: the shared control words and message bytes. */
@@ -85,9 +124,10 @@ export class CpuThreadPool {
     this.#awaitStart();
     const control = this.#control;
     Atomics.store(control, CONTROL.done, 0);
+    const posted = ranges.length > 1 ? postedArgs(args) : {};
     for (let i = 1; i < ranges.length; i++) {
       const [start, end] = ranges[i];
-      const job: JobMessage = { kernel, args, start, end };
+      const job: JobMessage = { kernel, args: posted, start, end };
       this.#workers[i - 1].post(job);
     }
     let error: unknown = null;

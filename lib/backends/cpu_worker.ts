@@ -6,7 +6,7 @@
  */
 import { isMainThread, parentPort } from "node:worker_threads";
 import { KERNELS } from "./cpu_kernels.ts";
-import { CONTROL, type InitMessage, type JobMessage, MESSAGE_BYTES } from "./cpu_threads.ts";
+import { CONTROL, type InitMessage, type JobMessage, MESSAGE_BYTES, receivedArgs } from "./cpu_threads.ts";
 
 let shared: InitMessage | null = null;
 
@@ -31,7 +31,7 @@ if (!isMainThread) {
     try {
       const run = KERNELS[kernel] as ((a: unknown, s: number, e: number) => void) | undefined;
       if (!run) throw new Error(`unknown kernel "${kernel}"`);
-      run(args, start, end);
+      run(receivedArgs(args), start, end);
     } catch (error) {
       fail(error, shared);
     } finally {
