@@ -30,6 +30,8 @@ function assertSameBits(actual: FloatArray, expected: FloatArray, what: string):
 /** An op case: named random inputs (outputs start random too), the op, the buffers to compare. */
 interface Case {
   sizes: Record<string, number>;
+  /** Ops that `run` calls (each must be large enough for the threads). */
+  ops?: number;
   run: (be: CpuBackend, f: Record<string, DeviceBuffer>) => void;
 }
 
@@ -72,6 +74,7 @@ function cases(): Record<string, Case> {
     const [B, L, ED, N, R] = [3, 131, 45, 13, 3];
     const S = R + 2 * N, zStride = 2 * ED, rows = B * L;
     all[`selectiveScan and its backward (parallel ${parallel})`] = {
+      ops: 2,
       sizes: {
         y: rows * ED,
         u: rows * ED,
@@ -146,7 +149,7 @@ for (const precision of PRECISIONS) {
       assert.equal(none, 0);
       for (const threads of THREADS) {
         const { out, threadedOps } = await runCase(c, precision, threads);
-        assert.ok(threadedOps > 0, "the op ran inline: too small to test the threads");
+        assert.equal(threadedOps, c.ops ?? 1, "an op ran inline: too small to test the threads");
         for (const key of Object.keys(expected)) {
           assertSameBits(out[key], expected[key], `${key} (${threads} threads)`);
         }
