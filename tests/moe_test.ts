@@ -320,11 +320,11 @@ Deno.test("training an MoE model logs aux loss and dropped tokens", async () => 
 });
 
 Deno.test("an MoE config on a backend without MoE ops is a clear error naming the backend", () => {
-  const backend = new CpuBackend();
+  const backend = new CpuBackend({ threads: 1 });
   Object.defineProperty(backend, "moe", { value: undefined });
   assert.throws(
     () => new MambaByte(new MambaConfig(MOE), { backend }),
-    /the cpu backend \(cpu \(TypeScript, f32\)\) has no mixture-of-experts ops/,
+    /the cpu backend \(cpu \(TypeScript, f32, 1 thread\)\) has no mixture-of-experts ops/,
   );
 });
 

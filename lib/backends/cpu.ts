@@ -123,6 +123,8 @@ export class CpuBackend implements Backend {
   #pool: CpuThreadPool | null | undefined = undefined;
   /** Shared scratch of the ops that hand work to the threads, grown on demand. */
   readonly #scratch = new Map<string, FloatArray>();
+  /** Ends the workers of a backend collected without dispose() (they never keep a program alive). */
+  static readonly #orphans = new FinalizationRegistry((pool: CpuThreadPool) => pool.dispose());
 
   constructor(options: CpuBackendOptions = {}) {
     const precision = options.precision ?? "f32";
@@ -178,7 +180,10 @@ export class CpuBackend implements Backend {
     // Garbage collected.
   }
   dispose(): void {
-    this.#pool?.dispose();
+    if (this.#pool) {
+      CpuBackend.#orphans.unregister(this);
+      this.#pool.dispose();
+    }
     this.#pool = undefined;
   }
 
@@ -202,7 +207,10 @@ export class CpuBackend implements Backend {
    */
   #run<K extends KernelName>(kernel: K, args: KernelArgs<K>, items: number, work: number): void {
     if (this.threads > 1 && items > 1 && work >= MIN_PARALLEL_WORK && allShared(args)) {
-      if (this.#pool === undefined) this.#pool = CpuThreadPool.create(this.threads);
+      if (this.#pool === undefined) {
+        this.#pool = CpuThreadPool.create(this.threads);
+        if (this.#pool) CpuBackend.#orphans.register(this, this.#pool, this);
+      }
       if (this.#pool) {
         this.threadedOps++;
         return this.#pool.run(kernel, args, items);
