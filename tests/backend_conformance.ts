@@ -76,6 +76,52 @@ const uniform = (n: number, lo: number, hi: number) =>
 const bytes = (n: number) => Int32Array.from({ length: n }, () => rng.int(256));
 
 /** Op cases: name → case. Shapes are odd on purpose. */
+/**
+ * selectiveScan then its backward on the buffers of a scan case: u, delta, dtBias, aLog, d, dy,
+ * bc (B·L, R + 2N) holding B and C after the δ columns, xz (B·L, 2ED) holding z after u, and the
+ * outputs y, du, ddelta, ddtBias, daLog, dbc, dd, dxz laid out like their inputs.
+ */
+export function scanAndBackward(
+  be: Backend,
+  f: Buffers,
+  s: { batch: number; length: number; channels: number; state: number; rank: number; parallel: boolean },
+): void {
+  const { rank: R, state: N, channels: ED } = s, S = R + 2 * N, zStride = 2 * ED, rows = s.batch * s.length;
+  const dims = {
+    batch: s.batch,
+    length: s.length,
+    channels: ED,
+    state: N,
+    bcStride: S,
+    zStride,
+    parallel: s.parallel,
+  };
+  const b = be.view(f.bc, R, rows * S - R - N), c = be.view(f.bc, R + N, rows * S - R - N);
+  const db = be.view(f.dbc, R, rows * S - R - N), dc = be.view(f.dbc, R + N, rows * S - R - N);
+  const z = be.view(f.xz, ED, rows * zStride - ED), dz = be.view(f.dxz, ED, rows * zStride - ED);
+  be.selectiveScan(f.y, f.u, f.delta, f.dtBias, f.aLog, b, c, f.d, z, dims);
+  be.selectiveScanBackward(
+    f.du,
+    f.ddelta,
+    f.ddtBias,
+    f.daLog,
+    db,
+    dc,
+    f.dd,
+    dz,
+    f.dy,
+    f.u,
+    f.delta,
+    f.dtBias,
+    f.aLog,
+    b,
+    c,
+    f.d,
+    z,
+    dims,
+  );
+}
+
 function opCases(): Record<string, OpCase> {
   const cases: Record<string, OpCase> = {};
   for (const transA of [false, true]) {
@@ -223,33 +269,8 @@ function opCases(): Record<string, OpCase> {
       },
       outputs: ["y", "du", "ddelta", "ddtBias", "daLog", "dbc", "dd", "dxz"],
       tolerance: L > 100 ? 3e-4 : 1e-4,
-      run: (be, f) => {
-        const dims = { batch: B, length: L, channels: ED, state: N, bcStride: S, zStride, parallel };
-        const b = be.view(f.bc, R, rows * S - R - N), c = be.view(f.bc, R + N, rows * S - R - N);
-        const db = be.view(f.dbc, R, rows * S - R - N), dc = be.view(f.dbc, R + N, rows * S - R - N);
-        const z = be.view(f.xz, ED, rows * zStride - ED), dz = be.view(f.dxz, ED, rows * zStride - ED);
-        be.selectiveScan(f.y, f.u, f.delta, f.dtBias, f.aLog, b, c, f.d, z, dims);
-        be.selectiveScanBackward(
-          f.du,
-          f.ddelta,
-          f.ddtBias,
-          f.daLog,
-          db,
-          dc,
-          f.dd,
-          dz,
-          f.dy,
-          f.u,
-          f.delta,
-          f.dtBias,
-          f.aLog,
-          b,
-          c,
-          f.d,
-          z,
-          dims,
-        );
-      },
+      run: (be, f) =>
+        scanAndBackward(be, f, { batch: B, length: L, channels: ED, state: N, rank: R, parallel }),
     };
   }
   {

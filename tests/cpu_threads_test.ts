@@ -11,6 +11,7 @@ import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
+import { scanAndBackward } from "./backend_conformance.ts";
 
 const PRECISIONS = ["f32", "f64"] as const;
 const THREADS = [2, 7];
@@ -93,33 +94,8 @@ function cases(): Record<string, Case> {
         dd: ED,
         dxz: rows * zStride,
       },
-      run: (be, f) => {
-        const dims = { batch: B, length: L, channels: ED, state: N, bcStride: S, zStride, parallel };
-        const b = be.view(f.bc, R, rows * S - R - N), c = be.view(f.bc, R + N, rows * S - R - N);
-        const db = be.view(f.dbc, R, rows * S - R - N), dc = be.view(f.dbc, R + N, rows * S - R - N);
-        const z = be.view(f.xz, ED, rows * zStride - ED), dz = be.view(f.dxz, ED, rows * zStride - ED);
-        be.selectiveScan(f.y, f.u, f.delta, f.dtBias, f.aLog, b, c, f.d, z, dims);
-        be.selectiveScanBackward(
-          f.du,
-          f.ddelta,
-          f.ddtBias,
-          f.daLog,
-          db,
-          dc,
-          f.dd,
-          dz,
-          f.dy,
-          f.u,
-          f.delta,
-          f.dtBias,
-          f.aLog,
-          b,
-          c,
-          f.d,
-          z,
-          dims,
-        );
-      },
+      run: (be, f) =>
+        scanAndBackward(be, f, { batch: B, length: L, channels: ED, state: N, rank: R, parallel }),
     };
   }
   return all;
