@@ -175,6 +175,45 @@ for (const precision of PRECISIONS) {
   }
 }
 
+Deno.test("backends share one pool: acquire hands out the same workers, the last release ends them", () => {
+  const first = CpuThreadPool.acquire(3), second = CpuThreadPool.acquire(3);
+  assert.ok(first, "no worker threads here");
+  assert.equal(second, first, "a second backend of as many threads gets the same pool");
+  first.release();
+  assert.equal(CpuThreadPool.acquire(3), first, "one release leaves the pool to the other holder");
+  first.release();
+  first.release();
+  const fresh = CpuThreadPool.acquire(3);
+  assert.ok(fresh && fresh !== first, "after the last release, a new pool is started");
+  fresh.release();
+});
+
+Deno.test("a backend disposed while another one uses the shared workers leaves them running", async () => {
+  const [m, n, k] = [131, 77, 69];
+  const product = (be: CpuBackend): Promise<FloatArray> => {
+    const rng = new Random(8);
+    const [a, b, c] = [m * k, k * n, m * n].map((size) => {
+      const buffer = be.alloc(size);
+      be.write(buffer, Float32Array.from({ length: size }, () => rng.normal()));
+      return buffer;
+    });
+    be.matmul(c, a, b, m, n, k);
+    return be.read(c);
+  };
+  const kept = new CpuBackend({ threads: 2 }), disposed = new CpuBackend({ threads: 2 });
+  try {
+    await product(disposed);
+    await product(kept);
+    disposed.dispose();
+    const before = kept.threadedOps;
+    const actual = await product(kept);
+    assert.equal(kept.threadedOps, before + 1, "the product ran on the threads");
+    assertSameBits(actual, await product(new CpuBackend({ threads: 1 })), "c");
+  } finally {
+    kept.dispose();
+  }
+});
+
 Deno.test("an error thrown in a worker thread is thrown on the calling thread, and the pool goes on", () => {
   const pool = CpuThreadPool.create(2);
   assert.ok(pool, "no worker threads here");

@@ -119,12 +119,12 @@ export class CpuBackend implements Backend {
   /** Ops handed to the worker threads so far (tests check that the threads were used). */
   threadedOps = 0;
   readonly #Float: Float32ArrayConstructor | Float64ArrayConstructor;
-  /** The workers: started by the first op large enough to use them; null if they cannot be. */
+  /** The workers (shared with every CpuBackend of as many threads): taken by the first op large enough to use them; null if they cannot be. */
   #pool: CpuThreadPool | null | undefined = undefined;
   /** Shared scratch of the ops that hand work to the threads, grown on demand. */
   readonly #scratch = new Map<string, FloatArray>();
-  /** Ends the workers of a backend collected without dispose() (they never keep a program alive). */
-  static readonly #orphans = new FinalizationRegistry((pool: CpuThreadPool) => pool.dispose());
+  /** Gives back the pool of a backend collected without dispose() (workers never keep a program alive). */
+  static readonly #orphans = new FinalizationRegistry((pool: CpuThreadPool) => pool.release());
 
   constructor(options: CpuBackendOptions = {}) {
     const precision = options.precision ?? "f32";
@@ -182,7 +182,7 @@ export class CpuBackend implements Backend {
   dispose(): void {
     if (this.#pool) {
       CpuBackend.#orphans.unregister(this);
-      this.#pool.dispose();
+      this.#pool.release();
     }
     this.#pool = undefined;
   }
@@ -208,7 +208,7 @@ export class CpuBackend implements Backend {
   #run<K extends KernelName>(kernel: K, args: KernelArgs<K>, items: number, work: number): void {
     if (this.threads > 1 && items > 1 && work >= MIN_PARALLEL_WORK && allShared(args)) {
       if (this.#pool === undefined) {
-        this.#pool = CpuThreadPool.create(this.threads);
+        this.#pool = CpuThreadPool.acquire(this.threads);
         if (this.#pool) CpuBackend.#orphans.register(this, this.#pool, this);
       }
       if (this.#pool) {

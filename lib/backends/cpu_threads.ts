@@ -69,8 +69,13 @@ export interface InitMessage {
 /** How long the first job waits for the workers to load their module (over http, possibly). */
 const START_TIMEOUT_MS = 30_000;
 
+/** The pools in use on this thread, one per thread count, shared by every backend that asks. */
+const sharedPools = new Map<number, CpuThreadPool>();
+
 export class CpuThreadPool {
   readonly #workers: WorkerHandle[];
+  /** Holders of this pool through `acquire`; the last `release` ends the workers. */
+  #users = 0;
   readonly #control = new Int32Array(new SharedArrayBuffer(4 * CONTROL.words));
   readonly #message = new Uint8Array(new SharedArrayBuffer(MESSAGE_BYTES));
   #started = false;
@@ -90,6 +95,28 @@ export class CpuThreadPool {
       workers.push(worker);
     }
     return new CpuThreadPool(workers);
+  }
+
+  /**
+   * The shared pool of `threads` threads (started on first use), held until `release`: every
+   * CPU backend of a program uses the same workers. Null where they cannot be started.
+   */
+  static acquire(threads: number): CpuThreadPool | null {
+    let pool = sharedPools.get(threads) ?? null;
+    if (!pool) {
+      pool = CpuThreadPool.create(threads);
+      if (!pool) return null;
+      sharedPools.set(threads, pool);
+    }
+    pool.#users++;
+    return pool;
+  }
+
+  /** Gives back a pool taken with `acquire`; the last holder ends its workers. */
+  release(): void {
+    if (--this.#users > 0) return;
+    sharedPools.delete(this.threads);
+    this.dispose();
   }
 
   private constructor(workers: WorkerHandle[]) {
