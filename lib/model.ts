@@ -489,6 +489,7 @@ export class MambaByte extends FlatModel {
         `MambaByte.step: expected ${cache.batch} bytes (one per sequence), got ${bytes.length}`,
       );
     }
+    checkBytes(bytes);
     this.backend.writeIndices(cache.tokens, bytes); // outside any recording: the bytes change every step
     this.#advance(cache);
   }
@@ -557,7 +558,19 @@ function checkShape(values: ArrayLike<number>, shape: [number, number]): [number
   if (values.length !== batch * length) {
     throw new Error(`${values.length} bytes do not fill shape [${batch}, ${length}]`);
   }
+  checkBytes(values);
   return [batch, length];
+}
+
+/** Throws unless every value is a byte (an integer in 0..255): the model's only tokens. */
+function checkBytes(values: ArrayLike<number>): void {
+  if (values instanceof Uint8Array) return;
+  for (let i = 0; i < values.length; i++) {
+    const v = values[i];
+    if (!(Number.isInteger(v) && v >= 0 && v <= 255)) {
+      throw new RangeError(`value ${i} is ${v}, not a byte (an integer in 0..255)`);
+    }
+  }
 }
 
 /** The Loss from a read-back (rows) losses followed by each MoE block's [aux, dropped]. */

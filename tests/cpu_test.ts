@@ -62,10 +62,13 @@ Deno.test("the same seed gives the same model and outputs; another seed does not
   assert.notDeepEqual(a.data, c.data);
 });
 
-Deno.test("forward rejects bytes that do not fill the shape", async () => {
+Deno.test("forward, loss and step reject bytes that do not fill the shape or are not bytes", async () => {
   const model = new MambaByte(new MambaConfig({ dim: 8, depth: 1 }));
   await assert.rejects(() => model.forward([1, 2, 3], [2, 2]), /3 bytes do not fill shape \[2, 2\]/);
   await assert.rejects(() => model.forward([1, 2], [0, 2]), /positive integers/);
+  await assert.rejects(() => model.forward([1, 256], [1, 2]), /value 1 is 256, not a byte/);
+  await assert.rejects(() => model.loss([1, 2], [3, -1], [1, 2]), /value 1 is -1, not a byte/);
+  await assert.rejects(() => model.step([0.5], model.createCache(1)), /value 0 is 0.5, not a byte/);
 });
 
 Deno.test("activation recomputation gives the same loss and gradients", async () => {
