@@ -239,16 +239,16 @@ export class CudaBackend implements Backend {
     this.#check(this.#lib.mb_write(p(dst), data, BigInt(data.byteLength)), "writeIndices");
   }
   read(src: DeviceBuffer): Promise<FloatArray> {
-    this.#notCapturing("read");
-    const out = new Float32Array(src.length);
-    this.#check(this.#lib.mb_read(out, p(src), BigInt(out.byteLength)), "read");
-    return Promise.resolve(out);
+    return Promise.resolve(this.#download(new Float32Array(src.length), src, "read"));
   }
   readIndices(src: IndexBuffer): Promise<Int32Array> {
-    this.#notCapturing("readIndices");
-    const out = new Int32Array(src.length);
-    this.#check(this.#lib.mb_read(out, p(src), BigInt(out.byteLength)), "readIndices");
-    return Promise.resolve(out);
+    return Promise.resolve(this.#download(new Int32Array(src.length), src, "readIndices"));
+  }
+  /** `out` filled with the contents of `src` (as many elements), read by `op`. */
+  #download<T extends Float32Array | Int32Array>(out: T, src: DeviceBuffer | IndexBuffer, op: string): T {
+    this.#notCapturing(op);
+    this.#check(this.#lib.mb_read(out, p(src), BigInt(out.byteLength)), op);
+    return out;
   }
   fill(dst: DeviceBuffer, value: number): void {
     this.#check(this.#lib.mb_fill(p(dst), dst.length, value), "fill");
