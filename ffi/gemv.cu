@@ -1,54 +1,62 @@
-// Few-row matmuls for decode (see gemv.cuh): one warp per output column n, its lanes splitting K
-// (up to kUnroll independent 16-byte loads in flight per lane), summed with warp shuffles.
+// Few-row matmuls for decode (see gemv.cuh): `split` warps per output column n, their lanes
+// splitting K (up to kUnroll independent 16-byte loads in flight per lane).
 #include <type_traits>
 
 #include "gemv.cuh"
 
 namespace {
 
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
-
 // V: floats per load (4: float4, 1: scalar). C[m, n] = Σ_k A[m, k] · B[n, k] (+ C[m, n]).
-template <int kM, int V>
-__global__ void __launch_bounds__(kThreads) gemv_kernel(float* c, const float* a, const float* b, int n, int k,
-                                                        int lda, int ldb, int ldc, bool accumulate) {
+template <int kM, int V, int kSplit>
+__global__ void __launch_bounds__(kGemvThreads) gemv_kernel(float* c, const float* a, const float* b, int n, int k,
+                                                            int lda, int ldb, int ldc, bool accumulate) {
   using Vec = typename std::conditional<V == 4, float4, float>::type;
-  const int lane = threadIdx.x % 32, col = blockIdx.x * kWarps + threadIdx.x / 32;
-  if (col >= n) return;  // whole warps: no shuffle is left waiting
-  const Vec* brow = reinterpret_cast<const Vec*>(b + (int64_t)col * ldb);
+  const GemvLane t = gemv_lane<kSplit>();
   float acc[kM] = {};
+  if (t.row < n) {
+    const Vec* brow = reinterpret_cast<const Vec*>(b + (int64_t)t.row * ldb);
 #pragma unroll 4
-  for (int i = lane; i < k / V; i += 32) {
-    Vec w = __ldg(brow + i);
+    for (int i = t.part * 32 + t.lane; i < k / V; i += 32 * kSplit) {
+      Vec w = __ldg(brow + i);
 #pragma unroll
-    for (int m = 0; m < kM; m++) {
-      Vec x = __ldg(reinterpret_cast<const Vec*>(a + (int64_t)m * lda) + i);
-      if constexpr (V == 4) {
-        acc[m] += w.x * x.x + w.y * x.y + w.z * x.z + w.w * x.w;
-      } else {
-        acc[m] += w * x;
+      for (int m = 0; m < kM; m++) {
+        Vec x = __ldg(reinterpret_cast<const Vec*>(a + (int64_t)m * lda) + i);
+        if constexpr (V == 4) {
+          acc[m] += w.x * x.x + w.y * x.y + w.z * x.z + w.w * x.w;
+        } else {
+          acc[m] += w * x;
+        }
       }
     }
   }
+  gemv_sum<kM, kSplit>(acc);
+  if (t.row >= n || t.part != 0) return;
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    float sum = mb_warp_sum(acc[m]);
-    if (lane == m) {
-      float* out = c + (int64_t)m * ldc + col;
-      *out = accumulate ? *out + sum : sum;
+    if (t.lane == m) {
+      float* out = c + (int64_t)m * ldc + t.row;
+      *out = accumulate ? *out + acc[m] : acc[m];
     }
   }
+}
+
+template <int kM, int V>
+void launch_vec(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate) {
+  const int split = gemv_split(n, k / V);
+  auto kernel = split == 1   ? gemv_kernel<kM, V, 1>
+                : split == 2 ? gemv_kernel<kM, V, 2>
+                : split == 4 ? gemv_kernel<kM, V, 4>
+                             : gemv_kernel<kM, V, 8>;
+  kernel<<<gemv_blocks(n, split), kGemvThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
 }
 
 template <int kM>
 void launch(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate,
             bool vec) {
-  unsigned blocks = (n + kWarps - 1) / kWarps;
   if (vec) {
-    gemv_kernel<kM, 4><<<blocks, kThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
+    launch_vec<kM, 4>(c, a, b, n, k, lda, ldb, ldc, accumulate);
   } else {
-    gemv_kernel<kM, 1><<<blocks, kThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
+    launch_vec<kM, 1>(c, a, b, n, k, lda, ldb, ldc, accumulate);
   }
 }
 

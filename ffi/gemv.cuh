@@ -1,14 +1,70 @@
 // Matmuls with few rows (decode: M = batch ≤ kGemvMaxRows) against a weight read row by row:
 // C (M, N) [+]= A (M, K) · Bᵀ with B (N, K) — the model's `x · Wᵀ` with transB. cuBLAS spends
-// more time launching than reading the weights at this size; here one warp reads one row of B
-// once (16-byte loads where the operands allow) for all M rows of A.
+// more time launching than reading the weights at this size; here each row of B is read once
+// for all M rows of A, by `split` warps of one block that share its K (gemv_split), their sums
+// added in shared memory in a fixed order (gemv_sum).
 #pragma once
 
 #include "common.cuh"
 
 constexpr int kGemvMaxRows = 8;
+constexpr int kGemvThreads = 256;
+constexpr int kGemvWarps = kGemvThreads / 32;
 
 // Enqueues the product when it has the shape above; returns 0 when done, -1 when the shape is
 // not one for this kernel (the caller uses cuBLAS), 1 on a launch failure.
 int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool trans_a, bool trans_b,
             bool accumulate, int lda, int ldb, int ldc);
+
+// Warps per row of B (1, 2, 4 or 8) for N rows of `loads` vector loads each: doubled while the
+// grid has fewer than ~8K warps (a full H200 holds 132 × 64) and every lane keeps two loads or
+// more, so that short, wide products (out_proj, x_proj) still fill the GPU.
+inline int gemv_split(int n, int loads) {
+  int split = 1;
+  while (split < kGemvWarps && (int64_t)n * split < 8192 && loads >= 2 * 32 * 2 * split) split *= 2;
+  return split;
+}
+
+// Blocks for N rows at `split` warps each.
+inline unsigned gemv_blocks(int n, int split) {
+  int rows = kGemvWarps / split;
+  return (n + rows - 1) / rows;
+}
+
+// The block's row of B this warp works on (may be ≥ N: such warps add zeros) and its part of K.
+struct GemvLane {
+  int lane, row, part;
+};
+
+template <int kSplit>
+__device__ inline GemvLane gemv_lane() {
+  int warp = threadIdx.x / 32;
+  return {static_cast<int>(threadIdx.x % 32), static_cast<int>(blockIdx.x) * (kGemvWarps / kSplit) + warp / kSplit,
+          warp % kSplit};
+}
+
+// Sums each acc[m] over the warp, then over the kSplit warps of the row (every thread of the
+// block must call it): afterwards acc[m] is the row's total in part 0's lanes.
+template <int kM, int kSplit>
+__device__ inline void gemv_sum(float (&acc)[kM]) {
+#pragma unroll
+  for (int m = 0; m < kM; m++) acc[m] = mb_warp_sum(acc[m]);
+  if constexpr (kSplit > 1) {
+    __shared__ float partial[kGemvWarps][kM];
+    const int warp = threadIdx.x / 32;
+    if (threadIdx.x % 32 == 0) {
+#pragma unroll
+      for (int m = 0; m < kM; m++) partial[warp][m] = acc[m];
+    }
+    __syncthreads();
+    if (warp % kSplit == 0) {
+#pragma unroll
+      for (int m = 0; m < kM; m++) {
+        float total = 0.0f;
+#pragma unroll
+        for (int p = 0; p < kSplit; p++) total += partial[warp + p][m];
+        acc[m] = total;
+      }
+    }
+  }
+}

@@ -3,8 +3,8 @@
 // code p of row o in byte p % 4 of word o·KW + p / 4 (little-endian, zero-padded rows);
 // dequant(W)[o, p] = scales[o] · code. Each output is scales[o] · Σ_p A[i, p] · code[o, p].
 //
-// Decode (M ≤ kGemvMaxRows) takes the GEMV of gemv.cu's shape: one warp per row of W, its lanes
-// splitting the row's words (16-byte loads of four words where the operands allow), the codes
+// Decode (M ≤ kGemvMaxRows) takes the GEMV of gemv.cuh's shape: `split` warps per row of W, their
+// lanes splitting the row's words (16-byte loads of four words where the operands allow), the codes
 // dequantized in registers, warp-shuffle sums; every word of W is read once for all M rows of A.
 // dp4a does not apply: A is fp32. Larger M (a prompt, evaluation) takes a shared-memory tiled
 // kernel. Both are plain launches on the library's stream: capturable in a CUDA graph.
@@ -12,9 +12,6 @@
 #include "gemv.cuh"
 
 namespace {
-
-constexpr int kThreads = 256;
-constexpr int kWarps = kThreads / 32;
 
 // The four codes of a word as floats (byte 0 first).
 __device__ inline float4 unpack_codes(int word) {
@@ -33,51 +30,63 @@ __device__ inline float4 load_a(const float* row, int p, int k) {
 __device__ inline void store_c(float* out, float value, bool accumulate) { *out = accumulate ? *out + value : value; }
 
 // V: words per load (4: int4 with float4 loads of A, needing K % 16 == 0, lda % 4 == 0 and 16-byte
-// aligned operands; 1: one word and scalar loads of A, zeros past K).
-template <int kM, int V>
-__global__ void __launch_bounds__(kThreads) gemv_int8_kernel(float* c, const float* a, const int* codes,
-                                                             const float* scales, int n, int k, int lda,
-                                                             bool accumulate) {
-  const int lane = threadIdx.x % 32, col = blockIdx.x * kWarps + threadIdx.x / 32;
-  if (col >= n) return;  // whole warps: no shuffle is left waiting
-  const int kw = (k + 3) / 4;
-  const int* row = codes + (int64_t)col * kw;
+// aligned operands; 1: one word and scalar loads of A, zeros past K). kSplit warps per row of W.
+template <int kM, int V, int kSplit>
+__global__ void __launch_bounds__(kGemvThreads) gemv_int8_kernel(float* c, const float* a, const int* codes,
+                                                                 const float* scales, int n, int k, int lda,
+                                                                 bool accumulate) {
+  const GemvLane t = gemv_lane<kSplit>();
+  const int kw = (k + 3) / 4, stride = 32 * kSplit;
   float acc[kM] = {};
-  if constexpr (V == 4) {
+  if (t.row < n) {
+    const int* row = codes + (int64_t)t.row * kw;
+    if constexpr (V == 4) {
 #pragma unroll 2
-    for (int i = lane; i < kw / 4; i += 32) {
-      int4 w = __ldg(reinterpret_cast<const int4*>(row) + i);
-      float4 w0 = unpack_codes(w.x), w1 = unpack_codes(w.y), w2 = unpack_codes(w.z), w3 = unpack_codes(w.w);
+      for (int i = t.part * 32 + t.lane; i < kw / 4; i += stride) {
+        int4 w = __ldg(reinterpret_cast<const int4*>(row) + i);
+        float4 w0 = unpack_codes(w.x), w1 = unpack_codes(w.y), w2 = unpack_codes(w.z), w3 = unpack_codes(w.w);
 #pragma unroll
-      for (int m = 0; m < kM; m++) {
-        const float4* x = reinterpret_cast<const float4*>(a + (int64_t)m * lda) + 4 * i;
-        acc[m] += dot4(__ldg(x), w0) + dot4(__ldg(x + 1), w1) + dot4(__ldg(x + 2), w2) + dot4(__ldg(x + 3), w3);
+        for (int m = 0; m < kM; m++) {
+          const float4* x = reinterpret_cast<const float4*>(a + (int64_t)m * lda) + 4 * i;
+          acc[m] += dot4(__ldg(x), w0) + dot4(__ldg(x + 1), w1) + dot4(__ldg(x + 2), w2) + dot4(__ldg(x + 3), w3);
+        }
+      }
+    } else {
+#pragma unroll 4
+      for (int i = t.part * 32 + t.lane; i < kw; i += stride) {
+        float4 w = unpack_codes(__ldg(row + i));
+#pragma unroll
+        for (int m = 0; m < kM; m++) acc[m] += dot4(load_a(a + (int64_t)m * lda, 4 * i, k), w);
       }
     }
-  } else {
-#pragma unroll 4
-    for (int i = lane; i < kw; i += 32) {
-      float4 w = unpack_codes(__ldg(row + i));
-#pragma unroll
-      for (int m = 0; m < kM; m++) acc[m] += dot4(load_a(a + (int64_t)m * lda, 4 * i, k), w);
-    }
   }
-  const float scale = scales[col];
+  gemv_sum<kM, kSplit>(acc);
+  if (t.row >= n || t.part != 0) return;
+  const float scale = scales[t.row];
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    float sum = mb_warp_sum(acc[m]);
-    if (lane == m) store_c(c + (int64_t)m * n + col, scale * sum, accumulate);
+    if (t.lane == m) store_c(c + (int64_t)m * n + t.row, scale * acc[m], accumulate);
   }
+}
+
+template <int kM, int V>
+void launch_split(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
+                  bool accumulate) {
+  const int kw = (k + 3) / 4, split = gemv_split(n, V == 4 ? kw / 4 : kw);
+  auto kernel = split == 1   ? gemv_int8_kernel<kM, V, 1>
+                : split == 2 ? gemv_int8_kernel<kM, V, 2>
+                : split == 4 ? gemv_int8_kernel<kM, V, 4>
+                             : gemv_int8_kernel<kM, V, 8>;
+  kernel<<<gemv_blocks(n, split), kGemvThreads, 0, mb_stream()>>>(c, a, codes, scales, n, k, lda, accumulate);
 }
 
 template <int kM>
 void launch_gemv(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
                  bool accumulate, bool vec) {
-  unsigned blocks = (n + kWarps - 1) / kWarps;
   if (vec) {
-    gemv_int8_kernel<kM, 4><<<blocks, kThreads, 0, mb_stream()>>>(c, a, codes, scales, n, k, lda, accumulate);
+    launch_split<kM, 4>(c, a, codes, scales, n, k, lda, accumulate);
   } else {
-    gemv_int8_kernel<kM, 1><<<blocks, kThreads, 0, mb_stream()>>>(c, a, codes, scales, n, k, lda, accumulate);
+    launch_split<kM, 1>(c, a, codes, scales, n, k, lda, accumulate);
   }
 }
 

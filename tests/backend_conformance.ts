@@ -407,6 +407,24 @@ function opCases(): Record<string, OpCase> {
 }
 
 /**
+ * Decode's few-row products (x · Wᵀ, accumulated): on CUDA, the GEMV with 1, 4 and 8 warps
+ * sharing a row of W (16-byte and scalar loads), at N that does not fill a block of rows.
+ * Their own generator, so that adding them leaves the other cases' inputs as they were.
+ */
+function gemvCases(): Record<string, OpCase> {
+  const cases: Record<string, OpCase> = {}, r = new Random(909);
+  const normal = (n: number) => Float32Array.from({ length: n }, () => r.normal());
+  for (const [m, n, k] of [[1, 37, 45], [3, 13, 1024], [8, 21, 2048], [2, 5, 2051]]) {
+    cases[`matmul decode rows M=${m} N=${n} K=${k} transB, accumulate`] = {
+      floats: { a: normal(m * k), b: normal(n * k), c: normal(m * n) },
+      outputs: ["c"],
+      run: (be, f) => be.matmul(f.c, f.a, f.b, m, n, k, { transB: true, accumulate: true }),
+    };
+  }
+  return cases;
+}
+
+/**
  * matmulInt8 cases (weights quantized on the host by lib/quantize.ts): decode rows (M = 1, 3),
  * just past the GEMV (9) and a tiled M (64), with N and K multiples of neither 4 nor any tile,
  * K = 64 (CUDA's 16-byte loads), overwrite and accumulate, and A a strided view (x_proj's δr).
@@ -415,7 +433,11 @@ function opCases(): Record<string, OpCase> {
 function int8Cases(): Record<string, OpCase> {
   const cases: Record<string, OpCase> = {}, r = new Random(808);
   const normal = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * r.normal());
-  const shapes = [[1, 37, 45], [3, 45, 70], [3, 33, 64], [9, 19, 13], [64, 67, 29], [64, 130, 150]];
+  const shapes = [[1, 37, 45], [3, 45, 70], [3, 33, 64], [9, 19, 13], [64, 67, 29], [64, 130, 150], [
+    2,
+    11,
+    2051,
+  ]];
   for (const [m, n, k] of shapes) {
     for (const accumulate of [false, true]) {
       const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
@@ -433,14 +455,16 @@ function int8Cases(): Record<string, OpCase> {
     }
   }
   {
-    const [m, n, k] = [2, 40, 64]; // packed A, 16-byte aligned: the vectorized GEMV paths
-    const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
-    cases[`matmulInt8 M=${m} N=${n} K=${k}, A packed`] = {
-      floats: { a: normal(m * k), scales, c: normal(m * n) },
-      indices: { codes },
-      outputs: ["c"],
-      run: (be, f, i) => be.matmulInt8(f.c, f.a, i.codes, f.scales, m, n, k),
-    };
+    // packed A, 16-byte aligned: the vectorized GEMV paths, with 1 and 4 warps per row of W
+    for (const [m, n, k] of [[2, 40, 64], [3, 9, 4096]]) {
+      const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
+      cases[`matmulInt8 M=${m} N=${n} K=${k}, A packed`] = {
+        floats: { a: normal(m * k), scales, c: normal(m * n) },
+        indices: { codes },
+        outputs: ["c"],
+        run: (be, f, i) => be.matmulInt8(f.c, f.a, i.codes, f.scales, m, n, k),
+      };
+    }
   }
   return cases;
 }
@@ -744,7 +768,7 @@ export async function conformanceSuite(
   console.log(`${label} backend: ${backend.description}`);
   const reference = new CpuBackend();
   const moe = backend.moe !== undefined;
-  const cases = { ...opCases(), ...(moe ? moeCases() : {}), ...int8Cases() };
+  const cases = { ...opCases(), ...(moe ? moeCases() : {}), ...int8Cases(), ...gemvCases() };
   for (const [name, c] of Object.entries(cases)) {
     Deno.test(`${label}: ${name} matches the cpu reference`, () => expectSame(backend, reference, c));
   }
