@@ -45,8 +45,6 @@ MB_API int mb_copy(uint64_t dst, uint64_t src, int64_t n);
 MB_API int mb_synchronize(void);
 /* The library's cudaStream_t, as an address: other libraries (NCCL) enqueue work on it. */
 MB_API int mb_stream_handle(uint64_t* stream);
-/* Matmuls in TF32 on tensor cores when enabled (faster, ~1e-3 relative); exact FP32 by default. */
-MB_API int mb_set_tf32(int enabled);
 
 /* ---- CUDA graphs ----
  * mb_graph_begin starts recording the library's stream instead of running it; the ops enqueued
@@ -59,10 +57,13 @@ MB_API int mb_graph_launch(uint64_t graph_exec);
 MB_API int mb_graph_free(uint64_t graph_exec);
 
 /* ---- dense ---- */
-/* C (M, N) = op(A) · op(B) (row-major, FP32 without TF32), or += when accumulate. With at most 8
- * rows, no transA and transB (decode's x · Wᵀ), a GEMV kernel of the library instead of cuBLAS. */
+/* C (M, N) = op(A) · op(B) (row-major), or += when accumulate, on fp32 buffers, through cuBLAS in
+ * `precision` MB_MATMUL_FP32 (exact), MB_MATMUL_TF32 or MB_MATMUL_BF16 (inputs rounded to TF32 or
+ * bf16 on tensor cores, sums in fp32). With at most 8 rows, no transA and transB (decode's x · Wᵀ),
+ * a GEMV kernel of the library in exact FP32 instead, whatever the precision. */
+enum { MB_MATMUL_FP32 = 0, MB_MATMUL_TF32 = 1, MB_MATMUL_BF16 = 2 };
 MB_API int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, int trans_a, int trans_b,
-                     int accumulate, int lda, int ldb, int ldc);
+                     int accumulate, int lda, int ldb, int ldc, int precision);
 MB_API int mb_add_bias(uint64_t out, uint64_t bias, int rows, int cols);
 MB_API int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int cols);
 

@@ -48,6 +48,7 @@ int load_cublas() {
       {(void**)&g_cublas.set_stream, "cublasSetStream_v2", true},
       {(void**)&g_cublas.set_math_mode, "cublasSetMathMode", true},
       {(void**)&g_cublas.sgemm, "cublasSgemm_v2", true},
+      {(void**)&g_cublas.gemm_ex, "cublasGemmEx", true},
       {(void**)&g_cublas.status_string, "cublasGetStatusString", false},
   };
   for (auto& s : symbols) {
@@ -203,13 +204,6 @@ int mb_copy(uint64_t dst, uint64_t src, int64_t n) {
   MB_CUDA(cudaMemcpyAsync(mb_ptr<void>(dst), mb_ptr<void>(src), n * sizeof(float), cudaMemcpyDeviceToDevice,
                           g_stream));
   return 0;
-}
-
-int mb_set_tf32(int enabled) {
-  if (mb_require_init()) return 1;
-  cublasStatus_t status =
-      g_cublas.set_math_mode(g_cublas.handle, enabled ? MB_CUBLAS_TF32_TENSOR_OP_MATH : MB_CUBLAS_DEFAULT_MATH);
-  return status == 0 ? 0 : mb_fail("cublasSetMathMode failed with status %d", status);
 }
 
 int mb_synchronize(void) {

@@ -16,6 +16,12 @@
  */
 import type { SamplingOptions } from "./sample.ts";
 
+/**
+ * How a backend's training matmuls round their inputs: "fp32" exact; "tf32" and "bf16" on tensor
+ * cores (10 and 7 mantissa bits kept, about 1e-3 and 1e-2 relative), sums in fp32 either way.
+ */
+export type MatmulPrecision = "fp32" | "tf32" | "bf16";
+
 /** Device ops recorded once and replayed (Backend.capture). */
 export interface RecordedOps {
   replay(): void;
@@ -207,6 +213,11 @@ export interface Backend {
    * writes inside) so that `replay()` reruns them with one launch, on the same buffers.
    */
   capture?(record: () => void): RecordedOps;
+  /**
+   * On backends with reduced-precision matmuls (cuda): how the training matmuls round their
+   * inputs from now on (see MatmulPrecision). Buffers stay fp32 whatever is chosen.
+   */
+  setMatmulPrecision?(precision: MatmulPrecision): void;
 
   // ---- memory ----
   /** A new zero-filled buffer of `length` floats. */

@@ -63,7 +63,10 @@ Deno.test({
     const { total } = cuda.memoryInfo();
     assert.throws(() => cuda.alloc(total), /out of GPU memory: asked for [\d.]+ MiB, [\d.]+ MiB free of/);
     const a = cuda.alloc(16);
-    assert.throws(() => cuda.matmul(a, a, a, 4, 4, 4, { lda: 1 }), /cuda matmul: cublasSgemm .* failed/);
+    assert.throws(
+      () => cuda.matmul(a, a, a, 4, 4, 4, { lda: 1 }),
+      /cuda matmul: cuBLAS fp32 matmul .* failed/,
+    );
     assert.throws(() => cuda.free(cuda.view(a, 4, 4)), /view/);
     cuda.free(a);
     assert.throws(() => cuda.free(a), /already freed/);
@@ -118,6 +121,80 @@ Deno.test({
         assert.ok(error <= 1e-4, `m=${m} n=${n} k=${k} accumulate=${accumulate}: ${error.toExponential(2)}`);
       }
     }
+  },
+});
+
+Deno.test({
+  name: "cuda: tf32 and bf16 matmuls round the inputs within their bounds (and do round); fp32 stays exact",
+  ignore,
+  fn: async () => {
+    const cpu = new CpuBackend({ precision: "f64" });
+    const [m, n, k] = [130, 150, 140]; // more than the GEMV's 8 rows: cuBLAS
+    const a = randn(m * k), b = randn(k * n);
+    const product = async (be: Backend) => {
+      const [fa, fb, fc] = [be.alloc(a.length), be.alloc(b.length), be.alloc(m * n)];
+      be.write(fa, a);
+      be.write(fb, b);
+      be.matmul(fc, fa, fb, m, n, k);
+      const out = await be.read(fc);
+      [fa, fb, fc].forEach((x) => be.free(x));
+      return out;
+    };
+    const exact = await product(cpu);
+    // [precision, at least, at most]: tf32 keeps 10 mantissa bits, bf16 7 (cuBLAS may use tf32 for it)
+    const bounds = [["fp32", 0, 1e-5], ["tf32", 1e-5, 5e-3], ["bf16", 1e-4, 2e-2]] as const;
+    try {
+      for (const [precision, low, high] of bounds) {
+        cuda.setMatmulPrecision(precision);
+        assert.match(cuda.description, precision === "fp32" ? /FP32$/ : new RegExp(`${precision} matmuls$`));
+        const error = maxRelativeError(await product(cuda), exact);
+        assert.ok(
+          low <= error && error <= high,
+          `${precision}: ${error.toExponential(2)} not in [${low}, ${high}]`,
+        );
+      }
+    } finally {
+      cuda.setMatmulPrecision("fp32");
+    }
+    assert.throws(() => cuda.setMatmulPrecision("f8" as never), /unknown matmul precision "f8"/);
+  },
+});
+
+Deno.test({
+  name:
+    "cuda: 20 AdamW steps with bf16 matmuls track the fp32 cpu reference's losses (5e-2: 7 mantissa bits, compounded)",
+  ignore,
+  fn: async () => {
+    const config = new MambaConfig({ dim: 64, depth: 2 });
+    const inputs = Array.from({ length: 4 * 96 }, (_, i) => 97 + ((i * 7) % 26));
+    const targets = inputs.map((x) => 97 + ((x - 96) % 26));
+    const losses = async (be: Backend) => {
+      const model = new MambaByte(config, { backend: be, seed: 3 });
+      const optimizer = new AdamW(be, model.table);
+      const out: number[] = [];
+      for (let step = 1; step <= 20; step++) {
+        model.zeroGrad();
+        out.push((await model.lossAndBackward(inputs, targets, [4, 96])).loss);
+        optimizer.step(model.params, model.grads, 3e-3, step);
+      }
+      optimizer.free();
+      model.dispose();
+      return out;
+    };
+    const reference = await losses(new CpuBackend());
+    cuda.setMatmulPrecision("bf16");
+    let bf16: number[];
+    try {
+      bf16 = await losses(cuda);
+    } finally {
+      cuda.setMatmulPrecision("fp32");
+    }
+    const error = maxRelativeError(bf16, reference);
+    assert.ok(reference[19] < reference[0] - 0.5, `the reference learns: ${reference[0]} → ${reference[19]}`);
+    assert.ok(
+      error <= 1e-2,
+      `losses ${bf16.map((x) => x.toFixed(4))} vs ${reference.map((x) => x.toFixed(4))}`,
+    );
   },
 });
 

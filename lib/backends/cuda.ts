@@ -14,6 +14,7 @@ import type {
   IndexBuffer,
   Int8MatmulOptions,
   MatmulOptions,
+  MatmulPrecision,
   MoeOps,
   ScanDims,
 } from "../backend.ts";
@@ -65,12 +66,15 @@ export interface CapturedOps {
   free(): void;
 }
 
+/** The library's code of each precision (ffi/mambabyte.h, MB_MATMUL_*). */
+const MATMUL_PRECISION_CODES: Record<MatmulPrecision, number> = { fp32: 0, tf32: 1, bf16: 2 };
+
 export interface CudaBackendOptions {
   /**
-   * Matmuls in TF32 on tensor cores: faster, about 1e-3 relative instead of FP32's 1e-6.
-   * The library has one cuBLAS handle, so this applies to every CudaBackend of the process.
+   * The cuBLAS matmuls' precision (default "fp32"; see MatmulPrecision). Buffers, activations,
+   * weights and optimizer state stay fp32, and decode's few-row products (the GEMV) stay exact.
    */
-  tf32?: boolean;
+  matmul?: MatmulPrecision;
   /**
    * A cap in bytes on the device memory the library holds (buffers and workspace; not the
    * CUDA context): an allocation beyond it fails with an Error, as on a smaller card.
@@ -98,12 +102,13 @@ export async function createCudaBackend(options: CudaBackendOptions = {}): Promi
 /** The Backend contract on one CUDA GPU (see lib/backend.ts for the conventions). */
 export class CudaBackend implements Backend {
   readonly device = "cuda" as const;
-  readonly description: string;
   /** Mixture-of-experts ops (ffi/moe.cu). */
   readonly moe: MoeOps;
   readonly #lib: CudaLibrary;
   readonly #owned = new Set<CudaBuffer>();
   readonly #graphs = new Set<bigint>();
+  readonly #gpuName: string;
+  #matmulPrecision: MatmulPrecision = "fp32";
   #capturing = false;
 
   constructor(lib: CudaLibrary, options: CudaBackendOptions = {}) {
@@ -111,10 +116,21 @@ export class CudaBackend implements Backend {
     this.moe = new CudaMoeOps(lib, p, (status, op) => this.#check(status, op));
     const name = new Uint8Array(256);
     this.#check(lib.mb_device_name(name, name.length), "device name");
-    this.#check(lib.mb_set_tf32(Number(options.tf32 ?? false)), "set TF32");
+    this.#gpuName = new TextDecoder().decode(name.subarray(0, name.indexOf(0)));
+    this.setMatmulPrecision(options.matmul ?? "fp32");
     this.setMemoryCap(options.maxMemory ?? 0);
-    const math = options.tf32 ? "TF32 matmuls" : "FP32";
-    this.description = `cuda: ${new TextDecoder().decode(name.subarray(0, name.indexOf(0)))}, ${math}`;
+  }
+
+  get description(): string {
+    const math = this.#matmulPrecision === "fp32" ? "FP32" : `${this.#matmulPrecision} matmuls`;
+    return `cuda: ${this.#gpuName}, ${math}`;
+  }
+
+  setMatmulPrecision(precision: MatmulPrecision): void {
+    if (!Object.hasOwn(MATMUL_PRECISION_CODES, precision)) {
+      throw new Error(`cuda: unknown matmul precision "${precision}"; choose fp32, tf32 or bf16`);
+    }
+    this.#matmulPrecision = precision;
   }
 
   #check(status: number, op: string): void {
@@ -305,6 +321,7 @@ export class CudaBackend implements Backend {
       lda,
       ldb,
       ldc,
+      MATMUL_PRECISION_CODES[this.#matmulPrecision],
     );
     this.#check(status, "matmul");
   }
