@@ -64,6 +64,11 @@ export interface TrainSettings {
   weight_decay: number;
   /** Bits per AdamW moment: 32 (float32) or 8 (blockwise-quantized); absent: 32. */
   optimizer_bits?: OptimizerBits;
+  /**
+   * The training matmuls' inputs: "fp32", or "bf16" (cuda: rounded to bf16 on tensor cores,
+   * sums in fp32; weights, activations and optimizer state stay fp32); absent: fp32.
+   */
+  dtype?: Dtype;
   /** Global gradient-norm clip (0: off). */
   clip: number;
   /** Seeds the initial weights and the stream of training windows. */
@@ -80,6 +85,10 @@ export interface TrainSettings {
   /** The backend asked for (auto, cpu, webgpu, cuda). */
   backend: string;
 }
+
+/** The dtypes a run can train in (TrainSettings.dtype). */
+export const DTYPES = ["fp32", "bf16"] as const;
+export type Dtype = typeof DTYPES[number];
 
 /** The settings with defaults: `out`, `data` and `backend` are the caller's. */
 export type TrainDefaults = Omit<TrainSettings, "out" | "data" | "backend">;
@@ -116,6 +125,7 @@ export function trainDefaults(kind: DefaultsKind): TrainDefaults {
     grad_accum: 1,
     weight_decay: 0.1,
     optimizer_bits: 32,
+    dtype: "fp32",
     clip: 1,
     seed: 1337,
   } satisfies Partial<TrainDefaults>;
@@ -259,6 +269,7 @@ export async function train(
     throw new Error(`the run asks for ${s.gpus ?? 1} GPU(s) but this process is one of ${world} ranks`);
   }
   const root = rank === 0;
+  useDtype(backend, s.dtype ?? "fp32");
   const config = runConfig(s);
   const model = new MambaByte(config, { backend, seed: s.seed, recompute: s.recompute ?? false });
   const optimizer = new AdamW(backend, model.table, {
@@ -401,6 +412,20 @@ export async function evaluateBpb(model: MambaByte, batches: Batch[]): Promise<n
     rows += batch.shape[0];
   }
   return sum / rows;
+}
+
+/**
+ * Sets the backend's matmul precision for a run's dtype; bf16 needs a backend with bf16 matmuls
+ * (cuda), and says so.
+ */
+export function useDtype(backend: Backend, dtype: Dtype): void {
+  if (!DTYPES.includes(dtype)) throw new Error(`unknown dtype "${dtype}"; choose ${DTYPES.join(" or ")}`);
+  if (backend.setMatmulPrecision) backend.setMatmulPrecision(dtype);
+  else if (dtype !== "fp32") {
+    throw new Error(
+      `dtype ${dtype} needs the cuda backend (bf16 matmuls on tensor cores); ${backend.device} trains in fp32`,
+    );
+  }
 }
 
 /** The settings saved in a checkpoint written by `train`. */

@@ -2,12 +2,16 @@
  * `deno task plan`: the memory a training run will allocate, by component, in GiB.
  *
  *   deno task plan --dim 1024 --depth 53 --seq-len 8192 --batch-size 1 [--recompute] [--d-state 16]
- *     [--optimizer-bits 8]
+ *     [--optimizer-bits 8] [--dtype bf16]
+ *
+ * --dtype bf16 rounds the matmuls' inputs on cuda's tensor cores; every buffer stays fp32, so the
+ * plan is that of fp32 (said on the first line).
  */
 import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { memoryPlan } from "../lib/memory_plan.ts";
 import { OPTIMIZER_BITS, type OptimizerBits } from "../lib/optim.ts";
+import { DTYPES } from "../lib/train.ts";
 
 const int = (help: string, fallback?: number) => ({ kind: "int" as const, help, min: 1, default: fallback });
 const SPECS = {
@@ -24,6 +28,12 @@ const SPECS = {
     choices: OPTIMIZER_BITS,
     default: 32,
     help: "bits per AdamW moment (8: blockwise-quantized)",
+  },
+  dtype: {
+    kind: "string" as const,
+    choices: DTYPES,
+    default: "fp32",
+    help: "matmul inputs (bf16: rounded on tensor cores; the buffers stay fp32)",
   },
 } satisfies Record<string, OptionSpec>;
 
@@ -54,7 +64,7 @@ async function main(): Promise<number> {
   });
   console.log(
     `MambaByte D=${config.dim} × ${config.depth} (${(plan.parameters / 1e6).toFixed(1)} M parameters), ` +
-      `batch ${options["batch-size"]} × ${options["seq-len"]} bytes, fp32, ${
+      `batch ${options["batch-size"]} × ${options["seq-len"]} bytes, ${dtypeText(options.dtype!)}, ${
         options["optimizer-bits"]
       }-bit AdamW moments, recompute ${recompute ? "on" : "off"}`,
   );
@@ -64,6 +74,10 @@ async function main(): Promise<number> {
   console.log(`${"total".padEnd(24)} ${(plan.total / GiB).toFixed(2)} GiB`);
   console.log("(not included: the backend's own workspace and the driver's context)");
   return 0;
+}
+
+function dtypeText(dtype: string): string {
+  return dtype === "fp32" ? "fp32" : `${dtype} matmul inputs, fp32 buffers`;
 }
 
 if (import.meta.main) await runCli("plan", main);

@@ -16,12 +16,15 @@ import { logLine, progressBar } from "../lib/progress.ts";
 import {
   checkpointSettings,
   defaultsKind,
+  type Dtype,
+  DTYPES,
   type MetricRecord,
   RUN_FILES,
   runConfig,
   train,
   trainDefaults,
   type TrainSettings,
+  useDtype,
 } from "../lib/train.ts";
 import { LAUNCH_SPECS, launchTraining, RENDEZVOUS_TIMEOUT_MS } from "./train_distributed.ts";
 
@@ -58,6 +61,12 @@ const SPECS = {
     choices: OPTIMIZER_BITS,
     help: "bits per AdamW moment: 32 float32, 8 blockwise-quantized (about 1/4 of the memory)",
   },
+  dtype: {
+    kind: "string",
+    choices: DTYPES,
+    help:
+      "matmul inputs: fp32, or bf16 on cuda's tensor cores (sums, weights, activations, moments stay fp32)",
+  },
   clip: num("global gradient-norm clip, 0 = off"),
   seed: int("seed of the weights and data windows", 0),
   "log-every": int("steps per log line"),
@@ -74,9 +83,9 @@ const SPECS = {
 
 /**
  * Options allowed with --resume (everything else comes from the checkpoint); --optimizer-bits
- * only when it matches the checkpoint's moments.
+ * only when it matches the checkpoint's moments; --dtype may change (the weights are fp32).
  */
-const RESUME_OPTIONS = ["resume", "backend", "steps", "max-memory", "optimizer-bits"];
+const RESUME_OPTIONS = ["resume", "backend", "steps", "max-memory", "optimizer-bits", "dtype"];
 
 function helpText(): string {
   const specs: Record<string, OptionSpec> = { ...SPECS };
@@ -146,6 +155,7 @@ async function main(): Promise<number> {
       out: options.resume!,
       backend: options.backend,
       steps: options.steps ?? saved.steps,
+      dtype: (options.dtype as Dtype | undefined) ?? saved.dtype,
       // another number of GPUs: the same global batch, through grad-accum
       grad_accum: gradAccumForWorld(saved.gpus ?? 1, saved.grad_accum, world),
       gpus: world,
@@ -167,6 +177,7 @@ async function main(): Promise<number> {
     };
     if (!worker) await checkFreshOut(settings.out);
   }
+  useDtype(backend, settings.dtype ?? "fp32"); // before the backend's line, which names its precision
   const config = runConfig(settings);
   const corpus = await openCorpus(settings.data ?? undefined);
   say(`backend: ${backend.device} (${backend.description})${comm ? `, ${world} rank(s)` : ""}`);

@@ -144,7 +144,7 @@ Deno.test("train → eval → generate on a tiny model, end to end", async () =>
   await fails(
     ["tasks/train.ts", "--resume", out, "--dim=9"],
     2,
-    /only --resume, --backend, --steps, --max-memory, --optimizer-bits may be given/,
+    /only --resume, --backend, --steps, --max-memory, --optimizer-bits, --dtype may be given/,
   );
   await fails(
     ["tasks/train.ts", "--resume", out, "--optimizer-bits=8"],
@@ -171,6 +171,7 @@ Deno.test("bad options: exit 2 and a line that lists what is valid", async () =>
     2,
     /--optimizer-bits must be one of 32, 8, got "16"/,
   );
+  await fails(["tasks/train.ts", "--dtype=f16"], 2, /--dtype must be one of fp32, bf16, got "f16"/);
   await fails(
     ["tasks/plan.ts", "--dim=8", "--depth=1", "--seq-len=8", "--optimizer-bits=4"],
     2,

@@ -104,6 +104,16 @@ Deno.test("a corpus shorter than seq-len + 1 is an error before anything is writ
   await Deno.remove(dir, { recursive: true });
 });
 
+Deno.test("dtype bf16 on a backend without bf16 matmuls is an error before anything is written", async () => {
+  const dir = await Deno.makeTempDir();
+  await assert.rejects(
+    () => train({ ...settings(`${dir}/run`), dtype: "bf16" }, new CpuBackend(), corpus()),
+    /dtype bf16 needs the cuda backend \(bf16 matmuls on tensor cores\); cpu trains in fp32/,
+  );
+  assert.deepEqual([...Deno.readDirSync(dir)], []);
+  await Deno.remove(dir, { recursive: true });
+});
+
 Deno.test("the larger defaults go to hardware accelerators only, not to a software WebGPU adapter", () => {
   assert.equal(defaultsKind({ device: "cpu", description: "cpu" }), "cpu");
   assert.equal(defaultsKind({ device: "webgpu", description: "llvmpipe (LLVM 15.0.6, 256 bits)" }), "cpu");
