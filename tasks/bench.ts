@@ -1,7 +1,7 @@
 /**
  * `deno task bench`: a table, per backend and model size, of training bytes/s (forward +
- * backward + AdamW), decode bytes/s at batch 1 with fp32 and with int8 weights, and matmul
- * GFLOP/s. Every backend in one run, so that ratios between them are measured side by side.
+ * backward + AdamW; again with bf16 matmul inputs where the backend has them: cuda), decode
+ * bytes/s at batch 1 with fp32 and with int8 weights, and matmul GFLOP/s. Every backend in one run, so that ratios between them are measured side by side.
  * Decode is generation as users get it: `generate` of 256 bytes at batch 1 after a one-byte
  * prompt (bytes sampled on the device, read back in blocks of GENERATE_DEFAULTS.blockSize), the
  * time of the whole call over the bytes generated; the int8 figure is the same model, quantized
@@ -42,6 +42,8 @@ interface Row {
   size: string;
   model: string;
   trainBytesPerSec: number;
+  /** The same training with bf16 matmul inputs (backends with setMatmulPrecision: cuda). */
+  trainBf16BytesPerSec?: number;
   decodeModel: string;
   decodeBytesPerSec: number;
   /** The same decode with int8 Linear weights (absent for the PyTorch reference). */
@@ -80,6 +82,17 @@ async function benchTraining(backend: Backend, size: Size, steps: number): Promi
   optimizer.free();
   model.dispose();
   return n / seconds;
+}
+
+/** Training bytes/s with bf16 matmul inputs, where the backend has them (else undefined). */
+async function benchTrainingBf16(backend: Backend, size: Size, steps: number): Promise<number | undefined> {
+  if (!backend.setMatmulPrecision) return undefined;
+  backend.setMatmulPrecision("bf16");
+  try {
+    return await benchTraining(backend, size, steps);
+  } finally {
+    backend.setMatmulPrecision("fp32");
+  }
 }
 
 /** Bytes generated per timed run of the decode benchmark. */
@@ -205,12 +218,14 @@ async function main() {
       if (!s) throw new Error(`unknown size ${size}; choose from ${Object.keys(SIZES)}`);
       console.error(`${name} ${size}: ${backend.description}`);
       const trainBytesPerSec = await benchTraining(backend, size, steps);
+      const trainBf16BytesPerSec = await benchTrainingBf16(backend, size, steps);
       const decode = await benchDecode(backend, size);
       rows.push({
         backend: name,
         size,
         model: `D=${s.dim}×${s.depth}, ${s.batch}×${s.length}`,
         trainBytesPerSec,
+        trainBf16BytesPerSec,
         decodeModel: `D=${s.decodeDim}×${s.decodeDepth}`,
         decodeBytesPerSec: decode.fp32,
         decodeInt8BytesPerSec: decode.int8,
@@ -221,17 +236,19 @@ async function main() {
   }
   if (values.torch) rows.push(...await benchTorch([...new Set(rows.map((r) => r.size as Size))]));
   console.log(
-    "| backend | size | training model | train bytes/s | decode model (batch 1) | decode bytes/s | " +
-      "decode int8 bytes/s | matmul fp32 |",
+    "| backend | size | training model | train bytes/s | train bf16 bytes/s | decode model (batch 1) | " +
+      "decode bytes/s | decode int8 bytes/s | matmul fp32 |",
   );
-  console.log("|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|");
+  const against = (value: number | undefined, base: number) =>
+    value === undefined ? "" : `${format(value)} (${(value / base).toFixed(2)}×)`;
   for (const r of rows) {
-    const int8 = r.decodeInt8BytesPerSec === undefined
-      ? ""
-      : `${format(r.decodeInt8BytesPerSec)} (${(r.decodeInt8BytesPerSec / r.decodeBytesPerSec).toFixed(2)}×)`;
     console.log(
-      `| ${r.backend} | ${r.size} | ${r.model} | ${format(r.trainBytesPerSec)} | ${r.decodeModel} | ` +
-        `${format(r.decodeBytesPerSec)} | ${int8} | ${r.matmul} |`,
+      `| ${r.backend} | ${r.size} | ${r.model} | ${format(r.trainBytesPerSec)} | ` +
+        `${against(r.trainBf16BytesPerSec, r.trainBytesPerSec)} | ${r.decodeModel} | ` +
+        `${format(r.decodeBytesPerSec)} | ${
+          against(r.decodeInt8BytesPerSec, r.decodeBytesPerSec)
+        } | ${r.matmul} |`,
     );
   }
   const torch = rows.filter((r) => r.backend === "pytorch (seed)");
