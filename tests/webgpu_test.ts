@@ -134,6 +134,31 @@ Deno.test({ name: "webgpu: decode-sized matmul (gemv kernel) with views and stri
   }
 });
 
+// A model's flat weights beyond maxStorageBufferBindingSize (MambaByte-972M on any adapter; 128 MiB
+// on lavapipe) are bound as windows; the GEMV must still take them. Run where that size is small.
+const maxBinding = (await navigator.gpu?.requestAdapter())?.limits.maxStorageBufferBindingSize ?? 0;
+Deno.test({
+  name: "webgpu: decode-sized matmul on weights past maxStorageBufferBindingSize (windowed bindings)",
+  ignore: ignore || maxBinding > 256 * 2 ** 20,
+}, async () => {
+  const rng = new Random(29);
+  const [n, k] = [44, 36];
+  const limit = maxBinding / 4; // floats in one binding
+  const big = gpu!.alloc(limit + 4096);
+  for (const at of [limit - 1000, limit + 1024]) { // across the limit, and wholly past it
+    const w = randoms(n * k, rng), weights = gpu!.view(big, at, n * k), cpuWeights = cpu.alloc(n * k);
+    gpu!.write(weights, w);
+    cpu.write(cpuWeights, w);
+    for (const m of [1, 3]) {
+      const a = pair(randoms(m * k, rng)), c = pair(randoms(m * n, rng));
+      cpu.matmul(c.c, a.c, cpuWeights, m, n, k, { transB: true, accumulate: true });
+      gpu!.matmul(c.g, a.g, weights, m, n, k, { transB: true, accumulate: true });
+      await assertClose(c, `gemv m=${m} on weights at float ${at} of a ${limit + 4096}-float buffer`);
+    }
+  }
+  gpu!.free(big);
+});
+
 Deno.test({ name: "webgpu: vec4 matmul over a long k (split-K)", ignore }, async () => {
   const rng = new Random(22);
   const [m, n, k] = [40, 44, 2052];

@@ -378,9 +378,14 @@ export class WebGpuBackend implements Backend {
     };
   }
 
-  /** Whether a view can be bound as array<vec4<f32>>: 16-byte aligned, its buffer bound whole. */
+  /**
+   * Whether a view can be bound as array<vec4<f32>>: 16-byte aligned, and bindable — its buffer
+   * whole, or (a model's flat weights beyond maxStorageBufferBindingSize) a window whose start is
+   * aligned to minStorageBufferOffsetAlignment, a multiple of 16 bytes, so the offset inside it
+   * stays a whole number of vec4s.
+   */
   #vec4Bindable(view: GpuView): boolean {
-    return view.offset % 4 === 0 && view.root.size <= this.#rt.maxBinding;
+    return view.offset % 4 === 0 && this.#rt.bindable(view);
   }
 
   addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void {

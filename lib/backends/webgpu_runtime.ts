@@ -220,18 +220,30 @@ export class GpuRuntime {
     return [Math.ceil(n / gy), gy];
   }
 
+  /** Whether a view can be bound: its buffer whole, or a window of it within maxStorageBufferBindingSize. */
+  bindable(view: GpuView): boolean {
+    return this.#range(view) !== null;
+  }
+
   /** The binding range for a view, and the element offset of the view inside it. */
   #window(view: GpuView): { offset: number; size: number; skip: number } {
+    const range = this.#range(view);
+    if (!range) {
+      throw new Error(
+        `a view of ${view.length} floats exceeds maxStorageBufferBindingSize (${this.maxBinding} bytes) of this adapter`,
+      );
+    }
+    return range;
+  }
+
+  /** #window's range, or null when the view does not fit in one binding. */
+  #range(view: GpuView): { offset: number; size: number; skip: number } | null {
     const max = this.maxBinding;
     if (view.root.size <= max) return { offset: 0, size: view.root.size, skip: view.offset };
     const align = this.device.limits.minStorageBufferOffsetAlignment;
     const start = view.offset * 4, end = (view.offset + view.length) * 4;
     const offset = Math.floor(start / align) * align;
-    if (end - offset > max) {
-      throw new Error(
-        `a view of ${view.length} floats exceeds maxStorageBufferBindingSize (${max} bytes) of this adapter`,
-      );
-    }
+    if (end - offset > max) return null;
     return { offset, size: Math.max(4, end - offset), skip: (start - offset) / 4 };
   }
 
