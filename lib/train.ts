@@ -366,7 +366,12 @@ export async function train(
       info.valBpb = await evaluateBpb(model, valBatches);
       if (info.valBpb < bestValBpb) {
         bestValBpb = info.valBpb;
-        await saveModel(out(RUN_FILES.best), model, { step: String(step), val_bpb: String(info.valBpb) });
+        // the run's settings ride along, so that `eval --checkpoint RUN_DIR` uses its data and windows
+        await saveModel(out(RUN_FILES.best), model, {
+          step: String(step),
+          val_bpb: String(info.valBpb),
+          train_options: JSON.stringify(s),
+        });
       }
     }
     if (step % s.log_every === 0 || info.valBpb !== undefined || last) {

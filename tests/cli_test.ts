@@ -86,6 +86,11 @@ Deno.test("train → eval → generate on a tiny model, end to end", async () =>
   const [ofDir, ofBest] = await Promise.all([evalOf(out), evalOf(`${out}/best.safetensors`)]);
   assert.equal(ofDir.code, 0, ofDir.stderr);
   assert.equal(ofDir.stdout, ofBest.stdout, "a run directory evaluates its best.safetensors");
+  assert.match(
+    ofBest.stdout,
+    /on 4 held-out windows of 16 bytes \(.*corpus\.txt/,
+    "with the run's data and windows",
+  );
   const quantized = await run([
     "tasks/eval.ts",
     "--checkpoint",
