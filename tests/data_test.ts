@@ -69,12 +69,21 @@ Deno.test("documents: the latest years are held out, whatever their order", () =
   assert.ok(decode(corpus.train).endsWith("y1998"));
 });
 
-Deno.test("the default corpus: 233 addresses, the latest 12 (2010 on) held out", async () => {
-  const corpus = await loadDefaultCorpus();
-  assert.match(corpus.description, /221 for training, 12 held out \(2010–\)/);
-  assert.ok(corpus.train.length > 9_000_000 && corpus.val.length > 300_000);
-  assert.match(decode(corpus.train.subarray(0, 200)), /Fellow-Citizens/i);
-});
+// The default corpus comes from the npm registry: offline (and not in CI) the test is ignored.
+const defaultCorpus = await loadDefaultCorpus().catch((error: Error) => error);
+const offline = defaultCorpus instanceof Error && !Deno.env.get("CI");
+if (offline) console.log(`default corpus test ignored: ${(defaultCorpus as Error).message}`);
+
+Deno.test(
+  { name: "the default corpus: 233 addresses, the latest 12 (2010 on) held out", ignore: offline },
+  () => {
+    if (defaultCorpus instanceof Error) throw defaultCorpus;
+    const corpus = defaultCorpus;
+    assert.match(corpus.description, /221 for training, 12 held out \(2010–\)/);
+    assert.ok(corpus.train.length > 9_000_000 && corpus.val.length > 300_000);
+    assert.match(decode(corpus.train.subarray(0, 200)), /Fellow-Citizens/i);
+  },
+);
 
 Deno.test("training windows: targets are inputs shifted by one; the stream resumes exactly", () => {
   const bytes = Uint8Array.from({ length: 1000 }, (_, i) => i % 251);
