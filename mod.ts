@@ -27,6 +27,7 @@ export {
   type FloatArray,
   type IndexBuffer,
   type Int8MatmulOptions,
+  type MatmulPrecision,
   type MoeDims,
   type MoeOps,
 } from "./lib/backend.ts";
@@ -46,7 +47,7 @@ export {
 } from "./lib/checkpoint.ts";
 export { generate, GENERATE_DEFAULTS, type GenerateOptions } from "./lib/generate.ts";
 export { sampleLogits, type SamplingOptions, Utf8Stream } from "./lib/sample.ts";
-export { evaluateBpb, train, trainDefaults, type TrainSettings } from "./lib/train.ts";
+export { type Dtype, DTYPES, evaluateBpb, train, trainDefaults, type TrainSettings } from "./lib/train.ts";
 export { type Corpus, loadCorpus, loadDefaultCorpus } from "./lib/data.ts";
 export { AdamW, type AdamWConfig, clipScale, learningRate, type OptimizerBits } from "./lib/optim.ts";
 export { type MemoryPlan, memoryPlan } from "./lib/memory_plan.ts";
