@@ -11,7 +11,7 @@ import assert from "node:assert/strict";
 import type { AdamWOptions, Backend, DeviceBuffer, FloatArray, IndexBuffer } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
-import { type Loss, MambaByte } from "../lib/model.ts";
+import { type Loss, MambaByte, type Tensor } from "../lib/model.ts";
 import { AdamW, ADAMW_DEFAULTS, type OptimizerBits } from "../lib/optim.ts";
 import { quantizeInt8 } from "../lib/quantize.ts";
 import { Random } from "../lib/random.ts";
@@ -26,6 +26,23 @@ export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<
     scale = Math.max(scale, Math.abs(expected[i]));
   }
   return diff / scale;
+}
+
+/**
+ * Decodes the two sequences of `inputs` (2, 23) byte by byte and checks every step's logits
+ * against the forward pass's `logits` (2, 23, 256), to 1e-4 relative.
+ */
+async function assertStepsMatch(model: MambaByte, inputs: ArrayLike<number>, logits: Tensor): Promise<void> {
+  const cache = model.createCache(2);
+  for (let t = 0; t < 23; t++) {
+    const step = await model.step([inputs[t], inputs[23 + t]], cache);
+    for (let b = 0; b < 2; b++) {
+      const row = logits.data.subarray((b * 23 + t) * 256, (b * 23 + t + 1) * 256);
+      const error = maxRelativeError(step.data.subarray(b * 256, (b + 1) * 256), row);
+      assert.ok(error <= 1e-4, `position ${t}, sequence ${b}: max relative error ${error}`);
+    }
+  }
+  cache.free();
 }
 
 /** The buffers an op case works on, by name, on one backend. */
@@ -830,30 +847,13 @@ export async function conformanceSuite(
       const expected = await ref.forward(inputs, [2, 23]);
       assert.ok(maxRelativeError(logits.data, expected.data) <= 1e-4, "int8 logits differ from the cpu's");
       assert.ok(maxRelativeError(logits.data, fp32.data) > 1e-5, "the int8 weights are in use");
-      const cache = model.createCache(2);
-      for (let t = 0; t < 23; t++) {
-        const step = await model.step([inputs[t], inputs[23 + t]], cache);
-        for (let b = 0; b < 2; b++) {
-          const row = logits.data.subarray((b * 23 + t) * 256, (b * 23 + t + 1) * 256);
-          const error = maxRelativeError(step.data.subarray(b * 256, (b + 1) * 256), row);
-          assert.ok(error <= 1e-4, `position ${t}, sequence ${b}: max relative error ${error}`);
-        }
-      }
-      cache.free();
+      await assertStepsMatch(model, inputs, logits);
       model.dispose();
     });
     Deno.test(`${label}: ${tag}: decoding byte by byte equals one forward pass`, async () => {
       const model = new MambaByte(config, { backend, seed: 8 });
       const logits = await model.forward(inputs, [2, 23]);
-      const cache = model.createCache(2);
-      for (let t = 0; t < 23; t++) {
-        const step = await model.step([inputs[t], inputs[23 + t]], cache);
-        for (let b = 0; b < 2; b++) {
-          const row = logits.data.subarray((b * 23 + t) * 256, (b * 23 + t + 1) * 256);
-          const error = maxRelativeError(step.data.subarray(b * 256, (b + 1) * 256), row);
-          assert.ok(error <= 1e-4, `position ${t}, sequence ${b}: max relative error ${error}`);
-        }
-      }
+      await assertStepsMatch(model, inputs, logits);
     });
   });
 }
