@@ -35,29 +35,29 @@ __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, int rows, in
   }
 }
 
-// The bf16 product: C (M, N) [+]= op(A) · op(B) through packed bf16 copies of A and B.
-cublasStatus_t matmul_bf16(MbCublas* cb, int op_a, int op_b, int m, int n, int k, const float* a, int lda,
-                           const float* b, int ldb, float* c, int ldc, float beta, int* failed) {
-  // the stored shapes: A is (M, K), or (K, M) when transposed; B (K, N), or (N, K)
+// A packed bf16 copy of a stored matrix, and its leading dimension (its number of columns).
+struct Bf16Matrix {
+  const __nv_bfloat16* data;
+  int ld;
+};
+
+// Packed bf16 copies of the stored matrices of op(A) and op(B) in the workspace: A is (M, K), or
+// (K, M) when transposed; B (K, N), or (N, K). Returns 0, or 1 with the error recorded.
+int bf16_operands(int op_a, int op_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
+                  Bf16Matrix* a16, Bf16Matrix* b16) {
   const int a_rows = op_a == MB_CUBLAS_OP_T ? k : m, a_cols = op_a == MB_CUBLAS_OP_T ? m : k;
   const int b_rows = op_b == MB_CUBLAS_OP_T ? n : k, b_cols = op_b == MB_CUBLAS_OP_T ? k : n;
   const uint64_t a_bytes = ((uint64_t)a_rows * a_cols * sizeof(__nv_bfloat16) + 255) / 256 * 256;
   void* ws = nullptr;
-  if (mb_workspace(a_bytes + (uint64_t)b_rows * b_cols * sizeof(__nv_bfloat16), &ws)) {
-    *failed = 1;
-    return 0;
-  }
-  auto* a16 = static_cast<__nv_bfloat16*>(ws);
-  auto* b16 = reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(ws) + a_bytes);
-  to_bf16_kernel<<<mb_blocks(a_rows, 1), 128, 0, mb_stream()>>>(a16, a, a_rows, a_cols, lda);
-  to_bf16_kernel<<<mb_blocks(b_rows, 1), 128, 0, mb_stream()>>>(b16, b, b_rows, b_cols, ldb);
-  if (cudaGetLastError() != cudaSuccess) {
-    *failed = mb_fail("matmul: rounding the inputs to bf16 failed to launch");
-    return 0;
-  }
-  const float alpha = 1.0f;
-  return cb->gemm_ex(cb->handle, op_b, op_a, n, m, k, &alpha, b16, MB_CUDA_R_16BF, b_cols, a16, MB_CUDA_R_16BF,
-                     a_cols, &beta, c, MB_CUDA_R_32F, ldc, MB_CUBLAS_COMPUTE_32F, MB_CUBLAS_GEMM_DEFAULT);
+  if (mb_workspace(a_bytes + (uint64_t)b_rows * b_cols * sizeof(__nv_bfloat16), &ws)) return 1;
+  auto* a_copy = static_cast<__nv_bfloat16*>(ws);
+  auto* b_copy = reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(ws) + a_bytes);
+  to_bf16_kernel<<<mb_blocks(a_rows, 1), 128, 0, mb_stream()>>>(a_copy, a, a_rows, a_cols, lda);
+  to_bf16_kernel<<<mb_blocks(b_rows, 1), 128, 0, mb_stream()>>>(b_copy, b, b_rows, b_cols, ldb);
+  MB_LAUNCHED("matmul (rounding the inputs to bf16)");
+  *a16 = {a_copy, a_cols};
+  *b16 = {b_copy, b_cols};
+  return 0;
 }
 
 }  // namespace
@@ -77,10 +77,13 @@ extern "C" int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k
   const int op_a = trans_a ? MB_CUBLAS_OP_T : MB_CUBLAS_OP_N, op_b = trans_b ? MB_CUBLAS_OP_T : MB_CUBLAS_OP_N;
   cublasStatus_t status;
   if (precision == MB_MATMUL_BF16) {
-    int failed = 0;
-    status = matmul_bf16(cb, op_a, op_b, m, n, k, mb_ptr<const float>(a), lda, mb_ptr<const float>(b), ldb,
-                         mb_ptr<float>(c), ldc, beta, &failed);
-    if (failed) return 1;
+    Bf16Matrix a16, b16;
+    if (bf16_operands(op_a, op_b, m, n, k, mb_ptr<const float>(a), lda, mb_ptr<const float>(b), ldb, &a16, &b16)) {
+      return 1;
+    }
+    status = cb->gemm_ex(cb->handle, op_b, op_a, n, m, k, &alpha, b16.data, MB_CUDA_R_16BF, b16.ld, a16.data,
+                         MB_CUDA_R_16BF, a16.ld, &beta, mb_ptr<float>(c), MB_CUDA_R_32F, ldc, MB_CUBLAS_COMPUTE_32F,
+                         MB_CUBLAS_GEMM_DEFAULT);
   } else {
     status = use_math_mode(cb, precision == MB_MATMUL_TF32);
     if (status == 0) {
