@@ -1,27 +1,27 @@
 // The fused selective scan: softplus(δ + bias), discretisation, the scan over L, the C readout,
 // the D skip and the silu(z) gate, forward and backward, plus the single decode step.
 //
-// Layout of the work: L is cut into chunks of kChunk steps. A block owns kCh consecutive channels
-// of one chunk of one sequence; each channel's kN = 16 states (d_state ≤ 16; padding states have
-// A = B = C = 0 and stay 0) are split over a quad of kG adjacent lanes, kS states each in
-// registers, so a thread's chain of dependent operations per step is short and many warps fit
-// on an SM. The block first stages the chunk's per-channel inputs (δ, u, the gate gradient) and its
-// rows of B and C in shared memory with coalesced loads; per-channel sums over states are quad
-// shuffles; outputs go back through shared memory and are written coalesced.
-// Forward:  1. chunk_summary: each chunk scanned from h = 0 → its end state; and Σδ of the chunk;
-//           2. chunk_carry: per (b, e, n), the state at every chunk start, carried in chunk order
-//              with the chunk's decay exp(A·Σδ);
-//           3. chunk_output: each chunk rescanned from its start state → y.
-// Backward: 1-2 also summarise and carry the gradient of the state backwards in time; then
-//           chunk_backward recomputes a chunk's kChunk states in registers and walks them backwards,
-//           writing every gradient. dB and dC, summed over channels, are reduced within a warp by a
-//           transposing butterfly, over the block's warps in shared memory, then written per block
-//           and summed over blocks by reduce_bc (no atomics: the result is deterministic).
+// Layout of the work: a block owns kCh consecutive channels of one sequence and walks the whole of
+// L, kChunk steps at a time, its states carried from chunk to chunk in registers. Each channel's
+// kN = 16 states (d_state ≤ 16; padding states have A = B = C = 0 and stay 0) are split over a
+// quad of kG adjacent lanes, kS states each, so per-channel sums over states are quad shuffles.
+// A chunk's per-channel inputs (δ, u, the gate gradient) and its rows of B and C are staged in
+// shared memory from coalesced loads; the next chunk's loads are issued into registers before the
+// current chunk is scanned, so they are in flight while it computes. Outputs go back through
+// shared memory and are written coalesced.
+// Forward: one pass, one exp(δA) per state and step, y written chunk by chunk.
+// Backward: 1. the forward pass again, storing the state at every chunk start (B, chunks, ED, N);
+//           2. the chunks walked from the last to the first: a chunk's states recomputed in
+//              registers from its start state, then walked backwards with the state gradient
+//              carried across chunks, writing every gradient. dB and dC, summed over channels, are
+//              reduced within a warp by a transposing butterfly, over the block's warps in shared
+//              memory, then written per block and summed over blocks by reduce_bc; dA_log, ddt_bias
+//              and dD are summed in registers over L and over sequences by a column sum (no
+//              atomics within a sequence: the result is deterministic up to the column sum).
 // Steps past the end of L get δ = u = 0 and gate gradient 0, which leaves states and carries as
 // they are, so the inner loops need no bounds; only the writes are masked.
-// (B, L, ED, N) is never stored: only chunk-boundary states (B, L / kChunk, ED, N), in the
-// library's workspace. The `parallel` flag of the TypeScript API has no effect here: the chunked
-// scan is a parallel scan and gives the sequential scan's numbers up to float rounding.
+// Parallelism is B · ED / kCh blocks (128 for 8 sequences of 1,024 channels), each walking L in
+// order. (B, L, ED, N) is never stored. The `parallel` flag of the TypeScript API has no effect.
 #include "common.cuh"
 #include "column_sum.cuh"
 
@@ -35,23 +35,24 @@ constexpr int kCh = 64;             // channels per block
 constexpr int kThreads = kCh * kG;  // 256
 constexpr int kWarps = kThreads / 32;
 constexpr int kRowsPerPass = kThreads / kCh;  // time steps covered by one pass of a block-wide loop
+constexpr int kPer = kChunk / kRowsPerPass;   // (step, channel) elements each thread loads per chunk
 constexpr unsigned kFull = 0xffffffffu;
 static_assert(kG == 4 && kS == 4, "quad_sum and channel_transpose_sum assume 4 lanes × 4 states per channel");
+static_assert(kChunk * kN == kThreads, "each thread loads one element of a chunk's B and of its C");
 
 struct ScanArgs {
   const float *u, *delta, *dt_bias, *a_log, *b, *c, *d, *z;
   int batch, length, channels, state, bc_stride, z_stride;
   int chunks;  // ceil(L / kChunk)
-  float* hs;   // (B, chunks, ED, N): chunk end states, then chunk start states
-  float* gs;   // (B, chunks, ED, N): backward only, state-gradient carries
-  float* sdt;  // (B, chunks, ED): Σδ over each chunk
+  float* hs;   // backward only: (B, chunks, ED, N), the state at every chunk start
 };
 
-// Where this thread sits: states g·kS … of channel e (the block's channel ch) of chunk c
-// (steps t0 … t0 + steps) of sequence b.
+// Where this thread sits. As a state thread: states g·kS … of channel e = e0 + ch of sequence b.
+// As a loader: channel e0 + lc at steps lt + k·kRowsPerPass (k < kPer) of every chunk.
 struct Slot {
-  int e0, ch, g, e, c, b, t0, steps;
-  bool valid;  // e < ED (threads past the last channel still join barriers and shuffles)
+  int e0, ch, g, e, b, lc, lt;
+  bool valid;   // e < ED (threads past the last channel still join barriers and shuffles)
+  bool lvalid;  // e0 + lc < ED
 };
 
 __device__ inline Slot slot_of(const ScanArgs& s) {
@@ -60,89 +61,122 @@ __device__ inline Slot slot_of(const ScanArgs& s) {
   q.ch = threadIdx.x / kG;
   q.g = threadIdx.x % kG;
   q.e = q.e0 + q.ch;
-  q.c = blockIdx.y;
-  q.b = blockIdx.z;
-  q.t0 = q.c * kChunk;
-  q.steps = min(kChunk, s.length - q.t0);
+  q.b = blockIdx.y;
+  q.lc = threadIdx.x % kCh;
+  q.lt = threadIdx.x / kCh;
   q.valid = q.e < s.channels;
+  q.lvalid = q.e0 + q.lc < s.channels;
   return q;
 }
 
-// Row of time step t of the chunk in the (B·L, ·) matrices.
-__device__ inline int64_t row_of(const ScanArgs& s, const Slot& q, int t) {
-  return (int64_t)q.b * s.length + q.t0 + t;
+__device__ inline int steps_of(const ScanArgs& s, int chunk) { return min(kChunk, s.length - chunk * kChunk); }
+
+// Row of step t of a chunk in the (B·L, ·) matrices.
+__device__ inline int64_t row_of(const ScanArgs& s, const Slot& q, int chunk, int t) {
+  return (int64_t)q.b * s.length + chunk * kChunk + t;
 }
 
-// Index of state n of channel e of this chunk in the (B, chunks, ED, N) arrays.
-__device__ inline int64_t state_index(const ScanArgs& s, const Slot& q, int e, int n) {
-  return (((int64_t)q.b * s.chunks + q.c) * s.channels + e) * s.state + n;
+// Index of state n of channel e at the start of a chunk in the (B, chunks, ED, N) array.
+__device__ inline int64_t state_index(const ScanArgs& s, const Slot& q, int chunk, int n) {
+  return (((int64_t)q.b * s.chunks + chunk) * s.channels + q.e) * s.state + n;
 }
 
-// Index of channel e of this chunk in the (B, chunks, ED) arrays.
-__device__ inline int64_t chunk_channel(const ScanArgs& s, const Slot& q, int e) {
-  return ((int64_t)q.b * s.chunks + q.c) * s.channels + e;
-}
+// A chunk's inputs as this thread loads them, held in registers until staged: the loader's
+// elements of δ (raw), u, z and dy, and element threadIdx.x of the chunk's B and C tiles.
+// Zero past the end of L or ED.
+struct Fetched {
+  float delta[kPer], u[kPer], z[kPer], dy[kPer];
+  float b, c;
+};
 
-// The chunk's rows of B (or C), zero past the end and for padding states: tile[t][n].
-__device__ inline void load_bc_tile(float (*tile)[kN], const float* m, const ScanArgs& s, const Slot& q) {
-  for (int i = threadIdx.x; i < kChunk * kN; i += kThreads) {
-    int t = i / kN, n = i % kN;
-    tile[t][n] = (t < q.steps && n < s.state) ? __ldg(m + row_of(s, q, t) * s.bc_stride + n) : 0.0f;
-  }
-}
-
-// Per (t, channel) of the chunk: δ = softplus(delta + bias), u and, when dp is given, the gate
-// gradient dpre = dy · silu(z) of the pre-gate output h·C + D·u. Zero past the end of L or ED.
-__device__ inline void load_inputs(const ScanArgs& s, const Slot& q, float (*dt)[kCh], float (*u)[kCh],
-                                   float (*dp)[kCh], const float* dy) {
+template <bool kGate, bool kGrad>
+__device__ inline void fetch(Fetched& f, const ScanArgs& s, const Slot& q, int chunk, const float* dy) {
+  const int steps = steps_of(s, chunk);
 #pragma unroll
-  for (int k = 0; k < kChunk / kRowsPerPass; k++) {
-    int i = threadIdx.x + k * kThreads, t = i / kCh, c = i % kCh, e = q.e0 + c;
-    bool in = t < q.steps && e < s.channels;
-    int64_t r = row_of(s, q, t), x = r * s.channels + e;
-    dt[t][c] = in ? mb_softplus(__ldg(s.delta + x) + __ldg(s.dt_bias + e)) : 0.0f;
-    u[t][c] = in ? __ldg(s.u + x) : 0.0f;
-    if (dp) {
-      float zz = in ? __ldg(s.z + r * s.z_stride + e) : 0.0f;
-      dp[t][c] = in ? __ldg(dy + x) * zz * mb_sigmoid(zz) : 0.0f;
-    }
+  for (int k = 0; k < kPer; k++) {
+    int t = q.lt + k * kRowsPerPass;
+    bool in = t < steps && q.lvalid;
+    int64_t r = row_of(s, q, chunk, t), x = r * s.channels + q.e0 + q.lc;
+    f.delta[k] = in ? __ldg(s.delta + x) : 0.0f;
+    f.u[k] = in ? __ldg(s.u + x) : 0.0f;
+    if (kGate) f.z[k] = in ? __ldg(s.z + r * s.z_stride + q.e0 + q.lc) : 0.0f;
+    if (kGrad) f.dy[k] = in ? __ldg(dy + x) : 0.0f;
   }
+  int t = threadIdx.x / kN, n = threadIdx.x % kN;
+  bool in = t < steps && n < s.state;
+  int64_t r = row_of(s, q, chunk, t) * s.bc_stride + n;
+  f.b = in ? __ldg(s.b + r) : 0.0f;
+  if (kGrad || kGate) f.c = in ? __ldg(s.c + r) : 0.0f;
 }
 
-// A[j] = -exp(A_log[e, g·kS + j]), zero for padding states.
-__device__ inline void load_a(const ScanArgs& s, const Slot& q, float (&a)[kS]) {
+// Is the loader's element k of a chunk inside L and ED?
+__device__ inline bool loaded(const ScanArgs& s, const Slot& q, int chunk, int k) {
+  return q.lvalid && q.lt + k * kRowsPerPass < steps_of(s, chunk);
+}
+
+// Shared tiles of one chunk: δ = softplus(delta + bias), u, B, C and, when dp is given, the gate
+// gradient dpre = dy · silu(z) of the pre-gate output h·C + D·u.
+__device__ inline void stage(const Fetched& f, const ScanArgs& s, const Slot& q, int chunk, float bias,
+                             float (*dt)[kCh], float (*u)[kCh], float (*dp)[kCh], float (*b)[kN], float (*c)[kN]) {
+#pragma unroll
+  for (int k = 0; k < kPer; k++) {
+    int t = q.lt + k * kRowsPerPass;
+    dt[t][q.lc] = loaded(s, q, chunk, k) ? mb_softplus(f.delta[k] + bias) : 0.0f;
+    u[t][q.lc] = f.u[k];
+    if (dp) dp[t][q.lc] = f.dy[k] * f.z[k] * mb_sigmoid(f.z[k]);
+  }
+  b[threadIdx.x / kN][threadIdx.x % kN] = f.b;
+  if (c) c[threadIdx.x / kN][threadIdx.x % kN] = f.c;
+}
+
+// A[j] = -exp(A_log[e, g·kS + j]) and A2[j] = A[j]·log2(e) (what decay takes), zero for padding states.
+__device__ inline void load_a(const ScanArgs& s, const Slot& q, float (&a)[kS], float (&a2)[kS]) {
 #pragma unroll
   for (int j = 0; j < kS; j++) {
     int n = q.g * kS + j;
     a[j] = (q.valid && n < s.state) ? -expf(__ldg(s.a_log + q.e * s.state + n)) : 0.0f;
+    a2[j] = a[j] * 1.4426950408889634f;
   }
 }
 
-// This thread's states from (B, chunks, ED, N) storage, zero when invalid.
-__device__ inline void load_states(const ScanArgs& s, const Slot& q, const float* src, float (&h)[kS]) {
+// This thread's states at the start of a chunk, from or to hs; zero when invalid.
+__device__ inline void load_states(const ScanArgs& s, const Slot& q, int chunk, float (&h)[kS]) {
 #pragma unroll
   for (int j = 0; j < kS; j++) {
     int n = q.g * kS + j;
-    h[j] = (q.valid && n < s.state) ? src[state_index(s, q, q.e, n)] : 0.0f;
+    h[j] = (q.valid && n < s.state) ? s.hs[state_index(s, q, chunk, n)] : 0.0f;
   }
 }
 
-__device__ inline void store_states(const ScanArgs& s, const Slot& q, float* dst, const float (&h)[kS]) {
+__device__ inline void store_states(const ScanArgs& s, const Slot& q, int chunk, const float (&h)[kS]) {
 #pragma unroll
   for (int j = 0; j < kS; j++) {
     int n = q.g * kS + j;
-    if (q.valid && n < s.state) dst[state_index(s, q, q.e, n)] = h[j];
+    if (q.valid && n < s.state) s.hs[state_index(s, q, chunk, n)] = h[j];
   }
 }
 
-// a = exp(δ·A) for one state. __expf (ex2.approx): its relative error, about |δA|·2⁻²³, is far
-// below the 1e-4 budget for the |δA| of a model, and it is the scan's most frequent operation.
-__device__ inline float decay(float dt, float a) { return __expf(dt * a); }
+// a = exp(δ·A) = 2^(δ·A2) for one state: one ex2.approx.ftz. Its relative error, about 2⁻²², is far
+// below the 1e-4 budget, and a result below 2⁻¹²⁶ (flushed to 0) only drops a state that has
+// decayed past any effect; this is the scan's most frequent operation.
+__device__ inline float decay(float dt, float a2) {
+  float a;
+  asm("ex2.approx.ftz.f32 %0, %1;" : "=f"(a) : "f"(dt * a2));
+  return a;
+}
 
-// h ← exp(δA) ⊙ h + δ·B·u for this thread's states; b_row: the step's row of B (all kN states).
-__device__ inline void advance(float (&h)[kS], const float (&A)[kS], const float* b_row, int g, float dt, float u) {
+// This thread's kS states of a step's row of a B or C tile (16-byte aligned rows of kN floats).
+__device__ inline float4 row4(const float (*tile)[kN], int t, int g) {
+  return reinterpret_cast<const float4*>(tile[t])[g];
+}
+
+__device__ inline float at(const float4& v, int j) { return j == 0 ? v.x : j == 1 ? v.y : j == 2 ? v.z : v.w; }
+
+// h ← exp(δA) ⊙ h + δ·B·u for this thread's states; b: its kS values of the step's row of B.
+__device__ inline void advance(float (&h)[kS], const float (&A2)[kS], float4 b, float dt, float u) {
+  float du = dt * u;
 #pragma unroll
-  for (int j = 0; j < kS; j++) h[j] = decay(dt, A[j]) * h[j] + dt * b_row[g * kS + j] * u;
+  for (int j = 0; j < kS; j++) h[j] = fmaf(decay(dt, A2[j]), h[j], du * at(b, j));
 }
 
 // Sum over the quad of lanes that share a channel.
@@ -151,115 +185,48 @@ __device__ inline float quad_sum(float v) {
   return v + __shfl_xor_sync(kFull, v, 2);
 }
 
-// Pass 1: the chunk scanned from h = 0 (its end state into hs) and Σδ (into sdt); with kGrad,
-// also the state gradient scanned backwards from 0, whose a[t0]·dh[t0] goes into gs.
-template <bool kGrad>
-__global__ void __launch_bounds__(kThreads) chunk_summary(ScanArgs s, const float* dy) {
-  __shared__ float sb[kChunk][kN], sc[kChunk][kN];
-  __shared__ float sdt[kChunk][kCh], su[kChunk][kCh], sdp[kChunk][kCh];
-  Slot q = slot_of(s);
-  load_bc_tile(sb, s.b, s, q);
-  if (kGrad) load_bc_tile(sc, s.c, s, q);
-  load_inputs(s, q, sdt, su, kGrad ? sdp : nullptr, dy);
-  __syncthreads();
-  if (!q.valid) return;  // no shuffles below
-  float A[kS], h[kS] = {};
-  load_a(s, q, A);
-  float sum_dt = 0.0f;
-#pragma unroll
-  for (int t = 0; t < kChunk; t++) {
-    advance(h, A, sb[t], q.g, sdt[t][q.ch], su[t][q.ch]);
-    sum_dt += sdt[t][q.ch];
-  }
-  store_states(s, q, s.hs, h);
-  if (q.g == 0) s.sdt[chunk_channel(s, q, q.e)] = sum_dt;
-  if (!kGrad) return;
-  float carry[kS] = {};
-#pragma unroll
-  for (int t = kChunk - 1; t >= 0; t--) {
-#pragma unroll
-    for (int j = 0; j < kS; j++) {
-      carry[j] = decay(sdt[t][q.ch], A[j]) * (sdp[t][q.ch] * sc[t][q.g * kS + j] + carry[j]);
-    }
-  }
-  store_states(s, q, s.gs, carry);
-}
-
-// Pass 2, one thread per (b, e, n): hs becomes each chunk's START state; with kGrad, gs becomes
-// the carry a·dh entering each chunk from its right. Loads are batched ahead of the dependent chain.
-template <bool kGrad>
-__global__ void chunk_carry(ScanArgs s) {
-  constexpr int kAhead = 8;
-  int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x;
-  if (i >= (int64_t)s.batch * s.channels * s.state) return;
-  int n = i % s.state, e = (i / s.state) % s.channels, b = i / ((int64_t)s.state * s.channels);
-  float A = -expf(s.a_log[e * s.state + n]);
-  int64_t stride = (int64_t)s.channels * s.state, base = (int64_t)b * s.chunks * stride + e * s.state + n;
-  const float* sdt = s.sdt + (int64_t)b * s.chunks * s.channels + e;
-  float h = 0.0f;
-  for (int c0 = 0; c0 < s.chunks; c0 += kAhead) {
-    float end[kAhead], decays[kAhead];
-#pragma unroll
-    for (int k = 0; k < kAhead; k++) {
-      int c = min(c0 + k, s.chunks - 1);
-      end[k] = s.hs[base + c * stride];
-      decays[k] = decay(sdt[(int64_t)c * s.channels], A);
-    }
-#pragma unroll
-    for (int k = 0; k < kAhead; k++) {
-      if (c0 + k >= s.chunks) break;
-      s.hs[base + (c0 + k) * stride] = h;
-      h = decays[k] * h + end[k];
-    }
-  }
-  if (!kGrad) return;
-  float g = 0.0f;
-  for (int c0 = s.chunks - 1; c0 >= 0; c0 -= kAhead) {
-    float local[kAhead], decays[kAhead];
-#pragma unroll
-    for (int k = 0; k < kAhead; k++) {
-      int c = max(c0 - k, 0);
-      local[k] = s.gs[base + c * stride];
-      decays[k] = decay(sdt[(int64_t)c * s.channels], A);
-    }
-#pragma unroll
-    for (int k = 0; k < kAhead; k++) {
-      if (c0 - k < 0) break;
-      s.gs[base + (c0 - k) * stride] = g;
-      g = local[k] + decays[k] * g;
-    }
-  }
-}
-
-// Pass 3 (forward): each chunk rescanned from its start state; y = (h·C + D·u) · silu(z).
-__global__ void __launch_bounds__(kThreads) chunk_output(ScanArgs s, float* y) {
-  __shared__ float sb[kChunk][kN], sc[kChunk][kN];
+// The scan over L from h = 0: y = (h·C + D·u) · silu(z) written chunk by chunk or, with kStates
+// (the backward's first pass), only the state at every chunk start stored into hs.
+template <bool kStates>
+__global__ void __launch_bounds__(kThreads, 1) scan_forward(ScanArgs s, float* y) {
+  constexpr bool kGate = !kStates;
+  __shared__ __align__(16) float sb[kChunk][kN], sc[kChunk][kN];
   __shared__ float sdt[kChunk][kCh], su[kChunk][kCh], spart[kChunk][kCh];
-  Slot q = slot_of(s);
-  load_bc_tile(sb, s.b, s, q);
-  load_bc_tile(sc, s.c, s, q);
-  load_inputs(s, q, sdt, su, nullptr, nullptr);
-  __syncthreads();
-  float A[kS], h[kS];
-  load_a(s, q, A);
-  load_states(s, q, s.hs, h);
+  const Slot q = slot_of(s);
+  const int le = q.e0 + q.lc;
+  const float bias = q.lvalid ? __ldg(s.dt_bias + le) : 0.0f, dskip = q.lvalid ? __ldg(s.d + le) : 0.0f;
+  float A[kS], A2[kS], h[kS] = {};
+  load_a(s, q, A, A2);
+  Fetched next, cur;
+  fetch<kGate, false>(next, s, q, 0, nullptr);
+  for (int chunk = 0; chunk < s.chunks; chunk++) {
+    if (kStates) store_states(s, q, chunk, h);
+    cur = next;
+    __syncthreads();  // the previous chunk's tiles are read no more
+    stage(cur, s, q, chunk, bias, sdt, su, nullptr, sb, kGate ? sc : nullptr);
+    __syncthreads();
+    if (chunk + 1 < s.chunks) fetch<kGate, false>(next, s, q, chunk + 1, nullptr);
 #pragma unroll
-  for (int t = 0; t < kChunk; t++) {
-    advance(h, A, sb[t], q.g, sdt[t][q.ch], su[t][q.ch]);
-    float part = 0.0f;
+    for (int t = 0; t < kChunk; t++) {
+      advance(h, A2, row4(sb, t, q.g), sdt[t][q.ch], su[t][q.ch]);
+      if (kGate) {
+        float4 c = row4(sc, t, q.g);
+        float part = 0.0f;
 #pragma unroll
-    for (int j = 0; j < kS; j++) part += h[j] * sc[t][q.g * kS + j];
-    part = quad_sum(part);
-    if (q.g == 0) spart[t][q.ch] = part;  // h·C
-  }
-  __syncthreads();
+        for (int j = 0; j < kS; j++) part = fmaf(h[j], at(c, j), part);
+        part = quad_sum(part);
+        if (q.g == 0) spart[t][q.ch] = part;  // h·C
+      }
+    }
+    if (kStates) continue;
+    __syncthreads();
 #pragma unroll
-  for (int k = 0; k < kChunk / kRowsPerPass; k++) {
-    int i = threadIdx.x + k * kThreads, t = i / kCh, c = i % kCh, e = q.e0 + c;
-    if (t >= q.steps || e >= s.channels) continue;
-    int64_t r = row_of(s, q, t);
-    float zz = __ldg(s.z + r * s.z_stride + e);
-    y[r * s.channels + e] = (spart[t][c] + __ldg(s.d + e) * su[t][c]) * zz * mb_sigmoid(zz);
+    for (int k = 0; k < kPer; k++) {
+      if (!loaded(s, q, chunk, k)) continue;
+      int t = q.lt + k * kRowsPerPass;
+      float zz = cur.z[k];
+      y[row_of(s, q, chunk, t) * s.channels + le] = (spart[t][q.lc] + dskip * cur.u[k]) * zz * mb_sigmoid(zz);
+    }
   }
 }
 
@@ -288,110 +255,122 @@ __device__ inline float channel_transpose_sum(float (&v)[2 * kS], int lane) {
 struct BackwardOut {
   float *du, *ddelta, *db, *dc, *dz;
   const float* dy;
-  float *dbias_part, *dd_part;  // (B, chunks, ED) partial sums of ddt_bias and dD
+  float* da_part;               // (B, ED, N): each sequence's dA_log
+  float *dbias_part, *dd_part;  // (B, ED): each sequence's ddt_bias and dD
   float* bc_part;               // (ED / kCh blocks, B·L, 2·kN): each block's sums of dB, dC
 };
 
-// Pass 3 (backward): the chunk's states recomputed from its start state (hist[t + 1]: the state
-// after step t), then walked backwards. Per-channel results (du, dδ, h·C) go to shared memory and
-// are written coalesced at the end with dz; hs slots are overwritten with this chunk's dA_log
-// contribution; the block's dB and dC go to bc_part.
-__global__ void __launch_bounds__(kThreads, 2) chunk_backward(ScanArgs s, BackwardOut o) {
-  __shared__ float sb[kChunk][kN], sc[kChunk][kN];
+// The backward's second pass, chunks from the last to the first. A chunk's states are recomputed
+// from its start state in hs (hist[t + 1]: the state after step t), then walked backwards with the
+// state gradient `carry` coming from the chunk to its right. Per-channel results (du, dδ, h·C)
+// go to shared memory and are written coalesced with dz; the block's dB and dC of each step go
+// to bc_part; dA_log, ddt_bias and dD are summed over L in registers.
+__global__ void __launch_bounds__(kThreads, 1) scan_backward(ScanArgs s, BackwardOut o) {
+  __shared__ __align__(16) float sb[kChunk][kN], sc[kChunk][kN];
   __shared__ float sdt[kChunk][kCh], su[kChunk][kCh], sdp[kChunk][kCh];
   __shared__ float sdu[kChunk][kCh], sddt[kChunk][kCh], spart[kChunk][kCh];
-  __shared__ float red[kWarps][kChunk][2 * kN];        // per warp: dB, dC of each step
-  __shared__ float sums[2][kRowsPerPass][kCh];         // partial Σ_t of ddt_bias and dD
-  Slot q = slot_of(s);
-  load_bc_tile(sb, s.b, s, q);
-  load_bc_tile(sc, s.c, s, q);
-  load_inputs(s, q, sdt, su, sdp, o.dy);
-  __syncthreads();
-  float A[kS], hist[kChunk + 1][kS], carry[kS], dA[kS] = {};
-  load_a(s, q, A);
-  load_states(s, q, s.hs, hist[0]);
-  load_states(s, q, s.gs, carry);
-#pragma unroll
-  for (int t = 0; t < kChunk; t++) {
-#pragma unroll
-    for (int j = 0; j < kS; j++) hist[t + 1][j] = hist[t][j];
-    advance(hist[t + 1], A, sb[t], q.g, sdt[t][q.ch], su[t][q.ch]);
-  }
+  __shared__ float red[kWarps][kChunk][2 * kN];  // per warp: dB, dC of each step
+  __shared__ float sums[2][kRowsPerPass][kCh];   // partial Σ_t of ddt_bias and dD
+  const Slot q = slot_of(s);
+  const int le = q.e0 + q.lc;
+  const float bias = q.lvalid ? __ldg(s.dt_bias + le) : 0.0f, dskip = q.lvalid ? __ldg(s.d + le) : 0.0f;
   const int lane = threadIdx.x & 31, warp = threadIdx.x >> 5;
   const int slot = (lane >> 2) / kS * kN + q.g * kS + (lane >> 2) % kS;  // what channel_transpose_sum leaves here
-#pragma unroll
-  for (int t = kChunk - 1; t >= 0; t--) {
-    float dt = sdt[t][q.ch], u = su[t][q.ch], dp = sdp[t][q.ch];
-    float du = 0.0f, ddt = 0.0f, part = 0.0f, v[2 * kS];
-#pragma unroll
-    for (int j = 0; j < kS; j++) {
-      float bn = sb[t][q.g * kS + j], cn = sc[t][q.g * kS + j];
-      float a = decay(dt, A[j]);
-      float dh = dp * cn + carry[j];
-      float da = dh * hist[t][j] * a;  // ∂/∂(δA) of a·h[t-1]
-      part += hist[t + 1][j] * cn;
-      du += dh * bn;
-      ddt += da * A[j] + dh * bn * u;
-      dA[j] += da * dt;
-      carry[j] = a * dh;
-      v[j] = dh * dt * u;               // dB
-      v[kS + j] = dp * hist[t + 1][j];  // dC
-    }
-    du = quad_sum(du);
-    ddt = quad_sum(ddt);
-    part = quad_sum(part);
-    if (q.g == 0) {
-      sdu[t][q.ch] = du * dt;
-      sddt[t][q.ch] = ddt;
-      spart[t][q.ch] = part;
-    }
-    red[warp][t][slot] = channel_transpose_sum(v, lane);
-  }
-#pragma unroll
-  for (int j = 0; j < kS; j++) dA[j] *= A[j];  // dA_log = dA · A
-  store_states(s, q, s.hs, dA);
-  __syncthreads();
-  // Per-(t, channel) outputs, coalesced; partial sums of ddt_bias and dD over this thread's steps.
-  const int c = threadIdx.x % kCh, e = q.e0 + c;
-  const bool cv = e < s.channels;
-  const float dv = cv ? __ldg(s.d + e) : 0.0f, bias = cv ? __ldg(s.dt_bias + e) : 0.0f;
+  const int64_t rows = (int64_t)s.batch * s.length;
+  float A[kS], A2[kS], hist[kChunk + 1][kS], start[kS], carry[kS] = {}, dA[kS] = {};
   float bias_sum = 0.0f, d_sum = 0.0f;
+  load_a(s, q, A, A2);
+  Fetched next, cur;
+  fetch<true, true>(next, s, q, s.chunks - 1, o.dy);
+  load_states(s, q, s.chunks - 1, start);
+  for (int chunk = s.chunks - 1; chunk >= 0; chunk--) {
+    cur = next;
 #pragma unroll
-  for (int k = 0; k < kChunk / kRowsPerPass; k++) {
-    int t = threadIdx.x / kCh + k * kRowsPerPass;
-    if (!cv || t >= q.steps) continue;
-    int64_t r = row_of(s, q, t), x = r * s.channels + e;
-    float dp = sdp[t][c], u = su[t][c];
-    float g = sddt[t][c] * mb_sigmoid(__ldg(s.delta + x) + bias);  // softplus' = sigmoid
-    float zz = __ldg(s.z + r * s.z_stride + e);
-    o.du[x] = dp * dv + sdu[t][c];
-    o.ddelta[x] = g;
-    o.dz[r * s.z_stride + e] = __ldg(o.dy + x) * (spart[t][c] + dv * u) * mb_dsilu(zz);
-    bias_sum += g;
-    d_sum += dp * u;
-  }
-  sums[0][threadIdx.x / kCh][c] = bias_sum;
-  sums[1][threadIdx.x / kCh][c] = d_sum;
-  // The block's dB, dC of each step: the warps' sums added.
-  int64_t rows = (int64_t)s.batch * s.length;
-  for (int i = threadIdx.x; i < kChunk * 2 * kN; i += kThreads) {
-    int t = i / (2 * kN), n = i % (2 * kN);
-    if (t >= q.steps) continue;
-    float total = 0.0f;
+    for (int j = 0; j < kS; j++) hist[0][j] = start[j];
+    __syncthreads();  // the previous chunk's tiles are read no more
+    stage(cur, s, q, chunk, bias, sdt, su, sdp, sb, sc);
+    __syncthreads();
+    if (chunk > 0) {
+      fetch<true, true>(next, s, q, chunk - 1, o.dy);
+      load_states(s, q, chunk - 1, start);
+    }
 #pragma unroll
-    for (int w = 0; w < kWarps; w++) total += red[w][t][n];
-    o.bc_part[((int64_t)blockIdx.x * rows + row_of(s, q, t)) * 2 * kN + n] = total;
+    for (int t = 0; t < kChunk; t++) {
+#pragma unroll
+      for (int j = 0; j < kS; j++) hist[t + 1][j] = hist[t][j];
+      advance(hist[t + 1], A2, row4(sb, t, q.g), sdt[t][q.ch], su[t][q.ch]);
+    }
+#pragma unroll
+    for (int t = kChunk - 1; t >= 0; t--) {
+      float dt = sdt[t][q.ch], u = su[t][q.ch], dp = sdp[t][q.ch], dtu = dt * u;
+      float4 b = row4(sb, t, q.g), c = row4(sc, t, q.g);
+      float du = 0.0f, dda = 0.0f, part = 0.0f, v[2 * kS];
+#pragma unroll
+      for (int j = 0; j < kS; j++) {
+        float a = decay(dt, A2[j]);
+        float dh = fmaf(dp, at(c, j), carry[j]);
+        float da = dh * hist[t][j] * a;  // ∂/∂(δA) of a·h[t-1]
+        part = fmaf(hist[t + 1][j], at(c, j), part);
+        du = fmaf(dh, at(b, j), du);
+        dda = fmaf(da, A[j], dda);
+        dA[j] = fmaf(da, dt, dA[j]);
+        carry[j] = a * dh;
+        v[j] = dh * dtu;                  // dB
+        v[kS + j] = dp * hist[t + 1][j];  // dC
+      }
+      du = quad_sum(du);
+      dda = quad_sum(dda);
+      part = quad_sum(part);
+      if (q.g == 0) {
+        sdu[t][q.ch] = du * dt;
+        sddt[t][q.ch] = fmaf(du, u, dda);  // Σ_n dh·(A·a·h[t-1] + B·u)
+        spart[t][q.ch] = part;
+      }
+      red[warp][t][slot] = channel_transpose_sum(v, lane);
+    }
+    __syncthreads();
+    // Per-(step, channel) outputs, coalesced, from the loader's registers and the shared results.
+#pragma unroll
+    for (int k = 0; k < kPer; k++) {
+      if (!loaded(s, q, chunk, k)) continue;
+      int t = q.lt + k * kRowsPerPass;
+      int64_t r = row_of(s, q, chunk, t), x = r * s.channels + le;
+      float dp = sdp[t][q.lc], u = cur.u[k], zz = cur.z[k];
+      float g = sddt[t][q.lc] * mb_sigmoid(cur.delta[k] + bias);  // softplus' = sigmoid
+      o.du[x] = dp * dskip + sdu[t][q.lc];
+      o.ddelta[x] = g;
+      o.dz[r * s.z_stride + le] = cur.dy[k] * (spart[t][q.lc] + dskip * u) * mb_dsilu(zz);
+      bias_sum += g;
+      d_sum += dp * u;
+    }
+    // The block's dB, dC of each step: the warps' sums added.
+    const int steps = steps_of(s, chunk);
+    for (int i = threadIdx.x; i < kChunk * 2 * kN; i += kThreads) {
+      int t = i / (2 * kN), n = i % (2 * kN);
+      if (t >= steps) continue;
+      float total = 0.0f;
+#pragma unroll
+      for (int w = 0; w < kWarps; w++) total += red[w][t][n];
+      o.bc_part[((int64_t)blockIdx.x * rows + row_of(s, q, chunk, t)) * 2 * kN + n] = total;
+    }
   }
+#pragma unroll
+  for (int j = 0; j < kS; j++) {
+    int n = q.g * kS + j;
+    if (q.valid && n < s.state) o.da_part[((int64_t)q.b * s.channels + q.e) * s.state + n] = dA[j] * A[j];
+  }
+  sums[0][q.lt][q.lc] = bias_sum;
+  sums[1][q.lt][q.lc] = d_sum;
   __syncthreads();
-  if (threadIdx.x < kCh && cv) {
+  if (threadIdx.x < kCh && q.lvalid) {
     float b_total = 0.0f, d_total = 0.0f;
 #pragma unroll
     for (int k = 0; k < kRowsPerPass; k++) {
-      b_total += sums[0][k][c];
-      d_total += sums[1][k][c];
+      b_total += sums[0][k][q.lc];
+      d_total += sums[1][k][q.lc];
     }
-    o.dbias_part[chunk_channel(s, q, e)] = b_total;
-    o.dd_part[chunk_channel(s, q, e)] = d_total;
+    o.dbias_part[(int64_t)q.b * s.channels + le] = b_total;
+    o.dd_part[(int64_t)q.b * s.channels + le] = d_total;
   }
 }
 
@@ -422,7 +401,8 @@ __global__ void scan_step(float* y, float* h, ScanArgs s) {
   }
   if (state) {
     float* hn = h + be * s.state + n;
-    float next = decay(dt, -expf(s.a_log[e * s.state + n])) * *hn + dt * s.b[(int64_t)b * s.bc_stride + n] * uu;
+    float a2 = -expf(s.a_log[e * s.state + n]) * 1.4426950408889634f;  // A·log2(e)
+    float next = decay(dt, a2) * *hn + dt * s.b[(int64_t)b * s.bc_stride + n] * uu;
     *hn = next;
     part = next * s.c[(int64_t)b * s.bc_stride + n];
   }
@@ -455,43 +435,27 @@ ScanArgs make_args(uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
   return s;
 }
 
-dim3 chunk_grid(const ScanArgs& s) { return dim3((s.channels + kCh - 1) / kCh, s.chunks, s.batch); }
+dim3 scan_grid(const ScanArgs& s) { return dim3((s.channels + kCh - 1) / kCh, s.batch); }
 
-int scan_forward(ScanArgs s, float* y) {
+int scan_backward_passes(ScanArgs s, BackwardOut o, float* ddt_bias, float* da_log, float* dd) {
   cudaStream_t stream = mb_stream();
-  chunk_summary<false><<<chunk_grid(s), kThreads, 0, stream>>>(s, nullptr);
-  MB_LAUNCHED("selective_scan (chunk summary)");
-  int64_t carries = (int64_t)s.batch * s.channels * s.state;
-  chunk_carry<false><<<mb_blocks(carries, 256), 256, 0, stream>>>(s);
-  MB_LAUNCHED("selective_scan (chunk carry)");
-  chunk_output<<<chunk_grid(s), kThreads, 0, stream>>>(s, y);
-  MB_LAUNCHED("selective_scan (chunk output)");
-  return 0;
-}
-
-int scan_backward(ScanArgs s, BackwardOut o, float* ddt_bias, float* da_log, float* dd) {
-  cudaStream_t stream = mb_stream();
-  chunk_summary<true><<<chunk_grid(s), kThreads, 0, stream>>>(s, o.dy);
-  MB_LAUNCHED("selective_scan_backward (chunk summary)");
-  int64_t carries = (int64_t)s.batch * s.channels * s.state;
-  chunk_carry<true><<<mb_blocks(carries, 256), 256, 0, stream>>>(s);
-  MB_LAUNCHED("selective_scan_backward (chunk carry)");
-  chunk_backward<<<chunk_grid(s), kThreads, 0, stream>>>(s, o);
+  scan_forward<true><<<scan_grid(s), kThreads, 0, stream>>>(s, nullptr);
+  MB_LAUNCHED("selective_scan_backward (chunk start states)");
+  scan_backward<<<scan_grid(s), kThreads, 0, stream>>>(s, o);
   MB_LAUNCHED("selective_scan_backward (chunks)");
   int64_t rows = (int64_t)s.batch * s.length;
-  reduce_bc<<<mb_blocks(rows * 2 * kN, 256), 256, 0, stream>>>(o.db, o.dc, o.bc_part, chunk_grid(s).x, rows,
+  reduce_bc<<<mb_blocks(rows * 2 * kN, 256), 256, 0, stream>>>(o.db, o.dc, o.bc_part, scan_grid(s).x, rows,
                                                                s.state, s.bc_stride);
   MB_LAUNCHED("selective_scan_backward (dB, dC)");
-  int parts = s.batch * s.chunks;
-  if (mb_column_sum("selective_scan_backward (dA_log)", da_log, parts, s.channels * s.state,
-                    MbRowValue{s.hs, s.channels * s.state})) {
+  if (mb_column_sum("selective_scan_backward (dA_log)", da_log, s.batch, s.channels * s.state,
+                    MbRowValue{o.da_part, s.channels * s.state})) {
     return 1;
   }
-  if (mb_column_sum("selective_scan_backward (ddt_bias)", ddt_bias, parts, s.channels,
+  if (mb_column_sum("selective_scan_backward (ddt_bias)", ddt_bias, s.batch, s.channels,
                     MbRowValue{o.dbias_part, s.channels})) {
     return 1;
   }
-  return mb_column_sum("selective_scan_backward (dD)", dd, parts, s.channels, MbRowValue{o.dd_part, s.channels});
+  return mb_column_sum("selective_scan_backward (dD)", dd, s.batch, s.channels, MbRowValue{o.dd_part, s.channels});
 }
 
 }  // namespace
@@ -505,12 +469,9 @@ int mb_selective_scan(uint64_t y, uint64_t u, uint64_t delta, uint64_t dt_bias, 
   if (state > kN) return mb_fail("selective scan: d_state %d is above the supported %d", state, kN);
   if (batch <= 0 || length <= 0 || channels <= 0) return 0;
   ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, length, channels, state, bc_stride, z_stride);
-  int64_t states = (int64_t)batch * s.chunks * channels * state, sums = (int64_t)batch * s.chunks * channels;
-  void* ws = nullptr;
-  if (mb_workspace((states + sums) * sizeof(float), &ws)) return 1;
-  s.hs = static_cast<float*>(ws);
-  s.sdt = s.hs + states;
-  return scan_forward(s, mb_ptr<float>(y));
+  scan_forward<false><<<scan_grid(s), kThreads, 0, mb_stream()>>>(s, mb_ptr<float>(y));
+  MB_LAUNCHED("selective_scan");
+  return 0;
 }
 
 int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, uint64_t da_log, uint64_t db,
@@ -521,17 +482,17 @@ int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, 
   if (state > kN) return mb_fail("selective scan: d_state %d is above the supported %d", state, kN);
   if (batch <= 0 || length <= 0 || channels <= 0) return 0;
   ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, length, channels, state, bc_stride, z_stride);
-  int64_t states = (int64_t)batch * s.chunks * channels * state, sums = (int64_t)batch * s.chunks * channels;
-  int64_t bc_parts = (int64_t)chunk_grid(s).x * batch * length * 2 * kN;
+  int64_t starts = (int64_t)batch * s.chunks * channels * state, per_state = (int64_t)batch * channels * state;
+  int64_t per_channel = (int64_t)batch * channels, bc_parts = (int64_t)scan_grid(s).x * batch * length * 2 * kN;
   void* ws = nullptr;
-  if (mb_workspace((2 * states + 3 * sums + bc_parts) * sizeof(float), &ws)) return 1;
+  if (mb_workspace((starts + per_state + 2 * per_channel + bc_parts) * sizeof(float), &ws)) return 1;
   s.hs = static_cast<float*>(ws);
-  s.gs = s.hs + states;
-  s.sdt = s.gs + states;
-  BackwardOut o{mb_ptr<float>(du), mb_ptr<float>(ddelta), mb_ptr<float>(db), mb_ptr<float>(dc), mb_ptr<float>(dz),
-                mb_ptr<float>(dy), s.sdt + sums, s.sdt + 2 * sums, s.sdt + 3 * sums};
-  float *dbias = mb_ptr<float>(ddt_bias), *dalog = mb_ptr<float>(da_log), *ddv = mb_ptr<float>(dd);
-  return scan_backward(s, o, dbias, dalog, ddv);
+  float* da_part = s.hs + starts;
+  float* dbias_part = da_part + per_state;
+  BackwardOut o{mb_ptr<float>(du),  mb_ptr<float>(ddelta), mb_ptr<float>(db),         mb_ptr<float>(dc),
+                mb_ptr<float>(dz),  mb_ptr<float>(dy),     da_part,                   dbias_part,
+                dbias_part + per_channel, dbias_part + 2 * per_channel};
+  return scan_backward_passes(s, o, mb_ptr<float>(ddt_bias), mb_ptr<float>(da_log), mb_ptr<float>(dd));
 }
 
 int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
