@@ -109,6 +109,15 @@ __device__ inline void fetch(Fetched& f, const ScanArgs& s, const Slot& q, int c
   if (kGrad || kGate) f.c = in ? __ldg(s.c + r) : 0.0f;
 }
 
+// sigmoid through ex2.approx and a fast division (relative error about 1e-6, far inside the 1e-4
+// budget), and d silu / ds from it: they run for every (step, channel) of every pass.
+__device__ inline float fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
+
+__device__ inline float fast_dsilu(float s) {
+  float sg = fast_sigmoid(s);
+  return sg * (1.0f + s * (1.0f - sg));
+}
+
 // Is the loader's element k of a chunk inside L and ED?
 __device__ inline bool loaded(const ScanArgs& s, const Slot& q, int chunk, int k) {
   return q.lvalid && q.lt + k * kRowsPerPass < steps_of(s, chunk);
@@ -123,7 +132,7 @@ __device__ inline void stage(const Fetched& f, const ScanArgs& s, const Slot& q,
     int t = q.lt + k * kRowsPerPass;
     dt[t][q.lc] = loaded(s, q, chunk, k) ? mb_softplus(f.delta[k] + bias) : 0.0f;
     u[t][q.lc] = f.u[k];
-    if (dp) dp[t][q.lc] = f.dy[k] * f.z[k] * mb_sigmoid(f.z[k]);
+    if (dp) dp[t][q.lc] = f.dy[k] * f.z[k] * fast_sigmoid(f.z[k]);
   }
   b[threadIdx.x / kN][threadIdx.x % kN] = f.b;
   if (c) c[threadIdx.x / kN][threadIdx.x % kN] = f.c;
@@ -225,7 +234,7 @@ __global__ void __launch_bounds__(kThreads, 1) scan_forward(ScanArgs s, float* y
       if (!loaded(s, q, chunk, k)) continue;
       int t = q.lt + k * kRowsPerPass;
       float zz = cur.z[k];
-      y[row_of(s, q, chunk, t) * s.channels + le] = (spart[t][q.lc] + dskip * cur.u[k]) * zz * mb_sigmoid(zz);
+      y[row_of(s, q, chunk, t) * s.channels + le] = (spart[t][q.lc] + dskip * cur.u[k]) * zz * fast_sigmoid(zz);
     }
   }
 }
@@ -336,10 +345,10 @@ __global__ void __launch_bounds__(kThreads, 1) scan_backward(ScanArgs s, Backwar
       int t = q.lt + k * kRowsPerPass;
       int64_t r = row_of(s, q, chunk, t), x = r * s.channels + le;
       float dp = sdp[t][q.lc], u = cur.u[k], zz = cur.z[k];
-      float g = sddt[t][q.lc] * mb_sigmoid(cur.delta[k] + bias);  // softplus' = sigmoid
+      float g = sddt[t][q.lc] * fast_sigmoid(cur.delta[k] + bias);  // softplus' = sigmoid
       o.du[x] = dp * dskip + sdu[t][q.lc];
       o.ddelta[x] = g;
-      o.dz[r * s.z_stride + le] = cur.dy[k] * (spart[t][q.lc] + dskip * u) * mb_dsilu(zz);
+      o.dz[r * s.z_stride + le] = cur.dy[k] * (spart[t][q.lc] + dskip * u) * fast_dsilu(zz);
       bias_sum += g;
       d_sum += dp * u;
     }
@@ -388,9 +397,11 @@ __global__ void reduce_bc(float* db, float* dc, const float* bc_part, int parts,
   }
 }
 
-// One decode step, one thread per (b, e, n) — kN lanes per channel, so every load is independent
+// One decode step (a dependent launch: common.cuh), one thread per (b, e, n) — kN lanes per channel, so every load is independent
 // and h·C is a 16-lane shuffle sum: h (B, ED, N) updated in place.
 __global__ void scan_step(float* y, float* h, ScanArgs s) {
+  mb_grid_launch_dependents();
+  mb_grid_wait();
   int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, be = i / kN;
   int n = i % kN, e = be % s.channels, b = be / s.channels;
   bool channel = be < (int64_t)s.batch * s.channels, state = channel && n < s.state;  // lanes past the end
@@ -502,7 +513,7 @@ int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t delta, u
   int64_t n = (int64_t)batch * channels * kN;
   if (n <= 0) return 0;
   ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, 1, channels, state, bc_stride, z_stride);
-  scan_step<<<(unsigned)((n + 255) / 256), 256, 0, mb_stream()>>>(mb_ptr<float>(y), mb_ptr<float>(h), s);
+  mb_launch_dependent(scan_step, (unsigned)((n + 255) / 256), 256, mb_ptr<float>(y), mb_ptr<float>(h), s);
   MB_LAUNCHED("selective_scan_step");
   return 0;
 }
