@@ -139,8 +139,11 @@ __global__ void conv_backward_kernel(float* dx, float* dweight, float* dbias, co
 }
 
 // One position: out (B, C) = silu(conv over [state (B, C, K-1), x]); state shifts left and takes x.
+// A dependent launch (common.cuh).
 __global__ void conv_step_kernel(float* out, float* state, const float* x, const float* w, const float* bias,
                                  int batch, int channels, int width, int x_stride) {
+  mb_grid_launch_dependents();
+  mb_grid_wait();
   int64_t n = (int64_t)batch * channels;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     int c = i % channels, b = i / channels, S = width - 1;
@@ -206,9 +209,8 @@ int mb_conv1d_silu_step(uint64_t out, uint64_t state, uint64_t x, uint64_t weigh
                         int channels, int width, int x_stride) {
   int64_t n = (int64_t)batch * channels;
   if (n <= 0) return 0;
-  conv_step_kernel<<<mb_blocks(n, 256), 256, 0, mb_stream()>>>(mb_ptr<float>(out), mb_ptr<float>(state),
-                                                              mb_ptr<float>(x), mb_ptr<float>(weight),
-                                                              mb_ptr<float>(bias), batch, channels, width, x_stride);
+  mb_launch_dependent(conv_step_kernel, mb_blocks(n, 256), 256, mb_ptr<float>(out), mb_ptr<float>(state),
+                      mb_ptr<float>(x), mb_ptr<float>(weight), mb_ptr<float>(bias), batch, channels, width, x_stride);
   MB_LAUNCHED("conv1d_silu_step");
   return 0;
 }

@@ -11,6 +11,7 @@ template <int kM, int V, int kSplit>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(float* c, const float* a, const float* b, int n, int k,
                                                             int lda, int ldb, int ldc, bool accumulate) {
   using Vec = typename std::conditional<V == 4, float4, float>::type;
+  gemv_prefetch_then_wait<kSplit>(b, n, (int64_t)ldb * sizeof(float), (int64_t)k * sizeof(float));
   const GemvLane t = gemv_lane<kSplit>();
   float acc[kM] = {};
   if (t.row < n) {
@@ -47,7 +48,7 @@ void launch_vec(float* c, const float* a, const float* b, int n, int k, int lda,
                 : split == 2 ? gemv_kernel<kM, V, 2>
                 : split == 4 ? gemv_kernel<kM, V, 4>
                              : gemv_kernel<kM, V, 8>;
-  kernel<<<gemv_blocks(n, split), kGemvThreads, 0, mb_stream()>>>(c, a, b, n, k, lda, ldb, ldc, accumulate);
+  mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, b, n, k, lda, ldb, ldc, accumulate);
 }
 
 template <int kM>

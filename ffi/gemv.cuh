@@ -43,6 +43,21 @@ __device__ inline GemvLane gemv_lane() {
           warp % kSplit};
 }
 
+// The start of a GEMV launched as a dependent launch (common.cuh): the block's rows of B (N rows
+// of `row_bytes` used bytes, `stride` bytes apart) are prefetched into L2 while the kernel ahead
+// still runs, then the block waits for that kernel.
+template <int kSplit>
+__device__ inline void gemv_prefetch_then_wait(const void* b, int n, int64_t stride, int64_t row_bytes) {
+  mb_grid_launch_dependents();
+  const int rows = kGemvWarps / kSplit, first = blockIdx.x * rows, lines = (int)((row_bytes + 127) / 128);
+  for (int i = threadIdx.x; i < rows * lines; i += kGemvThreads) {
+    int r = first + i / lines;
+    if (r >= n) break;
+    mb_prefetch_l2(static_cast<const char*>(b) + r * stride + (int64_t)(i % lines) * 128);
+  }
+  mb_grid_wait();
+}
+
 // Sums each acc[m] over the warp, then over the kSplit warps of the row (every thread of the
 // block must call it): afterwards acc[m] is the row's total in part 0's lanes.
 template <int kM, int kSplit>

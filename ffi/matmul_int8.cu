@@ -7,7 +7,8 @@
 // lanes splitting the row's words (16-byte loads of four words where the operands allow), the codes
 // dequantized in registers, warp-shuffle sums; every word of W is read once for all M rows of A.
 // dp4a does not apply: A is fp32. Larger M (a prompt, evaluation) takes a shared-memory tiled
-// kernel. Both are plain launches on the library's stream: capturable in a CUDA graph.
+// kernel. Both run on the library's stream (the GEMV as a dependent launch, common.cuh), so both
+// can be captured in a CUDA graph.
 #include "common.cuh"
 #include "gemv.cuh"
 
@@ -35,8 +36,9 @@ template <int kM, int V, int kSplit>
 __global__ void __launch_bounds__(kGemvThreads) gemv_int8_kernel(float* c, const float* a, const int* codes,
                                                                  const float* scales, int n, int k, int lda,
                                                                  bool accumulate) {
-  const GemvLane t = gemv_lane<kSplit>();
   const int kw = (k + 3) / 4, stride = 32 * kSplit;
+  gemv_prefetch_then_wait<kSplit>(codes, n, (int64_t)kw * sizeof(int), (int64_t)kw * sizeof(int));
+  const GemvLane t = gemv_lane<kSplit>();
   float acc[kM] = {};
   if (t.row < n) {
     const int* row = codes + (int64_t)t.row * kw;
@@ -77,7 +79,7 @@ void launch_split(float* c, const float* a, const int* codes, const float* scale
                 : split == 2 ? gemv_int8_kernel<kM, V, 2>
                 : split == 4 ? gemv_int8_kernel<kM, V, 4>
                              : gemv_int8_kernel<kM, V, 8>;
-  kernel<<<gemv_blocks(n, split), kGemvThreads, 0, mb_stream()>>>(c, a, codes, scales, n, k, lda, accumulate);
+  mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, codes, scales, n, k, lda, accumulate);
 }
 
 template <int kM>

@@ -18,7 +18,10 @@ __global__ void add_bias_kernel(float* out, const float* bias, int rows, int col
 
 // ---- embedding ----
 
+// Launched as a dependent launch (common.cuh), as is rmsnorm: the first ops of a decode step.
 __global__ void embedding_kernel(float* out, const float* table, const int* tokens, int rows, int dim) {
+  mb_grid_launch_dependents();
+  mb_grid_wait();
   int64_t n = (int64_t)rows * dim;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
     int r = i / dim, j = i % dim;
@@ -63,6 +66,8 @@ __device__ inline float row_sum(float v) {
 template <int kT>
 __global__ void rmsnorm_kernel(float* out, float* rstd, const float* x, const float* w, int rows, int dim,
                                float eps) {
+  mb_grid_launch_dependents();
+  mb_grid_wait();
   int r = blockIdx.x * (kThreads / kT) + threadIdx.x / kT, t = threadIdx.x % kT;
   if (r >= rows) return;  // whole warps (kT = 32) or the whole block
   const float* xr = x + (int64_t)r * dim;
@@ -166,8 +171,8 @@ int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int cols) {
 int mb_embedding(uint64_t out, uint64_t table, uint64_t tokens, int rows, int dim) {
   int64_t n = (int64_t)rows * dim;
   if (n <= 0) return 0;
-  embedding_kernel<<<mb_blocks(n, kThreads), kThreads, 0, mb_stream()>>>(
-      mb_ptr<float>(out), mb_ptr<float>(table), mb_ptr<int>(tokens), rows, dim);
+  mb_launch_dependent(embedding_kernel, mb_blocks(n, kThreads), kThreads, mb_ptr<float>(out), mb_ptr<float>(table),
+                      mb_ptr<int>(tokens), rows, dim);
   MB_LAUNCHED("embedding");
   return 0;
 }
@@ -188,9 +193,9 @@ int mb_rmsnorm(uint64_t out, uint64_t rstd, uint64_t x, uint64_t weight, int row
   const float* xs = mb_ptr<const float>(x);
   const float* w = mb_ptr<const float>(weight);
   if (rows < kBlockRowsBelow) {
-    rmsnorm_kernel<kThreads><<<rows, kThreads, 0, mb_stream()>>>(o, s, xs, w, rows, dim, eps);
+    mb_launch_dependent(rmsnorm_kernel<kThreads>, rows, kThreads, o, s, xs, w, rows, dim, eps);
   } else {
-    rmsnorm_kernel<32><<<row_blocks(rows), kThreads, 0, mb_stream()>>>(o, s, xs, w, rows, dim, eps);
+    mb_launch_dependent(rmsnorm_kernel<32>, row_blocks(rows), kThreads, o, s, xs, w, rows, dim, eps);
   }
   MB_LAUNCHED("rmsnorm");
   return 0;

@@ -14,6 +14,7 @@ namespace {
 
 char g_error[1024] = "";
 bool g_ready = false;
+bool g_dependent_launch = false;  // programmatic dependent launch (sm_90 and later)
 cudaStream_t g_stream = nullptr;
 MbCublas g_cublas = {};
 void* g_cublas_lib = nullptr;
@@ -73,6 +74,7 @@ int mb_fail(const char* format, ...) {
 }
 
 cudaStream_t mb_stream(void) { return g_stream; }
+bool mb_dependent_launch(void) { return g_dependent_launch; }
 MbCublas* mb_cublas(void) { return &g_cublas; }
 
 int mb_require_init(void) {
@@ -133,6 +135,9 @@ int mb_init(void) {
   if (count == 0) return mb_fail("no CUDA device");
   MB_CUDA(cudaSetDevice(0));
   MB_CUDA(cudaStreamCreateWithFlags(&g_stream, cudaStreamNonBlocking));
+  int major = 0;
+  MB_CUDA(cudaDeviceGetAttribute(&major, cudaDevAttrComputeCapabilityMajor, 0));
+  g_dependent_launch = major >= 9;
   if (load_cublas()) return 1;
   g_ready = true;
   return 0;
