@@ -450,11 +450,16 @@ function gemvCases(): Record<string, OpCase> {
 function int8Cases(): Record<string, OpCase> {
   const cases: Record<string, OpCase> = {}, r = new Random(808);
   const normal = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * r.normal());
-  const shapes = [[1, 37, 45], [3, 45, 70], [3, 33, 64], [9, 19, 13], [64, 67, 29], [64, 130, 150], [
-    2,
-    11,
-    2051,
-  ]];
+  const shapes = [
+    [1, 37, 45],
+    [3, 45, 70],
+    [3, 33, 64],
+    [9, 19, 13],
+    [64, 67, 29],
+    [64, 130, 150],
+    [2, 11, 2051],
+    [1, 2050, 45], // a GEMV over many rows of W
+  ];
   for (const [m, n, k] of shapes) {
     for (const accumulate of [false, true]) {
       const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
@@ -472,8 +477,9 @@ function int8Cases(): Record<string, OpCase> {
     }
   }
   {
-    // packed A, 16-byte aligned: the vectorized GEMV paths, with 1 and 4 warps per row of W
-    for (const [m, n, k] of [[2, 40, 64], [3, 9, 4096]]) {
+    // packed A, 16-byte aligned: the vectorized GEMV paths, with 1 and 4 warps per row of W, and
+    // a GEMV over many rows of W
+    for (const [m, n, k] of [[2, 40, 64], [3, 9, 4096], [3, 2053, 64]]) {
       const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
       cases[`matmulInt8 M=${m} N=${n} K=${k}, A packed`] = {
         floats: { a: normal(m * k), scales, c: normal(m * n) },
