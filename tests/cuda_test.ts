@@ -1,7 +1,7 @@
 /**
  * The CUDA backend against the CPU reference: the shared conformance suite (every op forward and
  * backward, end to end: logits, gradients, 20 AdamW steps, decode), plus what is specific to the
- * CUDA library: the chunked scan at the model's real d_state and across channel blocks, device
+ * CUDA library: the scan over many chunks at the model's real d_state and across channel blocks, device
  * memory that stays flat over many training steps, errors that carry the library's message, and
  * decode (fp32 and int8 weights) replayed from a captured step.
  * Without a GPU (or without `deno task build:cuda`) every test is registered as ignored.

@@ -432,7 +432,7 @@ export class CudaBackend implements Backend {
     this.#check(status, "conv1dSiluBackward");
   }
 
-  // ---- fused selective scan (the chunked scan serves both values of dims.parallel) ----
+  // ---- fused selective scan (one scan serves both values of dims.parallel) ----
   selectiveScan(
     y: DeviceBuffer,
     u: DeviceBuffer,
