@@ -1,11 +1,13 @@
 /**
  * `deno task bench`: a table, per backend and model size, of training bytes/s (forward +
  * backward + AdamW; again with bf16 matmul inputs where the backend has them: cuda), decode
- * bytes/s at batch 1 with fp32 and with int8 weights, and matmul GFLOP/s. Every backend in one run, so that ratios between them are measured side by side.
+ * bytes/s at batch 1 with fp32 and with int8 weights, decode bytes/s at batch 64, and matmul
+ * GFLOP/s. Every backend in one run, so that ratios between them are measured side by side.
  * Decode is generation as users get it: `generate` of 256 bytes at batch 1 after a one-byte
  * prompt (bytes sampled on the device, read back in blocks of GENERATE_DEFAULTS.blockSize), the
- * time of the whole call over the bytes generated; the int8 figure is the same model, quantized
- * (model.quantize("int8"), as `generate.ts --quantize int8`), timed right after the fp32 one.
+ * time of the whole call over the bytes generated; the batch-64 figure is the same call with 64
+ * samples, counting the bytes of all of them; the int8 figure is the same model at batch 1,
+ * quantized (model.quantize("int8"), as `generate.ts --quantize int8`), timed after the fp32 ones.
  *
  *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium,large] [--steps N] [--torch]
  *
@@ -48,6 +50,8 @@ interface Row {
   decodeBytesPerSec: number;
   /** The same decode with int8 Linear weights (absent for the PyTorch reference). */
   decodeInt8BytesPerSec?: number;
+  /** fp32 decode of DECODE_BATCH sequences at once, bytes of all of them (absent for PyTorch). */
+  decodeBatchBytesPerSec?: number;
   matmul: string;
 }
 
@@ -95,34 +99,41 @@ async function benchTrainingBf16(backend: Backend, size: Size, steps: number): P
   }
 }
 
-/** Bytes generated per timed run of the decode benchmark. */
+/** Bytes generated per sequence and timed run of the decode benchmark. */
 const DECODE_BYTES = 256;
+/** Sequences of the batched decode figure. */
+const DECODE_BATCH = 64;
 
 /**
- * Bytes/s of `generate` at batch 1 (device sampling, the default block size), prompt excluded:
- * with fp32 weights, then with the same model's weights in int8.
+ * Bytes/s of `generate` (device sampling, the default block size), prompt excluded: at batch 1
+ * with fp32 weights, at DECODE_BATCH with fp32 weights, then at batch 1 with the same model's
+ * weights in int8.
  */
-async function benchDecode(backend: Backend, size: Size): Promise<{ fp32: number; int8: number }> {
+async function benchDecode(
+  backend: Backend,
+  size: Size,
+): Promise<{ fp32: number; batch: number; int8: number }> {
   const s = SIZES[size];
   const model = new MambaByte(new MambaConfig({ dim: s.decodeDim, depth: s.decodeDepth }), {
     backend,
     seed: 1,
   });
-  const bytesPerSec = async () =>
-    DECODE_BYTES / await timeIt(
+  const bytesPerSec = async (numSamples: number) =>
+    numSamples * DECODE_BYTES / await timeIt(
       async () => {
-        for await (const _ of generate(model, "A", { maxBytes: DECODE_BYTES, seed: 1 })) {
+        for await (const _ of generate(model, "A", { maxBytes: DECODE_BYTES, seed: 1, numSamples })) {
           // consumed as a user would: byte by byte, as the generator yields them
         }
       },
       2,
       1,
     );
-  const fp32 = await bytesPerSec();
+  const fp32 = await bytesPerSec(1);
+  const batch = await bytesPerSec(DECODE_BATCH);
   await model.quantize("int8");
-  const int8 = await bytesPerSec();
+  const int8 = await bytesPerSec(1);
   model.dispose();
-  return { fp32, int8 };
+  return { fp32, batch, int8 };
 }
 
 async function benchMatmul(backend: Backend, n: number): Promise<number> {
@@ -229,6 +240,7 @@ async function main() {
         decodeModel: `D=${s.decodeDim}×${s.decodeDepth}`,
         decodeBytesPerSec: decode.fp32,
         decodeInt8BytesPerSec: decode.int8,
+        decodeBatchBytesPerSec: decode.batch,
         matmul: `${(await benchMatmul(backend, s.matmul)).toFixed(1)} GFLOP/s at ${s.matmul}³`,
       });
     }
@@ -237,18 +249,17 @@ async function main() {
   if (values.torch) rows.push(...await benchTorch([...new Set(rows.map((r) => r.size as Size))]));
   console.log(
     "| backend | size | training model | train bytes/s | train bf16 bytes/s | decode model (batch 1) | " +
-      "decode bytes/s | decode int8 bytes/s | matmul fp32 |",
+      `decode bytes/s | decode int8 bytes/s | decode batch ${DECODE_BATCH} bytes/s | matmul fp32 |`,
   );
-  console.log("|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|");
   const against = (value: number | undefined, base: number) =>
     value === undefined ? "" : `${format(value)} (${(value / base).toFixed(2)}×)`;
   for (const r of rows) {
     console.log(
       `| ${r.backend} | ${r.size} | ${r.model} | ${format(r.trainBytesPerSec)} | ` +
         `${against(r.trainBf16BytesPerSec, r.trainBytesPerSec)} | ${r.decodeModel} | ` +
-        `${format(r.decodeBytesPerSec)} | ${
-          against(r.decodeInt8BytesPerSec, r.decodeBytesPerSec)
-        } | ${r.matmul} |`,
+        `${format(r.decodeBytesPerSec)} | ${against(r.decodeInt8BytesPerSec, r.decodeBytesPerSec)} | ` +
+        `${r.decodeBatchBytesPerSec === undefined ? "" : format(r.decodeBatchBytesPerSec)} | ${r.matmul} |`,
     );
   }
   const torch = rows.filter((r) => r.backend === "pytorch (seed)");
