@@ -2,7 +2,9 @@
  * `deno task bench`: a table, per backend and model size, of training bytes/s (forward +
  * backward + AdamW; again with bf16 matmul inputs where the backend has them: cuda), decode
  * bytes/s at batch 1 with fp32 and with int8 weights, decode bytes/s at batch 64, and matmul
- * GFLOP/s. Every backend in one run, so that ratios between them are measured side by side.
+ * GFLOP/s; then, per backend and size, the selective scan alone at the training shape (forward
+ * and backward time, the forward's bandwidth beside a device copy's: tasks/bench_scan.ts).
+ * Every backend in one run, so that ratios between them are measured side by side.
  * Decode is generation as users get it: `generate` of 256 bytes at batch 1 after a one-byte
  * prompt (bytes sampled on the device, read back in blocks of GENERATE_DEFAULTS.blockSize), the
  * time of the whole call over the bytes generated; the batch-64 figure is the same call with 64
@@ -26,6 +28,8 @@ import { MambaByte } from "../lib/model.ts";
 import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
 import { benchQuality } from "./bench_quality.ts";
+import { benchScan, type ScanTimes } from "./bench_scan.ts";
+import { timeIt } from "./time_it.ts";
 
 /** Model sizes: the small ones fit a CPU, the large ones are the issues' GPU targets. */
 const SIZES = {
@@ -53,17 +57,6 @@ interface Row {
   /** fp32 decode of DECODE_BATCH sequences at once, bytes of all of them (absent for PyTorch). */
   decodeBatchBytesPerSec?: number;
   matmul: string;
-}
-
-async function timeIt(fn: () => Promise<unknown>, minSeconds: number, minRuns: number): Promise<number> {
-  await fn(); // warm up: pipelines, allocations
-  const start = performance.now();
-  let runs = 0;
-  while (runs < minRuns || performance.now() - start < minSeconds * 1000) {
-    await fn();
-    runs++;
-  }
-  return (performance.now() - start) / 1000 / runs;
 }
 
 async function benchTraining(backend: Backend, size: Size, steps: number): Promise<number> {
@@ -187,6 +180,11 @@ async function benchTorch(sizes: Size[]): Promise<Row[]> {
   });
 }
 
+/** Seconds as µs below a millisecond, else ms. */
+function duration(seconds: number): string {
+  return seconds < 1e-3 ? `${(seconds * 1e6).toFixed(1)} µs` : `${(seconds * 1e3).toFixed(2)} ms`;
+}
+
 function format(n: number): string {
   return n >= 1e6 ? `${(n / 1e6).toFixed(2)} M` : n >= 1e3 ? `${(n / 1e3).toFixed(1)} K` : n.toFixed(1);
 }
@@ -214,6 +212,7 @@ async function main() {
   const wanted = values.backend ? values.backend.split(",") : [...DEVICES];
   const steps = Number(values.steps);
   const rows: Row[] = [];
+  const scans: { backend: string; size: Size; times: ScanTimes }[] = [];
   for (const name of wanted) {
     if (!DEVICES.includes(name as Device)) throw new Error(`unknown backend ${name}; choose from ${DEVICES}`);
     let backend: Backend;
@@ -243,6 +242,8 @@ async function main() {
         decodeBatchBytesPerSec: decode.batch,
         matmul: `${(await benchMatmul(backend, s.matmul)).toFixed(1)} GFLOP/s at ${s.matmul}³`,
       });
+      const times = await benchScan(backend, { batch: s.batch, length: s.length, dim: s.dim });
+      scans.push({ backend: name, size, times });
     }
     backend.dispose();
   }
@@ -260,6 +261,18 @@ async function main() {
         `${against(r.trainBf16BytesPerSec, r.trainBytesPerSec)} | ${r.decodeModel} | ` +
         `${format(r.decodeBytesPerSec)} | ${against(r.decodeInt8BytesPerSec, r.decodeBytesPerSec)} | ` +
         `${r.decodeBatchBytesPerSec === undefined ? "" : format(r.decodeBatchBytesPerSec)} | ${r.matmul} |`,
+    );
+  }
+  console.log(
+    "\n| backend | size | scan B, L, ED (N = 16) | forward | backward | forward GB/s (u, δ, z, y) | device copy GB/s |",
+  );
+  console.log("|---|---|---|---|---|---|---|");
+  for (const { backend, size, times: t } of scans) {
+    const s = SIZES[size];
+    console.log(
+      `| ${backend} | ${size} | ${s.batch}, ${s.length}, ${2 * s.dim} | ${duration(t.forwardSeconds)} | ` +
+        `${duration(t.backwardSeconds)} | ${(t.forwardBytesPerSec / 1e9).toPrecision(3)} | ` +
+        `${(t.copyBytesPerSec / 1e9).toPrecision(3)} |`,
     );
   }
   const torch = rows.filter((r) => r.backend === "pytorch (seed)");
