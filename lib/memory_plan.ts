@@ -4,10 +4,12 @@
  * gradients, optimizer, one training step) on a backend whose ops do nothing and whose
  * buffers only count their bytes. So the plan follows the code whenever the code changes.
  *
- * Not included: the backend's own workspace (e.g. the CUDA scan's chunk-boundary states), its
- * library handles and the driver's context.
+ * The CUDA library also holds one workspace buffer, grown to the largest need of any call: that
+ * is the one component computed by formulas, which mirror ffi/scan.cu (the scan backward's
+ * scratch) and ffi/matmul.cu (bf16 copies of the matmul operands) and change with them.
+ * Not included: cuBLAS's own workspace, library handles and the driver's context.
  */
-import type { Backend, DeviceBuffer, IndexBuffer } from "./backend.ts";
+import type { Backend, DeviceBuffer, IndexBuffer, MatmulOptions, ScanDims } from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
 import { MambaByte } from "./model.ts";
 import { AdamW, ADAMW_DEFAULTS, type OptimizerBits } from "./optim.ts";
@@ -20,11 +22,46 @@ export interface MemoryPlan {
   parameters: number;
 }
 
+/** Steps per chunk of the CUDA scan, and its states per channel (d_state padded): ffi/scan.cu. */
+const CUDA_SCAN_CHUNK = 16, CUDA_SCAN_STATES = 16, CUDA_SCAN_CHANNELS_PER_BLOCK = 64;
+
+/**
+ * Bytes of the CUDA scan backward's workspace (mb_selective_scan_backward): the state at every
+ * chunk start, each sequence's dA_log, ddt_bias and dD, and each channel block's dB, dC per row.
+ */
+function cudaScanBackwardWorkspace(
+  d: Pick<ScanDims, "batch" | "length" | "channels" | "state">,
+): number {
+  const chunks = Math.ceil(d.length / CUDA_SCAN_CHUNK),
+    blocks = Math.ceil(d.channels / CUDA_SCAN_CHANNELS_PER_BLOCK);
+  const starts = d.batch * chunks * d.channels * d.state, perState = d.batch * d.channels * d.state;
+  const bcParts = blocks * d.batch * d.length * 2 * CUDA_SCAN_STATES;
+  return 4 * (starts + perState + 2 * d.batch * d.channels + bcParts);
+}
+
+/**
+ * Bytes of the bf16 copies of op(A) (M, K) and op(B) (K, N) that a CUDA matmul with bf16 inputs
+ * makes (ffi/matmul.cu; A's copy padded to 256 bytes); 0 for the few-row GEMV, which reads fp32.
+ */
+function cudaBf16MatmulWorkspace(
+  m: number,
+  n: number,
+  k: number,
+  options: MatmulOptions = {},
+): number {
+  if (m <= 8 && !options.transA && options.transB) return 0;
+  return Math.ceil((2 * m * k) / 256) * 256 + 2 * k * n;
+}
+
 /** Allocations are counted in bytes; views and ops cost nothing; reads return zeros. */
 class CountingBackend {
   readonly device = "cpu";
   readonly description = "memory plan (counts allocations, runs nothing)";
   bytes = 0;
+  /** The CUDA library's workspace: the largest need of any call so far. */
+  workspace = 0;
+
+  constructor(readonly bf16: boolean) {}
 
   alloc(length: number): DeviceBuffer {
     this.bytes += 4 * length;
@@ -46,11 +83,26 @@ class CountingBackend {
   sumOfSquares(): Promise<number> {
     return Promise.resolve(0);
   }
+  matmul(
+    _c: DeviceBuffer,
+    _a: DeviceBuffer,
+    _b: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    o?: MatmulOptions,
+  ) {
+    if (this.bf16) this.workspace = Math.max(this.workspace, cudaBf16MatmulWorkspace(m, n, k, o));
+  }
+  selectiveScanBackward(...args: unknown[]): void {
+    const dims = args[17] as ScanDims; // after the 17 buffers
+    this.workspace = Math.max(this.workspace, cudaScanBackwardWorkspace(dims));
+  }
 }
 
 /** Every method that is not CountingBackend's own is an op that does nothing. */
-function countingBackend(): { backend: Backend; counter: CountingBackend } {
-  const counter = new CountingBackend();
+function countingBackend(bf16: boolean): { backend: Backend; counter: CountingBackend } {
+  const counter = new CountingBackend(bf16);
   const noOps: ProxyHandler<object> = { get: () => () => {} };
   const backend = new Proxy(counter, {
     get(target, property) {
@@ -67,13 +119,19 @@ function countingBackend(): { backend: Backend; counter: CountingBackend } {
 
 /**
  * What training `config` on batches of (batch, length) bytes allocates, with AdamW's moments
- * in `optimizerBits` (default 32).
+ * in `optimizerBits` (default 32) and, with `bf16`, CUDA's bf16 matmul inputs.
  */
 export async function memoryPlan(
   config: MambaConfig,
-  options: { batch: number; length: number; recompute: boolean; optimizerBits?: OptimizerBits },
+  options: {
+    batch: number;
+    length: number;
+    recompute: boolean;
+    optimizerBits?: OptimizerBits;
+    bf16?: boolean;
+  },
 ): Promise<MemoryPlan> {
-  const { backend, counter } = countingBackend();
+  const { backend, counter } = countingBackend(options.bf16 ?? false);
   const components: { name: string; bytes: number }[] = [];
   const measure = async (name: string, allocate: () => unknown) => {
     const before = counter.bytes;
@@ -90,5 +148,6 @@ export async function memoryPlan(
     "activations and scratch",
     () => model.lossAndBackward(new Uint8Array(n), new Uint8Array(n), [options.batch, options.length]),
   );
-  return { components, total: counter.bytes, parameters: model.table.count };
+  components.push({ name: "workspace (cuda)", bytes: counter.workspace });
+  return { components, total: counter.bytes + counter.workspace, parameters: model.table.count };
 }

@@ -4,8 +4,8 @@
  *   deno task plan --dim 1024 --depth 53 --seq-len 8192 --batch-size 1 [--recompute] [--d-state 16]
  *     [--optimizer-bits 8] [--dtype bf16]
  *
- * --dtype bf16 rounds the matmuls' inputs on cuda's tensor cores; every buffer stays fp32, so the
- * plan is that of fp32 (said on the first line).
+ * --dtype bf16 rounds the matmuls' inputs on cuda's tensor cores: every buffer stays fp32 (said on
+ * the first line), and cuda's workspace must also hold the largest matmul's bf16 operand copies.
  */
 import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
 import { MambaConfig } from "../lib/config.ts";
@@ -61,6 +61,7 @@ async function main(): Promise<number> {
     length: options["seq-len"]!,
     recompute,
     optimizerBits: options["optimizer-bits"] as OptimizerBits,
+    bf16: options.dtype === "bf16",
   });
   console.log(
     `MambaByte D=${config.dim} × ${config.depth} (${(plan.parameters / 1e6).toFixed(1)} M parameters), ` +
@@ -72,7 +73,7 @@ async function main(): Promise<number> {
     console.log(`${name.padEnd(24)} ${(bytes / GiB).toFixed(2)} GiB`);
   }
   console.log(`${"total".padEnd(24)} ${(plan.total / GiB).toFixed(2)} GiB`);
-  console.log("(not included: the backend's own workspace and the driver's context)");
+  console.log("(not included: cuBLAS's own workspace and the driver's context)");
   return 0;
 }
 

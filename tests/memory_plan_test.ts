@@ -10,6 +10,9 @@ const rows = 10, D = 8, ED = 16, S = 9;
 const block = rows * (2 * D + 1 + 5 * ED + S); // x, xn, rstd, xz (2ED), u, dbc, delta, y
 const scratch = rows * (D + 5 * ED + S); // dxn, dxz (2ED), du, ddbc, ddelta, dy
 const lmHead = rows * (4 + 3 * D + 2 * 256); // bytes, targets, losses, rstd; hidden, dhidden, dx; logits, dlogits
+// CUDA's scan backward scratch (1 chunk of 16 steps, 1 block of 64 channels, 16 padded states):
+// B·chunks·ED·N + B·ED·N + 2·B·ED + blocks·B·L·2·16 floats
+const scanWorkspace = 4 * (2 * 1 * ED * 4 + 2 * ED * 4 + 2 * 2 * ED + 1 * rows * 32);
 
 Deno.test("the memory plan counts weights, gradients, moments and activations", async () => {
   const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false });
@@ -20,8 +23,17 @@ Deno.test("the memory plan counts weights, gradients, moments and activations", 
     { name: "gradients", bytes: params },
     { name: "AdamW moments", bytes: 2 * params },
     { name: "activations and scratch", bytes: activations },
+    { name: "workspace (cuda)", bytes: scanWorkspace },
   ]);
-  assert.equal(plan.total, 4 * params + activations);
+  assert.equal(plan.total, 4 * params + activations + scanWorkspace);
+});
+
+Deno.test("with bf16 matmul inputs the workspace is the largest pair of bf16 operand copies", async () => {
+  const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false, bf16: true });
+  const fp32 = await memoryPlan(config, { batch: 2, length: 5, recompute: false });
+  // the lm head's dhidden (B·L, 256) · (256, D): 2 bytes × (10 · 256 + 256 · 8), above the scan's
+  assert.deepEqual(plan.components[4], { name: "workspace (cuda)", bytes: 2 * (rows * 256 + 256 * D) });
+  assert.deepEqual(plan.components.slice(0, 4), fp32.components.slice(0, 4), "the buffers stay fp32");
 });
 
 Deno.test("with recomputation only each block's input is kept per block", async () => {
@@ -39,7 +51,7 @@ Deno.test("8-bit moments: 2 bytes per element of each decay run in whole 256-blo
     0,
   );
   assert.deepEqual(plan.components[2], { name: "AdamW moments", bytes: blocks * (2 * 256 + 8) });
-  for (const i of [0, 1, 3]) {
+  for (const i of [0, 1, 3, 4]) {
     assert.deepEqual(plan.components[i], fp32.components[i], "only the moments change");
   }
   assert.equal(plan.total, fp32.total - fp32.components[2].bytes + blocks * (2 * 256 + 8));
