@@ -99,11 +99,10 @@ inline unsigned mb_blocks(int64_t n, int threads) {
 
 __device__ inline float mb_sigmoid(float x) { return 1.0f / (1.0f + expf(-x)); }
 __device__ inline float mb_softplus(float x) { return x > 20.0f ? x : log1pf(expf(x)); }
+// d silu(s) / ds, given sg = sigmoid(s)
+__device__ inline float mb_dsilu_of(float s, float sg) { return sg * (1.0f + s * (1.0f - sg)); }
 // d silu(s) / ds
-__device__ inline float mb_dsilu(float s) {
-  float sg = mb_sigmoid(s);
-  return sg * (1.0f + s * (1.0f - sg));
-}
+__device__ inline float mb_dsilu(float s) { return mb_dsilu_of(s, mb_sigmoid(s)); }
 
 // Sum over a warp (all 32 lanes active).
 __device__ inline float mb_warp_sum(float v) {

@@ -113,10 +113,7 @@ __device__ inline void fetch(Fetched& f, const ScanArgs& s, const Slot& q, int c
 // budget), and d silu / ds from it: they run for every (step, channel) of every pass.
 __device__ inline float fast_sigmoid(float x) { return __fdividef(1.0f, 1.0f + __expf(-x)); }
 
-__device__ inline float fast_dsilu(float s) {
-  float sg = fast_sigmoid(s);
-  return sg * (1.0f + s * (1.0f - sg));
-}
+__device__ inline float fast_dsilu(float s) { return mb_dsilu_of(s, fast_sigmoid(s)); }
 
 // Is the loader's element k of a chunk inside L and ED?
 __device__ inline bool loaded(const ScanArgs& s, const Slot& q, int chunk, int k) {
@@ -138,13 +135,14 @@ __device__ inline void stage(const Fetched& f, const ScanArgs& s, const Slot& q,
   if (c) c[threadIdx.x / kN][threadIdx.x % kN] = f.c;
 }
 
-// A[j] = -exp(A_log[e, g·kS + j]) and A2[j] = A[j]·log2(e) (what decay takes), zero for padding states.
-__device__ inline void load_a(const ScanArgs& s, const Slot& q, float (&a)[kS], float (&a2)[kS]) {
+// a[j] = scale · A[j], A = -exp(A_log[e, g·kS + j]), zero for padding states; scale kLog2e gives
+// what decay takes.
+constexpr float kLog2e = 1.4426950408889634f;
+__device__ inline void load_a(const ScanArgs& s, const Slot& q, float scale, float (&a)[kS]) {
 #pragma unroll
   for (int j = 0; j < kS; j++) {
     int n = q.g * kS + j;
-    a[j] = (q.valid && n < s.state) ? -expf(__ldg(s.a_log + q.e * s.state + n)) : 0.0f;
-    a2[j] = a[j] * 1.4426950408889634f;
+    a[j] = (q.valid && n < s.state) ? scale * -expf(__ldg(s.a_log + q.e * s.state + n)) : 0.0f;
   }
 }
 
@@ -204,8 +202,8 @@ __global__ void __launch_bounds__(kThreads, 1) scan_forward(ScanArgs s, float* y
   const Slot q = slot_of(s);
   const int le = q.e0 + q.lc;
   const float bias = q.lvalid ? __ldg(s.dt_bias + le) : 0.0f, dskip = q.lvalid ? __ldg(s.d + le) : 0.0f;
-  float A[kS], A2[kS], h[kS] = {};
-  load_a(s, q, A, A2);
+  float A2[kS], h[kS] = {};
+  load_a(s, q, kLog2e, A2);
   Fetched next, cur;
   fetch<kGate, false>(next, s, q, 0, nullptr);
   for (int chunk = 0; chunk < s.chunks; chunk++) {
@@ -288,7 +286,8 @@ __global__ void __launch_bounds__(kThreads, 1) scan_backward(ScanArgs s, Backwar
   const int64_t rows = (int64_t)s.batch * s.length;
   float A[kS], A2[kS], hist[kChunk + 1][kS], start[kS], carry[kS] = {}, dA[kS] = {};
   float bias_sum = 0.0f, d_sum = 0.0f;
-  load_a(s, q, A, A2);
+  load_a(s, q, 1.0f, A);
+  load_a(s, q, kLog2e, A2);
   Fetched next, cur;
   fetch<true, true>(next, s, q, s.chunks - 1, o.dy);
   load_states(s, q, s.chunks - 1, start);
@@ -412,7 +411,7 @@ __global__ void scan_step(float* y, float* h, ScanArgs s) {
   }
   if (state) {
     float* hn = h + be * s.state + n;
-    float a2 = -expf(s.a_log[e * s.state + n]) * 1.4426950408889634f;  // A·log2(e)
+    float a2 = kLog2e * -expf(s.a_log[e * s.state + n]);  // A·log2(e), what decay takes
     float next = decay(dt, a2) * *hn + dt * s.b[(int64_t)b * s.bc_stride + n] * uu;
     *hn = next;
     part = next * s.c[(int64_t)b * s.bc_stride + n];
