@@ -22,8 +22,10 @@ export interface MemoryPlan {
   parameters: number;
 }
 
-/** Steps per chunk of the CUDA scan, and its states per channel (d_state padded): ffi/scan.cu. */
+/** Steps per chunk of the CUDA scan, its states per channel (d_state padded), channels per block: ffi/scan.cu. */
 const CUDA_SCAN_CHUNK = 16, CUDA_SCAN_STATES = 16, CUDA_SCAN_CHANNELS_PER_BLOCK = 64;
+/** Rows of A up to which a CUDA matmul with transposed B is the fp32 GEMV (ffi/gemv.cuh). */
+const CUDA_GEMV_MAX_ROWS = 8;
 
 /**
  * Bytes of the CUDA scan backward's workspace (mb_selective_scan_backward): the state at every
@@ -49,7 +51,7 @@ function cudaBf16MatmulWorkspace(
   k: number,
   options: MatmulOptions = {},
 ): number {
-  if (m <= 8 && !options.transA && options.transB) return 0;
+  if (m <= CUDA_GEMV_MAX_ROWS && !options.transA && options.transB) return 0;
   return Math.ceil((2 * m * k) / 256) * 256 + 2 * k * n;
 }
 
@@ -94,9 +96,8 @@ class CountingBackend {
   ) {
     if (this.bf16) this.workspace = Math.max(this.workspace, cudaBf16MatmulWorkspace(m, n, k, o));
   }
-  selectiveScanBackward(...args: unknown[]): void {
-    const dims = args[17] as ScanDims; // after the 17 buffers
-    this.workspace = Math.max(this.workspace, cudaScanBackwardWorkspace(dims));
+  selectiveScanBackward(...args: Parameters<Backend["selectiveScanBackward"]>): void {
+    this.workspace = Math.max(this.workspace, cudaScanBackwardWorkspace(args[17])); // dims, after the 17 buffers
   }
 }
 

@@ -1,4 +1,7 @@
-/** Seconds per call of `fn` after one warm-up call (pipelines, allocations): at least `minRuns` calls and `minSeconds`. */
+/**
+ * Seconds per call of `fn` after one warm-up call (pipelines, allocations), over at least
+ * `minRuns` calls and `minSeconds`.
+ */
 export async function timeIt(
   fn: () => Promise<unknown>,
   minSeconds: number,
