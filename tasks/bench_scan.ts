@@ -24,6 +24,8 @@ export interface ScanTimes {
 }
 
 const STATE = 16;
+/** Seconds of queued calls per timed batch on a GPU. */
+const REPEAT_SECONDS = 0.25;
 
 export async function benchScan(backend: Backend, shape: ScanShape): Promise<ScanTimes> {
   const ED = 2 * shape.dim, N = STATE, R = Math.ceil(shape.dim / 16), S = R + 2 * N;
@@ -57,16 +59,29 @@ export async function benchScan(backend: Backend, shape: ScanShape): Promise<Sca
     parallel: true,
   };
   const probe = backend.view(y, 0, 1);
-  const repeats = backend.device === "cpu" ? 1 : 10;
-  const timed = async (op: () => void) =>
-    await timeIt(
+  // GPU calls are queued REPEAT_SECONDS' worth at a time between reads, so that the read's own wait
+  // (about 10 ms for WebGPU in Deno) is a small part of what is timed.
+  const timed = async (op: () => void) => {
+    const once = await timeIt(
+      async () => {
+        op();
+        await backend.read(probe); // waits for the device
+      },
+      0,
+      1,
+    );
+    const repeats = backend.device === "cpu"
+      ? 1
+      : Math.min(1000, Math.max(10, Math.ceil(REPEAT_SECONDS / once)));
+    return await timeIt(
       async () => {
         for (let r = 0; r < repeats; r++) op();
-        await backend.read(probe); // waits for the device
+        await backend.read(probe);
       },
       1,
       2,
     ) / repeats;
+  };
   const forwardSeconds = await timed(() =>
     backend.selectiveScan(y, u, delta, dtBias, aLog, b, c, d, z, dims)
   );
