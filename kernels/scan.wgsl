@@ -2,32 +2,30 @@
 //   δ[t] = softplus(delta[t] + dt_bias[e]),  A[n] = -exp(A_log[e, n]),
 //   h[t, n] = exp(δ[t]·A[n])·h[t-1, n] + δ[t]·B[t, n]·u[t],   h[-1] = 0,
 //   y[t] = (Σ_n h[t, n]·C[t, n] + D[e]·u[t]) · silu(z[t]).
-// The recurrence is linear, so L is cut into Q = ceil(L / T) chunks of T steps, and only the
-// states at chunk boundaries are ever stored, hc (B, Q, N, ED); (B, L, ED, N) never exists.
-// Chunk states, one invocation per (b, e, chunk) and then one per (b, e):
-// - scan_chunk_local runs every chunk from a zero state: its end state goes to hc, and
-//   S = Σ δ over the chunk (the chunk multiplies an entering state by exp(S·A)) to sd (B, Q, ED);
-// - scan_chunk_carry walks the chunks in order, replacing hc[q] by the state entering chunk q.
-// Forward: scan_forward, one invocation per (b, e, chunk), runs its chunk from hc and writes y.
+// One invocation owns one channel of one sequence and walks the whole of L, T steps at a time.
+// Its states are four vec4 registers (d_state ≤ 16; padding states have A = B = C = 0 and stay 0),
+// so no array is ever indexed at run time. A workgroup holds CH channels of one sequence; a
+// chunk's inputs (δ, u, z, dy of each channel; the rows of B and C, which all channels share) are
+// staged in workgroup memory; every lane loads the next chunk's share before it scans the current
+// one, so those loads are in flight while it computes. Steps past the end of L get δ = u = dy = 0,
+// which leaves states and carries as they are: the inner loops need no bounds, only the writes
+// are masked.
+// Forward: scan_forward, one pass, one exp per state and step.
+// Backward: 1. scan_chunk_starts, the forward walk again, storing the state entering every chunk
+//              into hs (B, Q, ED, 16) (Q = ceil(L / T)); (B, L, ED, N) never exists.
+//           2. scan_backward walks the chunks from the last to the first: a chunk's states are
+//              recomputed from hs into workgroup memory, then walked backwards with the state
+//              gradient carried across chunks, writing du, dδ, dz per step. dB and dC of each step
+//              are summed over the workgroup's channels in workgroup memory into bc partials
+//              (B·L, ceil(ED / CH), 2N); dA_log, dD and ddt_bias are summed over L in registers
+//              into param partials (B, N + 2, ED).
+//           3. scan_reduce_bc sums the bc partials into dB, dC (overwritten); scan_reduce_params
+//              adds Σ over sequences of the param partials into dA_log, dD, ddt_bias.
+// hs and both partials live in one scratch buffer `work`: ints 5..8 are Q and the offsets of hs,
+// the bc partials and the param partials.
 //
-// Backward, chunked over L in chunks of T steps, parallel over chunks:
-// 1. the chunk states as above.
-// 2. The reverse recurrence dh[t] = dpre[t]·C[t] + g[t], g[t-1] = exp(δ[t]·A)·dh[t] is linear in
-//    the same way: scan_dh_local runs every chunk from g = 0 (its leftmost g goes to gc
-//    (B, Q, N, ED)), and scan_dh_carry walks the chunks last to first, replacing gc[q] by the g
-//    entering chunk q from the right.
-// 3. scan_backward, in waves of W chunks: per (b, e, chunk of the wave) it recomputes the
-//    chunk's states from hc into hs (B, W, T, N, ED), then runs the reverse recurrence from gc
-//    through it. du, ddelta, dz are written per (b, e); the per-channel terms of dB and dC are
-//    summed over the workgroup's WG channels in workgroup memory into bc partials
-//    (B·L, ceil(ED / WG), 2N); dA_log, dD, ddt_bias terms go to param partials (B, Q, N + 2, ED).
-// 4. scan_reduce_bc sums the bc partials into dB, dC (overwritten); scan_reduce_params adds
-//    Σ over (b, chunk) of the param partials into dA_log, dD, ddt_bias.
-// hc, sd, gc, hs and both partials live in one scratch buffer `work` at offsets given as
-// arguments: ints 5..13 are Q, then the offsets of hc, hs, bc partials, param partials, sd, gc,
-// then W and the first chunk of the wave.
-//
-// Defines: NS (N), WG (channels per workgroup of scan_backward), T (chunk length).
+// Defines: NS (N ≤ 16), T (chunk length: 8 or 16; the backward's passes share one), CH = 4T (channels
+// per workgroup: each lane loads one vec4 of a chunk's rows of B and one of C).
 
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> u: array<f32>;
@@ -52,7 +50,28 @@
 @group(0) @binding(14) var<storage, read_write> dd: array<f32>;
 @group(0) @binding(15) var<storage, read_write> ddt_bias: array<f32>;
 
-var<workgroup> bc_terms: array<f32, WG * 2u * NS>; // [lane][dB terms (N), dC terms (N)]
+const LOG2E: f32 = 1.4426950408889634;
+/** A lane's row of bc_terms: dB terms (16), dC terms (16), one word of padding (no bank conflicts). */
+const BC_ROW: u32 = 33u;
+
+// A chunk's tiles: [step][lane] per channel, [step][4 vec4] for the rows of B and C.
+var<workgroup> tile_delta: array<f32, T * CH>; // raw δ, before softplus
+var<workgroup> tile_u: array<f32, T * CH>;
+var<workgroup> tile_z: array<f32, T * CH>;
+var<workgroup> tile_dy: array<f32, T * CH>;
+var<workgroup> tile_dt: array<f32, T * CH>; // backward: softplus(δ + bias)
+var<workgroup> tile_b: array<vec4<f32>, T * 4u>;
+var<workgroup> tile_c: array<vec4<f32>, T * 4u>;
+var<workgroup> hist: array<vec4<f32>, (T + 1u) * 4u * CH>; // backward: [step][k][lane], the chunk's states
+var<workgroup> bc_terms: array<f32, CH * BC_ROW>; // backward: [lane][dB terms, dC terms] of one step
+
+/** Sixteen states (or per-state values) of one channel: n = 4k + j in component j of sk. */
+struct States {
+  s0: vec4<f32>,
+  s1: vec4<f32>,
+  s2: vec4<f32>,
+  s3: vec4<f32>,
+}
 
 struct ScanDims {
   batch: u32,
@@ -79,36 +98,414 @@ fn gate(zv: f32) -> f32 {
   return zv * sigmoid(zv);
 }
 
-// Grid: (ceil(ED / 64), Q, B). hc holds the state entering every chunk.
-@compute @workgroup_size(64)
-fn scan_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+fn scaled(v: States, s: f32) -> States {
+  return States(v.s0 * s, v.s1 * s, v.s2 * s, v.s3 * s);
+}
+
+fn dot16(p: States, q: States) -> f32 {
+  return dot(p.s0, q.s0) + dot(p.s1, q.s1) + dot(p.s2, q.s2) + dot(p.s3, q.s3);
+}
+
+/** A = -exp(A_log[e, :]), zero for padding states. */
+fn load_a(e: u32) -> States {
+  var a: array<f32, 16>;
+  for (var n = 0u; n < NS; n++) {
+    a[n] = minus_exp_a_log(e, n);
+  }
+  return States(vec4(a[0], a[1], a[2], a[3]), vec4(a[4], a[5], a[6], a[7]), vec4(a[8], a[9], a[10], a[11]),
+                vec4(a[12], a[13], a[14], a[15]));
+}
+
+/** exp(δ·A) = 2^(δ·A·log2 e) per state; a2 = A·log2 e. */
+fn decays(dt: f32, a2: States) -> States {
+  return States(exp2(dt * a2.s0), exp2(dt * a2.s1), exp2(dt * a2.s2), exp2(dt * a2.s3));
+}
+
+fn row_b(t: u32) -> States {
+  return States(tile_b[4u * t], tile_b[4u * t + 1u], tile_b[4u * t + 2u], tile_b[4u * t + 3u]);
+}
+
+fn row_c(t: u32) -> States {
+  return States(tile_c[4u * t], tile_c[4u * t + 1u], tile_c[4u * t + 2u], tile_c[4u * t + 3u]);
+}
+
+/** h ← exp(δA) ⊙ h + δ·u·B[t] (a2 = A·log2 e). */
+fn advance(h: States, a2: States, dt: f32, ut: f32, t: u32) -> States {
+  let g = decays(dt, a2);
+  let b = scaled(row_b(t), dt * ut);
+  return States(g.s0 * h.s0 + b.s0, g.s1 * h.s1 + b.s1, g.s2 * h.s2 + b.s2, g.s3 * h.s3 + b.s3);
+}
+
+/** Four steps of one channel's inputs (raw δ, u, z), zero past the end of L. */
+struct Quad {
+  delta: vec4<f32>,
+  u: vec4<f32>,
+  z: vec4<f32>,
+}
+
+/** A lane's share of a chunk's rows of B and C: states 4k … 4k + 3 of step t, lid = 4t + k. */
+struct Rows {
+  b: vec4<f32>,
+  c: vec4<f32>,
+}
+
+/** A chunk's loads of one lane: T / 4 quads (T = 8 or 16) and its share of the rows. */
+struct Chunk {
+  q0: Quad,
+  q1: Quad,
+  q2: Quad,
+  q3: Quad,
+  rows: Rows,
+}
+
+/** Indices of x[row, col] for four rows from `r` on (clamped to the sequence's last row `last`). */
+fn gather_index(r: u32, last: u32, stride: u32, col: u32) -> vec4<u32> {
+  return min(vec4(r) + vec4(0u, 1u, 2u, 3u), vec4(last)) * stride + vec4(col);
+}
+
+/** Steps t0 … t0 + 3 of channel e (loads without branches: every index is in range, the
+ *  values past L are masked after). */
+fn load_quad(d: ScanDims, b: u32, e: u32, t0: u32, with_z: bool) -> Quad {
+  let last = b * d.len + d.len - 1u;
+  let r = b * d.len + t0;
+  let live = vec4<f32>(vec4(t0) + vec4(0u, 1u, 2u, 3u) < vec4(d.len));
+  let i = gather_index(r, last, d.channels, e);
+  let o3 = view_offset(3u);
+  let o2 = view_offset(2u);
+  var x: Quad;
+  x.delta = live * vec4(delta[o3 + i.x], delta[o3 + i.y], delta[o3 + i.z], delta[o3 + i.w]);
+  x.u = live * vec4(u[o2 + i.x], u[o2 + i.y], u[o2 + i.z], u[o2 + i.w]);
+  if (with_z) {
+    let iz = view_offset(9u) + gather_index(r, last, d.z_stride, e);
+    x.z = live * vec4(z[iz.x], z[iz.y], z[iz.z], z[iz.w]);
+  }
+  return x;
+}
+
+/** dy of the T steps of chunk q of channel e, four per column, zero past the end of L. */
+fn load_dy(d: ScanDims, b: u32, e: u32, q: u32) -> mat4x4<f32> {
+  var m: mat4x4<f32>;
+  let last = b * d.len + d.len - 1u;
+  let o12 = view_offset(12u);
+  for (var k = 0u; k < T / 4u; k++) {
+    let t0 = q * T + 4u * k;
+    let live = vec4<f32>(vec4(t0) + vec4(0u, 1u, 2u, 3u) < vec4(d.len));
+    let i = o12 + gather_index(b * d.len + t0, last, d.channels, e);
+    m[k] = live * vec4(dy[i.x], dy[i.y], dy[i.z], dy[i.w]);
+  }
+  return m;
+}
+
+/** Chunk q's loads for channel e of sequence b, lane lid (CH = 4T lanes share the rows). */
+fn load_chunk(d: ScanDims, b: u32, e: u32, q: u32, lid: u32, with_z: bool) -> Chunk {
+  var c: Chunk;
+  c.q0 = load_quad(d, b, e, q * T, with_z);
+  c.q1 = load_quad(d, b, e, q * T + 4u, with_z);
+  if (T > 8u) {
+    c.q2 = load_quad(d, b, e, q * T + 8u, with_z);
+    c.q3 = load_quad(d, b, e, q * T + 12u, with_z);
+  }
+  let t = q * T + lid / 4u;
+  let n = vec4(4u * (lid % 4u)) + vec4(0u, 1u, 2u, 3u);
+  let keep = vec4<f32>(n < vec4(NS)) * select(0.0, 1.0, t < d.len);
+  let i = min(b * d.len + t, b * d.len + d.len - 1u) * d.bc_stride + min(n, vec4(NS - 1u));
+  let ob = view_offset(6u);
+  let oc = view_offset(7u);
+  c.rows.b = keep * vec4(bmat[ob + i.x], bmat[ob + i.y], bmat[ob + i.z], bmat[ob + i.w]);
+  c.rows.c = keep * vec4(cmat[oc + i.x], cmat[oc + i.y], cmat[oc + i.z], cmat[oc + i.w]);
+  return c;
+}
+
+fn stage_quad(x: Quad, t0: u32, lid: u32) {
+  let k = t0 * CH + lid;
+  tile_delta[k] = x.delta.x;
+  tile_delta[k + CH] = x.delta.y;
+  tile_delta[k + 2u * CH] = x.delta.z;
+  tile_delta[k + 3u * CH] = x.delta.w;
+  tile_u[k] = x.u.x;
+  tile_u[k + CH] = x.u.y;
+  tile_u[k + 2u * CH] = x.u.z;
+  tile_u[k + 3u * CH] = x.u.w;
+  tile_z[k] = x.z.x;
+  tile_z[k + CH] = x.z.y;
+  tile_z[k + 2u * CH] = x.z.z;
+  tile_z[k + 3u * CH] = x.z.w;
+}
+
+/** A chunk's loads into the tiles (between barriers). */
+fn stage(c: Chunk, lid: u32) {
+  stage_quad(c.q0, 0u, lid);
+  stage_quad(c.q1, 4u, lid);
+  if (T > 8u) {
+    stage_quad(c.q2, 8u, lid);
+    stage_quad(c.q3, 12u, lid);
+  }
+  tile_b[lid] = c.rows.b;
+  tile_c[lid] = c.rows.c;
+}
+
+/** dy of a chunk (load_dy) into its tile (between barriers). */
+fn stage_dy(m: mat4x4<f32>, lid: u32) {
+  for (var t = 0u; t < T; t++) {
+    tile_dy[t * CH + lid] = m[t / 4u][t % 4u];
+  }
+}
+
+/** Index in `work` of hs[b, q, e, 4k], the vec4 sk of the state entering chunk q. */
+fn hs_index(d: ScanDims, b: u32, q: u32, e: u32, k: u32) -> u32 {
+  return view_offset(11u) + arg_u(6u) + ((b * arg_u(5u) + q) * d.channels + e) * 16u + 4u * k;
+}
+
+fn store_vec4(i: u32, v: vec4<f32>) {
+  work[i] = v.x;
+  work[i + 1u] = v.y;
+  work[i + 2u] = v.z;
+  work[i + 3u] = v.w;
+}
+
+fn load_vec4(i: u32) -> vec4<f32> {
+  return vec4(work[i], work[i + 1u], work[i + 2u], work[i + 3u]);
+}
+
+/** The state entering chunk q of channel e, from hs. */
+fn load_start(d: ScanDims, b: u32, q: u32, e: u32) -> States {
+  return States(load_vec4(hs_index(d, b, q, e, 0u)), load_vec4(hs_index(d, b, q, e, 1u)),
+                load_vec4(hs_index(d, b, q, e, 2u)), load_vec4(hs_index(d, b, q, e, 3u)));
+}
+
+/** The forward walk over L from h = 0: y written step by step or, with `starts` (the backward's
+ *  first pass), only the state entering every chunk stored into hs. Grid: (ceil(ED / CH), B). */
+fn walk_forward(wid: vec3<u32>, lid: u32, starts: bool) {
   let d = scan_dims();
-  let b = wid.z;
-  let q = wid.y;
+  let b = wid.y;
+  let valid = wid.x * CH + lid < d.channels;
+  let e = min(wid.x * CH + lid, d.channels - 1u); // lanes past ED compute on a copy and write nothing
+  let a2 = scaled(load_a(e), LOG2E);
+  let bias = dt_bias[view_offset(4u) + e];
+  let dv = dskip[view_offset(8u) + e];
+  var h = States(vec4(0.0), vec4(0.0), vec4(0.0), vec4(0.0));
+  let chunks = (d.len + T - 1u) / T;
+  var next = load_chunk(d, b, e, 0u, lid, !starts);
+  for (var q = 0u; q < chunks; q++) {
+    if (starts && valid) {
+      store_vec4(hs_index(d, b, q, e, 0u), h.s0);
+      store_vec4(hs_index(d, b, q, e, 1u), h.s1);
+      store_vec4(hs_index(d, b, q, e, 2u), h.s2);
+      store_vec4(hs_index(d, b, q, e, 3u), h.s3);
+    }
+    workgroupBarrier(); // the previous chunk's tiles are read no more
+    stage(next, lid);
+    workgroupBarrier();
+    if (q + 1u < chunks) {
+      next = load_chunk(d, b, e, q + 1u, lid, !starts); // in flight while this chunk is scanned
+    }
+    for (var t = 0u; t < T; t++) {
+      let live = q * T + t < d.len;
+      let dt = select(0.0, softplus(tile_delta[t * CH + lid] + bias), live);
+      let ut = tile_u[t * CH + lid];
+      h = advance(h, a2, dt, ut, t);
+      if (!starts && valid && live) {
+        let r = b * d.len + q * T + t;
+        y[view_offset(1u) + r * d.channels + e] = (dot16(h, row_c(t)) + dv * ut) * gate(tile_z[t * CH + lid]);
+      }
+    }
+  }
+}
+
+@compute @workgroup_size(CH)
+fn scan_forward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  walk_forward(wid, lid, false);
+}
+
+@compute @workgroup_size(CH)
+fn scan_chunk_starts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  walk_forward(wid, lid, true);
+}
+
+fn hist_put(t: u32, lid: u32, h: States) {
+  let i = t * 4u * CH + lid;
+  hist[i] = h.s0;
+  hist[i + CH] = h.s1;
+  hist[i + 2u * CH] = h.s2;
+  hist[i + 3u * CH] = h.s3;
+}
+
+fn hist_get(t: u32, lid: u32) -> States {
+  let i = t * 4u * CH + lid;
+  return States(hist[i], hist[i + CH], hist[i + 2u * CH], hist[i + 3u * CH]);
+}
+
+fn put_terms(i: u32, v: vec4<f32>) {
+  bc_terms[i] = v.x;
+  bc_terms[i + 1u] = v.y;
+  bc_terms[i + 2u] = v.z;
+  bc_terms[i + 3u] = v.w;
+}
+
+// Grid: (ceil(ED / CH), B). hist (step t + 1: the state after step t, 0: the one entering the
+// chunk); `carry` is exp(δ[t+1]·A)·dh[t+1], the state gradient arriving from the right.
+@compute @workgroup_size(CH)
+fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let d = scan_dims();
+  let b = wid.y;
+  let valid = wid.x * CH + lid < d.channels;
+  let e = min(wid.x * CH + lid, d.channels - 1u);
+  let o_bc = view_offset(11u) + arg_u(7u);
+  let o_pp = view_offset(11u) + arg_u(8u);
+  let blocks = (d.channels + CH - 1u) / CH;
+  let a = load_a(e);
+  let a2 = scaled(a, LOG2E);
+  let bias = dt_bias[view_offset(4u) + e];
+  let dv = dskip[view_offset(8u) + e];
+  let zero = vec4(0.0);
+  var carry = States(zero, zero, zero, zero);
+  var da = States(zero, zero, zero, zero); // Σ over L of ∂/∂A
+  var dd_sum = 0.0;
+  var dbias_sum = 0.0;
+  let row = lid * BC_ROW;
+  let chunks = arg_u(5u);
+  var next = load_chunk(d, b, e, chunks - 1u, lid, true);
+  var next_dy = load_dy(d, b, e, chunks - 1u);
+  var next_h = load_start(d, b, chunks - 1u, e);
+  for (var qi = chunks; qi > 0u; qi--) {
+    let q = qi - 1u;
+    workgroupBarrier(); // the previous chunk's tiles are read no more
+    stage(next, lid);
+    stage_dy(next_dy, lid);
+    workgroupBarrier();
+    // Recompute the chunk's states (this lane's column of hist and tile_dt only).
+    var h = next_h;
+    if (q > 0u) {
+      next = load_chunk(d, b, e, q - 1u, lid, true); // in flight while this chunk is walked
+      next_dy = load_dy(d, b, e, q - 1u);
+      next_h = load_start(d, b, q - 1u, e);
+    }
+    hist_put(0u, lid, h);
+    for (var t = 0u; t < T; t++) {
+      let dt = select(0.0, softplus(tile_delta[t * CH + lid] + bias), q * T + t < d.len);
+      tile_dt[t * CH + lid] = dt;
+      h = advance(h, a2, dt, tile_u[t * CH + lid], t);
+      hist_put(t + 1u, lid, h);
+    }
+    for (var ti = 0u; ti < T; ti++) {
+      let t = T - 1u - ti;
+      let live = q * T + t < d.len;
+      let x = t * CH + lid;
+      let dt = tile_dt[x];
+      let ut = tile_u[x];
+      let zv = tile_z[x];
+      let sg = sigmoid(zv);
+      let dpre = tile_dy[x] * zv * sg; // the gradient reaching Σ_n h·C + D·u
+      let an = decays(dt, a2);
+      let hp = hist_get(t, lid);
+      let hn = hist_get(t + 1u, lid);
+      let bt = row_b(t);
+      let ct = row_c(t);
+      let dh = States(dpre * ct.s0 + carry.s0, dpre * ct.s1 + carry.s1, dpre * ct.s2 + carry.s2,
+                      dpre * ct.s3 + carry.s3);
+      // ∂/∂(δA) of an·h[t-1]
+      let dan = States(dh.s0 * hp.s0 * an.s0, dh.s1 * hp.s1 * an.s1, dh.s2 * hp.s2 * an.s2, dh.s3 * hp.s3 * an.s3);
+      let dh_b = dot16(dh, bt); // Σ_n dh·B
+      let da_a = dot16(dan, a); // Σ_n ∂/∂(δA)·A
+      da = States(da.s0 + dan.s0 * dt, da.s1 + dan.s1 * dt, da.s2 + dan.s2 * dt, da.s3 + dan.s3 * dt);
+      carry = States(an.s0 * dh.s0, an.s1 * dh.s1, an.s2 * dh.s2, an.s3 * dh.s3);
+      let m = select(0.0, 1.0, valid); // lanes past ED add nothing to dB, dC
+      let db_t = scaled(dh, dt * ut * m);
+      let dc_t = scaled(hn, dpre * m);
+      put_terms(row, db_t.s0);
+      put_terms(row + 4u, db_t.s1);
+      put_terms(row + 8u, db_t.s2);
+      put_terms(row + 12u, db_t.s3);
+      put_terms(row + 16u, dc_t.s0);
+      put_terms(row + 20u, dc_t.s1);
+      put_terms(row + 24u, dc_t.s2);
+      put_terms(row + 28u, dc_t.s3);
+      let r = b * d.len + q * T + t;
+      if (valid && live) {
+        let g = (dh_b * ut + da_a) * sigmoid(tile_delta[x] + bias); // softplus' = sigmoid
+        du[view_offset(13u) + r * d.channels + e] = dpre * dv + dh_b * dt;
+        ddelta[view_offset(14u) + r * d.channels + e] = g;
+        let part = dot16(hn, ct); // Σ_n h·C
+        dz[view_offset(15u) + r * d.z_stride + e] = tile_dy[x] * (part + dv * ut) * sg * (1.0 + zv * (1.0 - sg));
+        dbias_sum += g;
+        dd_sum += dpre * ut;
+      }
+      workgroupBarrier();
+      if (live) {
+        for (var i = lid; i < 32u; i += CH) {
+          if (i % 16u < NS) {
+            var acc = vec4(0.0); // four running sums, for independent adds
+            for (var l = 0u; l < CH; l += 4u) {
+              acc += vec4(bc_terms[l * BC_ROW + i], bc_terms[(l + 1u) * BC_ROW + i],
+                          bc_terms[(l + 2u) * BC_ROW + i], bc_terms[(l + 3u) * BC_ROW + i]);
+            }
+            work[o_bc + (r * blocks + wid.x) * 2u * NS + (i / 16u) * NS + i % 16u] = acc.x + acc.y + acc.z + acc.w;
+          }
+        }
+      }
+      workgroupBarrier(); // bc_terms is read no more
+    }
+  }
+  if (valid) {
+    let p = o_pp + b * (NS + 2u) * d.channels + e;
+    let dal = States(da.s0 * a.s0, da.s1 * a.s1, da.s2 * a.s2, da.s3 * a.s3); // A = -exp(A_log): dA_log = dA·A
+    var per_state: array<f32, 16> = array(dal.s0.x, dal.s0.y, dal.s0.z, dal.s0.w, dal.s1.x, dal.s1.y, dal.s1.z,
+      dal.s1.w, dal.s2.x, dal.s2.y, dal.s2.z, dal.s2.w, dal.s3.x, dal.s3.y, dal.s3.z, dal.s3.w);
+    for (var n = 0u; n < NS; n++) {
+      work[p + n * d.channels] = per_state[n];
+    }
+    work[p + NS * d.channels] = dd_sum;
+    work[p + (NS + 1u) * d.channels] = dbias_sum;
+  }
+}
+
+// ints: batch, L, ED, bc_stride, z_stride, Q, hs offset, bc partials offset.
+// One invocation per (row, i < 2N): dB (i < N) or dC (i ≥ N) = Σ over channel blocks.
+@compute @workgroup_size(256)
+fn scan_reduce_bc(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+  let d = scan_dims();
+  let idx = group_index(wid, ng) * 256u + lid;
+  if (idx >= d.batch * d.len * 2u * NS) {
+    return;
+  }
+  let r = idx / (2u * NS);
+  let i = idx % (2u * NS);
+  let blocks = (d.channels + CH - 1u) / CH;
+  let o = view_offset(11u) + arg_u(7u) + r * blocks * 2u * NS + i;
+  var acc = 0.0;
+  for (var k = 0u; k < blocks; k++) {
+    acc += work[o + k * 2u * NS];
+  }
+  if (i < NS) {
+    db[view_offset(13u) + r * d.bc_stride + i] = acc;
+  } else {
+    dc[view_offset(14u) + r * d.bc_stride + i - NS] = acc;
+  }
+}
+
+// ints: batch, L, ED, bc_stride, z_stride, Q, hs offset, bc partials offset, param partials
+// offset. One invocation per channel e: dA_log[e, :], dD[e], ddt_bias[e] += Σ over sequences.
+@compute @workgroup_size(64)
+fn scan_reduce_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
+  let d = scan_dims();
   let e = wid.x * 64u + lid;
   if (e >= d.channels) {
     return;
   }
-  var a: array<f32, NS>;
-  var h: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    a[n] = minus_exp_a_log(e, n);
-    h[n] = work[hc_index(d, b, q, n, e)];
-  }
-  let dv = dskip[view_offset(8u) + e];
-  for (var t = q * T; t < min(d.len, q * T + T); t++) {
-    let r = b * d.len + t;
-    let dt = delta_t(r, e, d.channels);
-    let ut = u[view_offset(2u) + r * d.channels + e];
-    let ob = view_offset(6u) + r * d.bc_stride;
-    let oc = view_offset(7u) + r * d.bc_stride;
-    var s = 0.0;
-    for (var n = 0u; n < NS; n++) {
-      h[n] = exp(dt * a[n]) * h[n] + dt * bmat[ob + n] * ut;
-      s += h[n] * cmat[oc + n];
+  let o = view_offset(11u) + arg_u(8u);
+  for (var k = 0u; k < NS + 2u; k++) {
+    var acc = 0.0;
+    for (var b = 0u; b < d.batch; b++) {
+      acc += work[o + (b * (NS + 2u) + k) * d.channels + e];
     }
-    let zv = z[view_offset(9u) + r * d.z_stride + e];
-    y[view_offset(1u) + r * d.channels + e] = (s + dv * ut) * gate(zv);
+    if (k < NS) {
+      da_log[view_offset(13u) + e * NS + k] += acc;
+    } else if (k == NS) {
+      dd[view_offset(14u) + e] += acc;
+    } else {
+      ddt_bias[view_offset(15u) + e] += acc;
+    }
   }
 }
 
@@ -135,316 +532,4 @@ fn scan_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
   }
   let zv = z[view_offset(9u) + r * d.z_stride + e];
   y[view_offset(1u) + r * d.channels + e] = (s + dskip[view_offset(8u) + e] * ut) * gate(zv);
-}
-
-/** Index in `work` of hc[b, q, n, e] (the state entering chunk q). ints 5..: Q, hc offset, … */
-fn hc_index(d: ScanDims, b: u32, q: u32, n: u32, e: u32) -> u32 {
-  return view_offset(11u) + arg_u(6u) + ((b * arg_u(5u) + q) * NS + n) * d.channels + e;
-}
-
-/** Index in `work` of hs[b, w, tl, n, e] (the state after step tl of the wave's chunk w). */
-fn hs_index(d: ScanDims, b: u32, w: u32, tl: u32, n: u32, e: u32) -> u32 {
-  return view_offset(11u) + arg_u(7u) + (((b * arg_u(12u) + w) * T + tl) * NS + n) * d.channels + e;
-}
-
-/** Index in `work` of gc[b, q, n, e] (the dh carry entering chunk q from the right). */
-fn gc_index(d: ScanDims, b: u32, q: u32, n: u32, e: u32) -> u32 {
-  return view_offset(11u) + arg_u(11u) + ((b * arg_u(5u) + q) * NS + n) * d.channels + e;
-}
-
-/** dy·z·σ(z): the gradient reaching Σ_n h·C + D·u at row r. */
-fn dpre_at(d: ScanDims, r: u32, e: u32) -> f32 {
-  let zv = z[view_offset(9u) + r * d.z_stride + e];
-  return dy[view_offset(12u) + r * d.channels + e] * zv * sigmoid(zv);
-}
-
-// Grid: (ceil(ED / 64), Q, B). gc[b, q] ← the carry leaving chunk q leftwards from g = 0.
-@compute @workgroup_size(64)
-fn scan_dh_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let d = scan_dims();
-  let b = wid.z;
-  let q = wid.y;
-  let e = wid.x * 64u + lid;
-  if (e >= d.channels) {
-    return;
-  }
-  var a: array<f32, NS>;
-  var g: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    a[n] = minus_exp_a_log(e, n);
-    g[n] = 0.0;
-  }
-  let t0 = q * T;
-  for (var t = min(d.len, t0 + T); t > t0; t--) {
-    let r = b * d.len + t - 1u;
-    let dt = delta_t(r, e, d.channels);
-    let dpre = dpre_at(d, r, e);
-    let oc = view_offset(7u) + r * d.bc_stride;
-    for (var n = 0u; n < NS; n++) {
-      g[n] = exp(dt * a[n]) * (dpre * cmat[oc + n] + g[n]);
-    }
-  }
-  for (var n = 0u; n < NS; n++) {
-    work[gc_index(d, b, q, n, e)] = g[n];
-  }
-}
-
-// Grid: (ceil(ED / 64), B). gc[b, q] ← the carry entering chunk q from the right.
-@compute @workgroup_size(64)
-fn scan_dh_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let d = scan_dims();
-  let b = wid.y;
-  let e = wid.x * 64u + lid;
-  if (e >= d.channels) {
-    return;
-  }
-  var a: array<f32, NS>;
-  var g: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    a[n] = minus_exp_a_log(e, n);
-    g[n] = 0.0;
-  }
-  for (var qi = arg_u(5u); qi > 0u; qi--) {
-    let q = qi - 1u;
-    let sd = work[sd_index(d, b, q, e)];
-    for (var n = 0u; n < NS; n++) {
-      let i = gc_index(d, b, q, n, e);
-      let local_carry = work[i];
-      work[i] = g[n];
-      g[n] = exp(sd * a[n]) * g[n] + local_carry;
-    }
-  }
-}
-
-/** Index in `work` of sd[b, q, e] = Σ δ over chunk q. */
-fn sd_index(d: ScanDims, b: u32, q: u32, e: u32) -> u32 {
-  return view_offset(11u) + arg_u(10u) + (b * arg_u(5u) + q) * d.channels + e;
-}
-
-// Grid: (ceil(ED / 64), Q, B). hc[b, q] ← chunk q's end state from a zero state; sd[b, q] ← Σ δ.
-@compute @workgroup_size(64)
-fn scan_chunk_local(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let d = scan_dims();
-  let b = wid.z;
-  let q = wid.y;
-  let e = wid.x * 64u + lid;
-  if (e >= d.channels) {
-    return;
-  }
-  var a: array<f32, NS>;
-  var h: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    a[n] = minus_exp_a_log(e, n);
-    h[n] = 0.0;
-  }
-  var sd = 0.0;
-  for (var t = q * T; t < min(d.len, q * T + T); t++) {
-    let r = b * d.len + t;
-    let dt = delta_t(r, e, d.channels);
-    sd += dt;
-    let ut = u[view_offset(2u) + r * d.channels + e];
-    let ob = view_offset(6u) + r * d.bc_stride;
-    for (var n = 0u; n < NS; n++) {
-      h[n] = exp(dt * a[n]) * h[n] + dt * bmat[ob + n] * ut;
-    }
-  }
-  for (var n = 0u; n < NS; n++) {
-    work[hc_index(d, b, q, n, e)] = h[n];
-  }
-  work[sd_index(d, b, q, e)] = sd;
-}
-
-// Grid: (ceil(ED / 64), B). hc[b, q] ← the state entering chunk q (from the local end states).
-@compute @workgroup_size(64)
-fn scan_chunk_carry(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let d = scan_dims();
-  let b = wid.y;
-  let e = wid.x * 64u + lid;
-  if (e >= d.channels) {
-    return;
-  }
-  var a: array<f32, NS>;
-  var h: array<f32, NS>;
-  for (var n = 0u; n < NS; n++) {
-    a[n] = minus_exp_a_log(e, n);
-    h[n] = 0.0;
-  }
-  for (var q = 0u; q < arg_u(5u); q++) {
-    let sd = work[sd_index(d, b, q, e)];
-    for (var n = 0u; n < NS; n++) {
-      let i = hc_index(d, b, q, n, e);
-      let local_end = work[i];
-      work[i] = h[n];
-      h[n] = exp(sd * a[n]) * h[n] + local_end;
-    }
-  }
-}
-
-// Grid: (ceil(ED / WG), B, W): chunk q = first chunk of the wave + z.
-@compute @workgroup_size(WG)
-fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let d = scan_dims();
-  let chunks = arg_u(5u);
-  let w = wid.z;
-  let q = arg_u(13u) + w;
-  if (q >= chunks) {
-    return;
-  }
-  let o_bc = view_offset(11u) + arg_u(8u);
-  let o_pp = view_offset(11u) + arg_u(9u);
-  let b = wid.y;
-  let blocks = (d.channels + WG - 1u) / WG;
-  let e_wanted = wid.x * WG + lid;
-  let valid = e_wanted < d.channels;
-  let e = min(e_wanted, d.channels - 1u); // lanes past ED compute on a copy and write nothing
-
-  var a: array<f32, NS>;
-  var da: array<f32, NS>;
-  var carry: array<f32, NS>; // exp(δ[t+1]·A)·dh[t+1]
-  for (var n = 0u; n < NS; n++) {
-    a[n] = minus_exp_a_log(e, n);
-    da[n] = 0.0;
-    carry[n] = work[gc_index(d, b, q, n, e)];
-  }
-  let dv = dskip[view_offset(8u) + e];
-  let bias = dt_bias[view_offset(4u) + e];
-  var dd_acc = 0.0;
-  var dbias_acc = 0.0;
-
-  {
-    let t0 = q * T;
-    let t1 = min(d.len, t0 + T);
-    // Recompute the chunk's states from the one entering it.
-    var h: array<f32, NS>;
-    for (var n = 0u; n < NS; n++) {
-      h[n] = work[hc_index(d, b, q, n, e)];
-    }
-    for (var t = t0; t < t1; t++) {
-      let r = b * d.len + t;
-      let dt = delta_t(r, e, d.channels);
-      let ut = u[view_offset(2u) + r * d.channels + e];
-      let ob = view_offset(6u) + r * d.bc_stride;
-      for (var n = 0u; n < NS; n++) {
-        h[n] = exp(dt * a[n]) * h[n] + dt * bmat[ob + n] * ut;
-        if (valid) {
-          work[hs_index(d, b, w, t - t0, n, e)] = h[n];
-        }
-      }
-    }
-    // The reverse recurrence through the chunk.
-    for (var ti = t0; ti < t1; ti++) {
-      let t = t1 - 1u - (ti - t0);
-      let r = b * d.len + t;
-      let dt = delta_t(r, e, d.channels);
-      let ut = u[view_offset(2u) + r * d.channels + e];
-      let ob = view_offset(6u) + r * d.bc_stride;
-      let oc = view_offset(7u) + r * d.bc_stride;
-      var s = 0.0;
-      for (var n = 0u; n < NS; n++) {
-        s += work[hs_index(d, b, w, t - t0, n, e)] * cmat[oc + n];
-      }
-      let zv = z[view_offset(9u) + r * d.z_stride + e];
-      let sg = sigmoid(zv);
-      let dyv = dy[view_offset(12u) + r * d.channels + e];
-      let dpre = dyv * zv * sg;
-      dd_acc += dpre * ut;
-      var du_acc = dpre * dv;
-      var ddt = 0.0;
-      for (var n = 0u; n < NS; n++) {
-        let hn = work[hs_index(d, b, w, t - t0, n, e)];
-        var h_prev = 0.0;
-        if (t > t0) {
-          h_prev = work[hs_index(d, b, w, t - t0 - 1u, n, e)];
-        } else {
-          h_prev = work[hc_index(d, b, q, n, e)];
-        }
-        let an = exp(dt * a[n]);
-        let bn = bmat[ob + n];
-        let dh = dpre * cmat[oc + n] + carry[n];
-        let dat = dh * h_prev * an;
-        ddt += dat * a[n] + dh * bn * ut;
-        da[n] += dat * dt;
-        du_acc += dh * dt * bn;
-        carry[n] = an * dh;
-        bc_terms[lid * 2u * NS + n] = select(0.0, dh * dt * ut, valid);
-        bc_terms[lid * 2u * NS + NS + n] = select(0.0, dpre * hn, valid);
-      }
-      if (valid) {
-        let pre = s + dv * ut;
-        let g = ddt * sigmoid(delta[view_offset(3u) + r * d.channels + e] + bias); // softplus' = sigmoid
-        dbias_acc += g;
-        ddelta[view_offset(14u) + r * d.channels + e] = g;
-        du[view_offset(13u) + r * d.channels + e] = du_acc;
-        dz[view_offset(15u) + r * d.z_stride + e] = dyv * pre * sg * (1.0 + zv * (1.0 - sg));
-      }
-      workgroupBarrier();
-      for (var i = lid; i < 2u * NS; i += WG) {
-        var acc = 0.0;
-        for (var l = 0u; l < WG; l++) {
-          acc += bc_terms[l * 2u * NS + i];
-        }
-        work[o_bc + (r * blocks + wid.x) * 2u * NS + i] = acc;
-      }
-      workgroupBarrier();
-    }
-  }
-  let bq = b * chunks + q; // param partials (B, Q, N + 2, ED)
-  if (valid) {
-    for (var n = 0u; n < NS; n++) {
-      work[o_pp + (bq * (NS + 2u) + n) * d.channels + e] = da[n] * a[n]; // A = -exp(A_log): dA_log = dA·A
-    }
-    work[o_pp + (bq * (NS + 2u) + NS) * d.channels + e] = dd_acc;
-    work[o_pp + (bq * (NS + 2u) + NS + 1u) * d.channels + e] = dbias_acc;
-  }
-}
-
-// ints: batch, L, ED, bc_stride, z_stride, Q, hc offset, hs offset, bc partials offset.
-// One invocation per (row, i < 2N): dB (i < N) or dC (i ≥ N) = Σ over channel blocks.
-@compute @workgroup_size(256)
-fn scan_reduce_bc(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>,
-                  @builtin(local_invocation_index) lid: u32) {
-  let d = scan_dims();
-  let idx = group_index(wid, ng) * 256u + lid;
-  if (idx >= d.batch * d.len * 2u * NS) {
-    return;
-  }
-  let r = idx / (2u * NS);
-  let i = idx % (2u * NS);
-  let blocks = (d.channels + WG - 1u) / WG;
-  let o = view_offset(11u) + arg_u(8u) + r * blocks * 2u * NS + i;
-  var acc = 0.0;
-  for (var k = 0u; k < blocks; k++) {
-    acc += work[o + k * 2u * NS];
-  }
-  if (i < NS) {
-    db[view_offset(13u) + r * d.bc_stride + i] = acc;
-  } else {
-    dc[view_offset(14u) + r * d.bc_stride + i - NS] = acc;
-  }
-}
-
-// ints: batch, L, ED, bc_stride, z_stride, Q, hc offset, hs offset, bc partials offset,
-// param partials offset. One invocation per channel e: dA_log[e, :], dD[e], ddt_bias[e] += Σ over
-// (b, chunk).
-@compute @workgroup_size(64)
-fn scan_reduce_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
-  let d = scan_dims();
-  let e = wid.x * 64u + lid;
-  if (e >= d.channels) {
-    return;
-  }
-  let o = view_offset(11u) + arg_u(9u);
-  for (var k = 0u; k < NS + 2u; k++) {
-    var acc = 0.0;
-    for (var bq = 0u; bq < d.batch * arg_u(5u); bq++) {
-      acc += work[o + (bq * (NS + 2u) + k) * d.channels + e];
-    }
-    if (k < NS) {
-      da_log[view_offset(13u) + e * NS + k] += acc;
-    } else if (k == NS) {
-      dd[view_offset(14u) + e] += acc;
-    } else {
-      ddt_bias[view_offset(15u) + e] += acc;
-    }
-  }
 }

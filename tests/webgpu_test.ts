@@ -260,7 +260,8 @@ function scanInputs(B: number, L: number, ED: number, N: number, R: number, rng:
   };
 }
 
-// L = 650: 11 chunks, so the backward runs waves of 2 chunks, the last one half empty.
+// L = 150 and 650: 10 and 41 chunks of 16 steps, the last one partial; ED = 70: a second workgroup
+// of channels, mostly lanes past ED.
 for (const L of [150, 650]) {
   Deno.test(
     { name: `webgpu: selective scan forward and backward over several chunks (L=${L})`, ignore },

@@ -24,10 +24,11 @@ import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
 
 /** Rows summed by one invocation of a column reduction before the partials are added up. */
 const ROWS_PER_BLOCK = 64;
-/** Chunk length of the selective scan's backward (states are recomputed per chunk). */
-const SCAN_CHUNK = 64;
-/** The selective scan's backward runs its chunks in this many waves (of ceil(Q / waves) chunks). */
-const SCAN_WAVES = 8;
+/** Steps of the selective scan's chunks (inputs staged per chunk): forward, and the backward's (states kept per chunk). */
+const SCAN_CHUNK = 16;
+const SCAN_BACKWARD_CHUNK = 8;
+/** The scan keeps a channel's states in four vec4 registers. */
+const SCAN_MAX_STATE = 16;
 /** Split-K of matmul: at most this many splits, each at least this deep, aiming at this many workgroups. */
 const MAX_K_SPLITS = 64;
 const MIN_K_PER_SPLIT = 256;
@@ -96,7 +97,7 @@ const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string
   matmul: { TM: 4, TN: 4, BK: 16 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1 },
   matmul_int8: { ROWS: 1 },
-  scan: { NS: 16, WG: 64, T: SCAN_CHUNK },
+  scan: { NS: 16, CH: 4 * SCAN_BACKWARD_CHUNK, T: SCAN_BACKWARD_CHUNK },
 };
 
 /**
@@ -580,12 +581,28 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- fused selective scan ----
-  /** Defines of the scan kernels: N, channels per backward workgroup, chunk length. */
-  #scanDefines(state: number): Record<string, number> {
-    const budget = this.#gpu.limits.maxComputeWorkgroupStorageSize - 256 * 4; // minus common's scratch
-    let wg = 64;
-    while (wg > 1 && wg * 2 * state * 4 > budget) wg /= 2;
-    return { NS: state, WG: wg, T: SCAN_CHUNK };
+  /**
+   * Defines of the scan kernels (scan.wgsl): N, chunk length T and CH = 4T channels per workgroup.
+   * The forward stages δ, u, z and the rows of B and C of a chunk; the backward's passes also dy,
+   * δ after softplus, the chunk's states and one step's dB, dC terms.
+   */
+  #scanDefines(state: number, pass: "forward" | "backward"): Record<string, number> {
+    if (state > SCAN_MAX_STATE) {
+      throw new Error(`webgpu selective scan: d_state ${state} is above the supported ${SCAN_MAX_STATE}`);
+    }
+    const T = pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK, CH = 4 * T;
+    const words = pass === "forward"
+      ? 4 * T * CH + 2 * T * 16
+      : 5 * T * CH + 2 * T * 16 + (T + 1) * 16 * CH + 33 * CH;
+    const limit = this.#gpu.limits.maxComputeWorkgroupStorageSize;
+    if (4 * words > limit) {
+      throw new Error(
+        `webgpu selective scan: the ${pass} pass needs ${
+          4 * words
+        } bytes of workgroup memory; this adapter has ${limit}`,
+      );
+    }
+    return { NS: state, CH, T };
   }
 
   /** ints 0..4 of every scan kernel. */
@@ -605,51 +622,27 @@ export class WebGpuBackend implements Backend {
     z: DeviceBuffer,
     dims: ScanDims,
   ): void {
-    // The GPU kernels run one chunked recurrence for both settings of dims.parallel.
-    const { batch: B, length: L, channels: ED, state: N } = dims;
-    const chunks = Math.ceil(L / SCAN_CHUNK);
-    const hc = 0, sd = B * chunks * N * ED; // regions of the scratch: hc (B, Q, N, ED), sd (B, Q, ED)
-    const work = this.#work(sd + B * chunks * ED);
-    const ints = [...this.#scanInts(dims), chunks, hc, 0, 0, 0, sd];
-    const inputs = [gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)];
-    this.#scanChunkStates(inputs, work, ints, dims);
+    // The GPU kernels walk L in order for both settings of dims.parallel.
+    const defines = this.#scanDefines(dims.state, "forward");
     this.#run({
       file: "scan",
       entry: "scan_forward",
-      defines: this.#scanDefines(N),
-      bindings: [gv(y), ...inputs, undefined, work],
-      ints,
-      groups: [Math.ceil(ED / 64), chunks, B],
-    });
-  }
-
-  /** hc ← the state entering every chunk (scan.wgsl: scan_chunk_local, then scan_chunk_carry). */
-  #scanChunkStates(inputs: GpuView[], work: GpuView, ints: number[], dims: ScanDims): void {
-    const base = { file: "scan" as const, defines: this.#scanDefines(dims.state), ints };
-    const chunks = ints[5];
-    this.#run({
-      ...base,
-      entry: "scan_chunk_local",
-      bindings: [undefined, ...inputs.slice(0, 5), undefined, undefined, undefined, undefined, work],
-      groups: [Math.ceil(dims.channels / 64), chunks, dims.batch],
-    });
-    this.#run({
-      ...base,
-      entry: "scan_chunk_carry",
+      defines,
       bindings: [
+        gv(y),
+        gv(u),
+        gv(delta),
+        gv(dtBias),
+        gv(aLog),
+        gv(b),
+        gv(c),
+        gv(d),
+        gv(z),
         undefined,
-        undefined,
-        undefined,
-        undefined,
-        inputs[3],
-        undefined,
-        undefined,
-        undefined,
-        undefined,
-        undefined,
-        work,
+        this.#work(1),
       ],
-      groups: [Math.ceil(dims.channels / 64), dims.batch],
+      ints: this.#scanInts(dims),
+      groups: [Math.ceil(dims.channels / defines.CH), dims.batch],
     });
   }
 
@@ -674,46 +667,31 @@ export class WebGpuBackend implements Backend {
     dims: ScanDims,
   ): void {
     const { batch: B, length: L, channels: ED, state: N } = dims;
-    const defines = this.#scanDefines(N);
-    const chunks = Math.ceil(L / SCAN_CHUNK);
-    const blocks = Math.ceil(ED / defines.WG);
-    const wave = Math.ceil(chunks / SCAN_WAVES); // W chunks of the backward in parallel
-    // Regions of the scratch: hc (B, Q, N, ED), sd (B, Q, ED), gc (B, Q, N, ED),
-    // hs (B, W, T, N, ED), bc partials (B·L, blocks, 2N), param partials (B, Q, N + 2, ED).
-    const hc = 0;
-    const sd = hc + B * chunks * N * ED;
-    const gc = sd + B * chunks * ED;
-    const hs = gc + B * chunks * N * ED;
-    const bc = hs + B * wave * SCAN_CHUNK * N * ED;
+    const defines = this.#scanDefines(N, "backward");
+    const chunks = Math.ceil(L / defines.T);
+    const blocks = Math.ceil(ED / defines.CH);
+    // Regions of the scratch: hs (B, Q, ED, 16), bc partials (B·L, blocks, 2N), param partials (B, N + 2, ED).
+    const hs = 0;
+    const bc = hs + B * chunks * ED * SCAN_MAX_STATE;
     const pp = bc + B * L * blocks * 2 * N;
-    const work = this.#work(pp + B * chunks * (N + 2) * ED);
-    const ints = [...this.#scanInts(dims), chunks, hc, hs, bc, pp, sd, gc, wave, 0];
+    const work = this.#work(pp + B * (N + 2) * ED);
+    const ints = [...this.#scanInts(dims), chunks, hs, bc, pp];
     const inputs = [gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z)];
     const base = { file: "scan" as const, defines, ints };
-    this.#scanChunkStates(inputs, work, ints, dims);
-    const [, deltaV, dtBiasV, aLogV, , cV, , zV] = inputs;
-    const _ = undefined;
+    const grid: [number, number] = [blocks, B];
+    // scan_chunk_starts shares scan_forward's code, whose layout has y: du sits there, unwritten.
     this.#run({
       ...base,
-      entry: "scan_dh_local",
-      bindings: [_, _, deltaV, dtBiasV, aLogV, _, cV, _, zV, _, work, gv(dy)],
-      groups: [Math.ceil(ED / 64), chunks, B],
+      entry: "scan_chunk_starts",
+      bindings: [gv(du), ...inputs, undefined, work],
+      groups: grid,
     });
     this.#run({
       ...base,
-      entry: "scan_dh_carry",
-      bindings: [_, _, _, _, aLogV, _, _, _, _, _, work],
-      groups: [Math.ceil(ED / 64), B],
+      entry: "scan_backward",
+      bindings: [undefined, ...inputs, undefined, work, gv(dy), gv(du), gv(ddelta), gv(dz)],
+      groups: grid,
     });
-    for (let first = 0; first < chunks; first += wave) {
-      this.#run({
-        ...base,
-        ints: [...ints.slice(0, -1), first],
-        entry: "scan_backward",
-        bindings: [undefined, ...inputs, undefined, work, gv(dy), gv(du), gv(ddelta), gv(dz)],
-        groups: [blocks, B, wave],
-      });
-    }
     const none = new Array(10).fill(undefined);
     this.#run({
       ...base,
@@ -888,7 +866,7 @@ export class WebGpuBackend implements Backend {
     this.#run({
       file: "scan",
       entry: "scan_step",
-      defines: this.#scanDefines(dims.state),
+      defines: this.#scanDefines(dims.state, "forward"),
       bindings: [gv(y), gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z), gv(h)],
       ints: this.#scanInts({ ...dims, length: 1 }),
       groups: [Math.ceil(dims.channels / 64), dims.batch],
