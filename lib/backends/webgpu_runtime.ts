@@ -62,8 +62,9 @@ export class GpuRuntime {
     { pipeline: GPUComputePipeline; layout: GPUBindGroupLayout; id: number }
   >();
   /**
-   * Bind groups by pipeline, uniform slot and bound ranges. A decode step or a training step
-   * records the same dispatches into the same slots every time, so they hit this cache.
+   * Bind groups by pipeline and bound ranges. The uniform block is bound with a dynamic offset
+   * (the dispatch's ring slot), so a step that binds the same buffers again hits this cache
+   * wherever its dispatches fall in the ring.
    */
   readonly #bindGroups = new Map<string, GPUBindGroup>();
   readonly #bufferIds = new WeakMap<GPUBuffer, number>();
@@ -123,8 +124,14 @@ export class GpuRuntime {
     }).join("\n");
   }
 
-  #pipeline(file: KernelFile, entry: string, defines: Record<string, number>, widen: boolean) {
-    const key = `${file}:${entry}:${JSON.stringify(defines)}:${widen}`;
+  #pipeline(
+    file: KernelFile,
+    entry: string,
+    defines: Record<string, number>,
+    widen: boolean,
+    bound: number[],
+  ) {
+    const key = `${file}:${entry}:${JSON.stringify(defines)}:${widen}:${bound.join(",")}`;
     let cached = this.#pipelines.get(key);
     if (!cached) {
       this.device.pushErrorScope("validation");
@@ -132,8 +139,9 @@ export class GpuRuntime {
         label: `kernels/${file}.wgsl`,
         code: this.#source(file, defines, widen),
       });
+      const layout = this.#layout(file, widen, bound);
       const pipeline = this.device.createComputePipeline({
-        layout: "auto",
+        layout: this.device.createPipelineLayout({ bindGroupLayouts: [layout] }),
         compute: { module, entryPoint: entry },
       });
       this.#errors.push(
@@ -146,10 +154,35 @@ export class GpuRuntime {
             : `${file}.wgsl (${entry}): ${error.message}`;
         }),
       );
-      cached = { pipeline, layout: pipeline.getBindGroupLayout(0), id: this.#pipelines.size };
+      cached = { pipeline, layout, id: this.#pipelines.size };
       this.#pipelines.set(key, cached);
     }
     return cached;
+  }
+
+  /**
+   * The bind group layout of a dispatch: the uniform block with a dynamic offset, then the bound
+   * storage bindings with the access their file declares (all writable in the widened variant).
+   */
+  #layout(file: KernelFile, widen: boolean, bound: number[]): GPUBindGroupLayout {
+    const modes = this.#modes.get(file)!;
+    const storage = bound.map((binding): GPUBindGroupLayoutEntry => {
+      if (!modes.read.has(binding) && !modes.readWrite.has(binding)) {
+        throw new Error(`kernels/${file}.wgsl declares no storage binding ${binding}`);
+      }
+      const type = widen || modes.readWrite.has(binding) ? "storage" : "read-only-storage";
+      return { binding, visibility: GPUShaderStage.COMPUTE, buffer: { type } };
+    });
+    return this.device.createBindGroupLayout({
+      entries: [
+        {
+          binding: 0,
+          visibility: GPUShaderStage.COMPUTE,
+          buffer: { type: "uniform", hasDynamicOffset: true },
+        },
+        ...storage,
+      ],
+    });
   }
 
   /** A small number naming a buffer in bind-group keys. */
@@ -169,7 +202,8 @@ export class GpuRuntime {
     if (this.#slots === RING_SLOTS) this.flush();
     const modes = this.#modes.get(d.file)!;
     const widen = aliases(d.bindings, modes);
-    const { pipeline, layout, id } = this.#pipeline(d.file, d.entry, d.defines ?? {}, widen);
+    const bound = d.bindings.flatMap((view, i) => view ? [i + 1] : []);
+    const { pipeline, layout, id } = this.#pipeline(d.file, d.entry, d.defines ?? {}, widen, bound);
 
     const slot = this.#slots++;
     const words = new Uint32Array(this.#staging, slot * UNIFORM_BYTES, UNIFORM_BYTES / 4);
@@ -179,7 +213,7 @@ export class GpuRuntime {
       throw new Error(`${d.file}.wgsl (${d.entry}): too many bindings or arguments`);
     }
     const ranges: { binding: number; buffer: GPUBuffer; offset: number; size: number }[] = [];
-    let key = `${id}:${slot}`;
+    let key = `${id}`;
     d.bindings.forEach((view, i) => {
       if (!view) return;
       const { offset, size, skip } = this.#window(view);
@@ -195,7 +229,7 @@ export class GpuRuntime {
       const entries: GPUBindGroupEntry[] = [
         {
           binding: 0,
-          resource: { buffer: this.#uniforms, offset: slot * UNIFORM_BYTES, size: UNIFORM_BYTES },
+          resource: { buffer: this.#uniforms, offset: 0, size: UNIFORM_BYTES },
         },
         ...ranges.map(({ binding, buffer, offset, size }) => ({
           binding,
@@ -209,7 +243,7 @@ export class GpuRuntime {
     this.#encoder ??= this.device.createCommandEncoder();
     this.#pass ??= this.#encoder.beginComputePass();
     this.#pass.setPipeline(pipeline);
-    this.#pass.setBindGroup(0, bindGroup);
+    this.#pass.setBindGroup(0, bindGroup, [slot * UNIFORM_BYTES]);
     this.#pass.dispatchWorkgroups(gx, gy, gz);
   }
 
