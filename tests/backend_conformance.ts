@@ -254,12 +254,14 @@ function opCases(): Record<string, OpCase> {
       },
     };
   }
-  // [B, L, ED, N, R, parallel]; the last: d_state 16 over many chunks, more channels than a block.
+  // [B, L, ED, N, R, parallel]; the last two: d_state 12 (states on both sides of 8) and 16 over
+  // many chunks, more channels than a block.
   const scanShapes = [
     [2, 37, 11, 5, 3, true],
     [2, 37, 11, 5, 3, false],
     [2, 300, 11, 5, 3, true],
     [2, 1, 11, 5, 3, false],
+    [2, 41, 45, 12, 4, true],
     [3, 203, 70, 16, 5, true],
   ] as const;
   for (const [B, L, ED, N, R, parallel] of scanShapes) {

@@ -27,8 +27,10 @@ const ROWS_PER_BLOCK = 64;
 /** Steps of the selective scan's chunks (inputs staged per chunk): forward, and the backward's (states kept per chunk). */
 const SCAN_CHUNK = 16;
 const SCAN_BACKWARD_CHUNK = 8;
-/** The scan keeps a channel's states in four vec4 registers. */
+/** The scan keeps a channel's states in four vec4 registers, two in each lane of a pair. */
 const SCAN_MAX_STATE = 16;
+/** Channels per workgroup of the scan (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
+const SCAN_CHANNELS = 32;
 /** Split-K of matmul: at most this many splits, each at least this deep, aiming at this many workgroups. */
 const MAX_K_SPLITS = 64;
 const MIN_K_PER_SPLIT = 256;
@@ -97,7 +99,7 @@ const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string
   matmul: { TM: 4, TN: 4, BK: 16 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1 },
   matmul_int8: { ROWS: 1 },
-  scan: { NS: 16, CH: 4 * SCAN_BACKWARD_CHUNK, T: SCAN_BACKWARD_CHUNK },
+  scan: { NS: 16, CH: SCAN_CHANNELS, T: SCAN_BACKWARD_CHUNK },
 };
 
 /**
@@ -582,18 +584,18 @@ export class WebGpuBackend implements Backend {
 
   // ---- fused selective scan ----
   /**
-   * Defines of the scan kernels (scan.wgsl): N, chunk length T and CH = 4T channels per workgroup.
-   * The forward stages δ, u, z and the rows of B and C of a chunk; the backward's passes also dy,
-   * δ after softplus, the chunk's states and one step's dB, dC terms.
+   * Defines of the scan kernels (scan.wgsl): N, chunk length T and CH channels per workgroup (two
+   * lanes each). The forward stages δ, u, z, the rows of B and C and each lane's h·C of a chunk; the
+   * backward's passes also dy, δ after softplus, the chunk's states and one step's exchanged sums.
    */
   #scanDefines(state: number, pass: "forward" | "backward"): Record<string, number> {
     if (state > SCAN_MAX_STATE) {
       throw new Error(`webgpu selective scan: d_state ${state} is above the supported ${SCAN_MAX_STATE}`);
     }
-    const T = pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK, CH = 4 * T;
+    const T = pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK, CH = SCAN_CHANNELS, lanes = 2 * CH;
     const words = pass === "forward"
-      ? 4 * T * CH + 2 * T * 16
-      : 5 * T * CH + 2 * T * 16 + (T + 1) * 16 * CH + 33 * CH;
+      ? 3 * T * CH + 2 * T * 16 + T * lanes
+      : 4 * T * CH + 2 * T * 16 + T * lanes + (T + 1) * 8 * lanes + 4 * lanes + 17 * lanes;
     const limit = this.#gpu.limits.maxComputeWorkgroupStorageSize;
     if (4 * words > limit) {
       throw new Error(
