@@ -350,6 +350,15 @@ Deno.test({ name: "webgpu: selective scan step", ignore }, async () => {
   await assertClose(h, "selectiveScanStep h");
 });
 
+Deno.test({ name: "webgpu: a d_state above 16 is a clear error, not a wrong scan", ignore }, () => {
+  const s = scanInputs(1, 4, 8, 17, 2, new Random(11));
+  const y = pair(new Float32Array(4 * 8));
+  assert.throws(
+    () => gpu!.selectiveScan(y.g, s.u.g, s.delta.g, s.dtBias.g, s.aLog.g, s.b.g, s.c.g, s.d.g, s.z.g, s.dims),
+    /webgpu selective scan: d_state 17 is above the supported 16/,
+  );
+});
+
 Deno.test({ name: "webgpu: cross-entropy with and without gradients", ignore }, async () => {
   const rng = new Random(10);
   for (const vocab of [256, 300]) {
