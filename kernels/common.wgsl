@@ -38,6 +38,11 @@ fn sigmoid(x: f32) -> f32 {
   return 1.0 / (1.0 + exp(-x));
 }
 
+/** d silu(x) / dx, given sg = sigmoid(x). */
+fn dsilu_of(x: f32, sg: f32) -> f32 {
+  return sg * (1.0 + x * (1.0 - sg));
+}
+
 /** softplus(x) = log(1 + exp(x)), with log1p's accuracy for small exp(x). */
 fn softplus(x: f32) -> f32 {
   if (x > 20.0) {

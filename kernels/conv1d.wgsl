@@ -70,7 +70,7 @@ fn conv1d_silu_grad(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgrou
   }
   let s = pre_activation(d, i / d.channels, i % d.channels);
   let sg = sigmoid(s);
-  g[view_offset(5u) + i] = dout[view_offset(6u) + i] * sg * (1.0 + s * (1.0 - sg));
+  g[view_offset(5u) + i] = dout[view_offset(6u) + i] * dsilu_of(s, sg);
 }
 
 // dx (B, L, C), row stride x_stride, overwritten. One invocation per element.

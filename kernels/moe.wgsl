@@ -369,5 +369,5 @@ fn swiglu_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroup
   let sg = sigmoid(a);
   let da = grad[view_offset(13u) + i];
   dh3[view_offset(16u) + i] = da * a * sg;
-  dst[view_offset(11u) + i] = da * h3[view_offset(15u) + i] * sg * (1.0 + a * (1.0 - sg));
+  dst[view_offset(11u) + i] = da * h3[view_offset(15u) + i] * dsilu_of(a, sg);
 }

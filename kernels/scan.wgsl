@@ -438,7 +438,7 @@ fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
           let g = (s.x * ut + s.y) * sigmoid(tile_delta[x] + bias); // softplus' = sigmoid
           du[view_offset(13u) + r * d.channels + l.e] = dpre * dv + s.x * dt;
           ddelta[view_offset(14u) + r * d.channels + l.e] = g;
-          dz[view_offset(15u) + r * d.z_stride + l.e] = tile_dy[x] * (s.z + dv * ut) * sg * (1.0 + zv * (1.0 - sg));
+          dz[view_offset(15u) + r * d.z_stride + l.e] = tile_dy[x] * (s.z + dv * ut) * dsilu_of(zv, sg);
           dbias_sum += g;
           dd_sum += dpre * ut;
         }
