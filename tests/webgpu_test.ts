@@ -260,8 +260,8 @@ function scanInputs(B: number, L: number, ED: number, N: number, R: number, rng:
   };
 }
 
-// L = 150 and 650: 10 and 41 chunks of 16 steps, the last one partial; ED = 70: a second workgroup
-// of channels, mostly lanes past ED.
+// L = 150 and 650: 10 and 41 forward chunks of 16 steps, 19 and 82 backward chunks of 8, the last
+// one partial each time; ED = 70: three workgroups of 32 channels, the last mostly lanes past ED.
 for (const L of [150, 650]) {
   Deno.test(
     { name: `webgpu: selective scan forward and backward over several chunks (L=${L})`, ignore },

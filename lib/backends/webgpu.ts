@@ -31,6 +31,18 @@ const SCAN_BACKWARD_CHUNK = 8;
 const SCAN_MAX_STATE = 16;
 /** Channels per workgroup of the scan (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
 const SCAN_CHANNELS = 32;
+/**
+ * Workgroup memory of scan.wgsl's passes: the forward stages δ, u, z, the rows of B and C and each
+ * lane's h·C of a chunk; the backward's also dy, δ after softplus, the chunk's states and one
+ * step's exchanged sums and dB, dC terms.
+ */
+const SCAN_WORKGROUP_BYTES = (() => {
+  const lanes = 2 * SCAN_CHANNELS, T = SCAN_CHUNK, TB = SCAN_BACKWARD_CHUNK, CH = SCAN_CHANNELS;
+  return {
+    forward: 4 * (3 * T * CH + 2 * T * 16 + T * lanes),
+    backward: 4 * (4 * TB * CH + 2 * TB * 16 + TB * lanes + (TB + 1) * 8 * lanes + 4 * lanes + 17 * lanes),
+  };
+})();
 /** Split-K of matmul: at most this many splits, each at least this deep, aiming at this many workgroups. */
 const MAX_K_SPLITS = 64;
 const MIN_K_PER_SPLIT = 256;
@@ -128,9 +140,12 @@ export class WebGpuBackend implements Backend {
   readonly #rt: GpuRuntime;
   /** Scratch for partial sums and the scan's chunk states, grown on demand. */
   #scratch: GpuView | null = null;
+  /** The device's maxComputeWorkgroupStorageSize (read once: the limits getter is not free). */
+  readonly #workgroupStorage: number;
 
   constructor(runtime: GpuRuntime, readonly description: string) {
     this.#rt = runtime;
+    this.#workgroupStorage = runtime.device.limits.maxComputeWorkgroupStorageSize;
     this.moe = new WebGpuMoeOps((d) => this.#run(d), (length) => this.#work(length), gv);
   }
 
@@ -583,28 +598,19 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- fused selective scan ----
-  /**
-   * Defines of the scan kernels (scan.wgsl): N, chunk length T and CH channels per workgroup (two
-   * lanes each). The forward stages δ, u, z, the rows of B and C and each lane's h·C of a chunk; the
-   * backward's passes also dy, δ after softplus, the chunk's states and one step's exchanged sums.
-   */
+  /** Defines of the scan kernels (scan.wgsl): N, chunk length T and CH channels per workgroup (two lanes each). */
   #scanDefines(state: number, pass: "forward" | "backward"): Record<string, number> {
     if (state > SCAN_MAX_STATE) {
       throw new Error(`webgpu selective scan: d_state ${state} is above the supported ${SCAN_MAX_STATE}`);
     }
-    const T = pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK, CH = SCAN_CHANNELS, lanes = 2 * CH;
-    const words = pass === "forward"
-      ? 3 * T * CH + 2 * T * 16 + T * lanes
-      : 4 * T * CH + 2 * T * 16 + T * lanes + (T + 1) * 8 * lanes + 4 * lanes + 17 * lanes;
-    const limit = this.#gpu.limits.maxComputeWorkgroupStorageSize;
-    if (4 * words > limit) {
+    if (SCAN_WORKGROUP_BYTES[pass] > this.#workgroupStorage) {
       throw new Error(
         `webgpu selective scan: the ${pass} pass needs ${
-          4 * words
-        } bytes of workgroup memory; this adapter has ${limit}`,
+          SCAN_WORKGROUP_BYTES[pass]
+        } bytes of workgroup memory; this adapter has ${this.#workgroupStorage}`,
       );
     }
-    return { NS: state, CH, T };
+    return { NS: state, CH: SCAN_CHANNELS, T: pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK };
   }
 
   /** ints 0..4 of every scan kernel. */
