@@ -6,12 +6,16 @@
 
 namespace {
 
-// V: floats per load (4: float4, 1: scalar). C[m, n] = Σ_k A[m, k] · B[n, k] (+ C[m, n]).
-template <int kM, int V, int kSplit>
+// V: floats per load (4: float4, 1: scalar). C[m, n] = Σ_k A[m, k] · B[n, k] (+ C[m, n]); with
+// kNorm, C[m, n] = rstd[m] · Σ_k A[m, k] · norm[k] · B[n, k], rmsnorm(A) · Bᵀ.
+template <int kM, int V, int kSplit, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(float* c, const float* a, const float* b, int n, int k,
-                                                            int lda, int ldb, int ldc, bool accumulate) {
+                                                            int lda, int ldb, int ldc, bool accumulate,
+                                                            const float* norm, float eps) {
   using Vec = typename std::conditional<V == 4, float4, float>::type;
   gemv_prefetch_then_wait<kSplit>(b, n, (int64_t)ldb * sizeof(float), (int64_t)k * sizeof(float));
+  float rstd[kM];
+  if constexpr (kNorm) gemv_rstd<kM>(a, k, lda, eps, rstd);
   const GemvLane t = gemv_lane<kSplit>();
   float acc[kM] = {};
   if (t.row < n) {
@@ -19,6 +23,7 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(float* c, const floa
 #pragma unroll 4
     for (int i = t.part * 32 + t.lane; i < k / V; i += 32 * kSplit) {
       Vec w = __ldg(brow + i);
+      if constexpr (kNorm) w = times(w, __ldg(reinterpret_cast<const Vec*>(norm) + i));
 #pragma unroll
       for (int m = 0; m < kM; m++) {
         Vec x = __ldg(reinterpret_cast<const Vec*>(a + (int64_t)m * lda) + i);
@@ -36,28 +41,37 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(float* c, const floa
   for (int m = 0; m < kM; m++) {
     if (t.lane == m) {
       float* out = c + (int64_t)m * ldc + t.row;
-      *out = accumulate ? *out + acc[m] : acc[m];
+      float value = kNorm ? rstd[m] * acc[m] : acc[m];
+      *out = accumulate ? *out + value : value;
     }
   }
 }
 
-template <int kM, int V>
-void launch_vec(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate) {
+template <int kM, int V, bool kNorm>
+void launch_vec(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate,
+                const float* norm, float eps) {
   const int split = gemv_split(n, k / V);
-  auto kernel = split == 1   ? gemv_kernel<kM, V, 1>
-                : split == 2 ? gemv_kernel<kM, V, 2>
-                : split == 4 ? gemv_kernel<kM, V, 4>
-                             : gemv_kernel<kM, V, 8>;
-  mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, b, n, k, lda, ldb, ldc, accumulate);
+  auto kernel = split == 1   ? gemv_kernel<kM, V, 1, kNorm>
+                : split == 2 ? gemv_kernel<kM, V, 2, kNorm>
+                : split == 4 ? gemv_kernel<kM, V, 4, kNorm>
+                             : gemv_kernel<kM, V, 8, kNorm>;
+  mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, b, n, k, lda, ldb, ldc, accumulate, norm,
+                      eps);
 }
 
 template <int kM>
 void launch(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate,
-            bool vec) {
-  if (vec) {
-    launch_vec<kM, 4>(c, a, b, n, k, lda, ldb, ldc, accumulate);
+            bool vec, const float* norm, float eps) {
+  if (norm) {
+    if (vec) {
+      launch_vec<kM, 4, true>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
+    } else {
+      launch_vec<kM, 1, true>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
+    }
+  } else if (vec) {
+    launch_vec<kM, 4, false>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
   } else {
-    launch_vec<kM, 1>(c, a, b, n, k, lda, ldb, ldc, accumulate);
+    launch_vec<kM, 1, false>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
   }
 }
 
@@ -66,20 +80,30 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 }  // namespace
 
 int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool trans_a, bool trans_b,
-            bool accumulate, int lda, int ldb, int ldc) {
+            bool accumulate, int lda, int ldb, int ldc, const float* norm, float eps) {
   if (trans_a || !trans_b || m < 1 || m > kGemvMaxRows || k < 1) return -1;
   if (lda < k || ldb < k || ldc < n) return -1;  // let cuBLAS report bad leading dimensions
-  bool vec = k % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 && aligned16(a) && aligned16(b);
+  bool vec = k % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(norm);
   switch (m) {
-    case 1: launch<1>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
-    case 2: launch<2>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
-    case 3: launch<3>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
-    case 4: launch<4>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
-    case 5: launch<5>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
-    case 6: launch<6>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
-    case 7: launch<7>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
-    default: launch<8>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec); break;
+    case 1: launch<1>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    case 2: launch<2>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    case 3: launch<3>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    case 4: launch<4>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    case 5: launch<5>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    case 6: launch<6>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    case 7: launch<7>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    default: launch<8>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
   }
-  MB_LAUNCHED("matmul (gemv)");
+  MB_LAUNCHED(norm ? "rmsnorm_matmul (gemv)" : "matmul (gemv)");
   return 0;
+}
+
+extern "C" int mb_rmsnorm_matmul(uint64_t c, uint64_t a, uint64_t norm, uint64_t w, int m, int n, int k, float eps) {
+  if (mb_require_init()) return 1;
+  if (m < 1 || m > kGemvMaxRows || n < 1 || k < 1) {
+    return mb_fail("rmsnorm_matmul: M=%d N=%d K=%d (need 1 <= M <= %d, N and K >= 1: a decode step)", m, n, k,
+                   kGemvMaxRows);
+  }
+  return mb_gemv(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const float>(w), m, n, k, false, true, false, k, k,
+                 n, mb_ptr<const float>(norm), eps);
 }

@@ -13,8 +13,9 @@ constexpr int kGemvWarps = kGemvThreads / 32;
 
 // Enqueues the product when it has the shape above; returns 0 when done, -1 when the shape is
 // not one for this kernel (the caller uses cuBLAS), 1 on a launch failure.
+// With `norm` (K values, else null), A's rows are taken through rmsnorm first (rmsnorm_matmul).
 int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool trans_a, bool trans_b,
-            bool accumulate, int lda, int ldb, int ldc);
+            bool accumulate, int lda, int ldb, int ldc, const float* norm = nullptr, float eps = 0.0f);
 
 // Warps per row of B (1, 2, 4 or 8) for N rows of `loads` vector loads each: doubled while the
 // grid has fewer than ~8K warps (a full H200 holds 132 × 64) and every lane keeps two loads or
@@ -81,5 +82,36 @@ __device__ inline void gemv_sum(float (&acc)[kM]) {
         acc[m] = total;
       }
     }
+  }
+}
+
+// Elementwise products (the rmsnorm weight applied to a load of W).
+__device__ inline float4 times(float4 a, float4 b) { return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w); }
+__device__ inline float times(float a, float b) { return a * b; }
+
+// 1 / √(mean(A[m]²) + eps) of each of the kM rows of A (K values, lda apart), for every thread of
+// the block (all must call it, after the wait): rmsnorm's scale, for the GEMVs that fuse rmsnorm.
+// Each block reads the rows itself (a few KB, from L2) instead of waiting for an rmsnorm launch.
+template <int kM>
+__device__ inline void gemv_rstd(const float* a, int k, int lda, float eps, float (&rstd)[kM]) {
+  __shared__ float partial[kGemvWarps][kM];
+  const int warp = threadIdx.x / 32;
+#pragma unroll
+  for (int m = 0; m < kM; m++) {
+    float ss = 0.0f;
+    for (int i = threadIdx.x; i < k; i += kGemvThreads) {
+      float v = a[(int64_t)m * lda + i];
+      ss += v * v;
+    }
+    ss = mb_warp_sum(ss);
+    if (threadIdx.x % 32 == 0) partial[warp][m] = ss;
+  }
+  __syncthreads();
+#pragma unroll
+  for (int m = 0; m < kM; m++) {
+    float total = 0.0f;
+#pragma unroll
+    for (int w = 0; w < kGemvWarps; w++) total += partial[w][m];
+    rstd[m] = rsqrtf(total / k + eps);
   }
 }

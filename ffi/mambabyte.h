@@ -74,6 +74,10 @@ MB_API int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int col
  * At most 8 rows: a GEMV kernel; more: a tiled kernel. No host synchronisation (graph-capturable). */
 MB_API int mb_matmul_int8(uint64_t c, uint64_t a, uint64_t codes, uint64_t scales, int m, int n, int k, int lda,
                           int accumulate);
+/* Decode (1 <= m <= 8): c (m, n) = rmsnorm(a (m, k), norm) · wᵀ, w (n, k) fp32 or int8 as above. */
+MB_API int mb_rmsnorm_matmul(uint64_t c, uint64_t a, uint64_t norm, uint64_t w, int m, int n, int k, float eps);
+MB_API int mb_rmsnorm_matmul_int8(uint64_t c, uint64_t a, uint64_t norm, uint64_t codes, uint64_t scales, int m,
+                                  int n, int k, float eps);
 
 /* ---- embedding ---- */
 MB_API int mb_embedding(uint64_t out, uint64_t table, uint64_t tokens, int rows, int dim);
@@ -102,9 +106,11 @@ MB_API int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt
                                       uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
                                       uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int length,
                                       int channels, int state, int bc_stride, int z_stride);
-MB_API int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t delta, uint64_t dt_bias,
-                                  uint64_t a_log, uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch,
-                                  int channels, int state, int bc_stride, int z_stride);
+/* The decode step with dt_proj fused: δ = dt_in (B, R; rows bc_stride apart) · dt_projᵀ, dt_proj (ED, R). */
+MB_API int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t dt_in, uint64_t dt_proj,
+                                  uint64_t dt_bias, uint64_t a_log, uint64_t b, uint64_t c, uint64_t d,
+                                  uint64_t z, int batch, int channels, int state, int rank, int bc_stride,
+                                  int z_stride);
 
 /* ---- loss ---- */
 /* dlogits may be 0 (no gradient). */

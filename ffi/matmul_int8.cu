@@ -4,7 +4,7 @@
 // dequant(W)[o, p] = scales[o] · code. Each output is scales[o] · Σ_p A[i, p] · code[o, p].
 //
 // Decode (M ≤ kGemvMaxRows) takes the GEMV of gemv.cuh's shape: `split` warps per row of W, their
-// lanes splitting the row's words (16-byte loads of four words where the operands allow), the codes
+// lanes on consecutive words of the row (float4 loads of A where the operands allow), the codes
 // dequantized in registers, warp-shuffle sums; every word of W is read once for all M rows of A.
 // dp4a does not apply: A is fp32. Larger M (a prompt, evaluation) takes a shared-memory tiled
 // kernel. Both run on the library's stream (the GEMV as a dependent launch, common.cuh), so both
@@ -30,33 +30,37 @@ __device__ inline float4 load_a(const float* row, int p, int k) {
 
 __device__ inline void store_c(float* out, float value, bool accumulate) { *out = accumulate ? *out + value : value; }
 
-// V: words per load (4: int4 with float4 loads of A, needing K % 16 == 0, lda % 4 == 0 and 16-byte
-// aligned operands; 1: one word and scalar loads of A, zeros past K). kSplit warps per row of W.
-template <int kM, int V, int kSplit>
+// Each lane takes one word of W at a time, lanes on consecutive words, so that the loads of W, of A
+// and of norm are each coalesced across the warp (16-byte loads of four words per lane made the
+// warp's loads of A 64 bytes apart, four times the cache traffic, and that bounded the kernel).
+// V: floats per load of A and norm (4: float4, needing K % 4 == 0, lda % 4 == 0 and 16-byte
+// aligned A and norm; 1: scalar loads, zeros past K). kSplit warps per row of W.
+// With kNorm, A's rows go through rmsnorm first: the codes are scaled by norm, the sums by rstd.
+template <int kM, int V, int kSplit, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_int8_kernel(float* c, const float* a, const int* codes,
                                                                  const float* scales, int n, int k, int lda,
-                                                                 bool accumulate) {
+                                                                 bool accumulate, const float* norm, float eps) {
   const int kw = (k + 3) / 4, stride = 32 * kSplit;
   gemv_prefetch_then_wait<kSplit>(codes, n, (int64_t)kw * sizeof(int), (int64_t)kw * sizeof(int));
+  float rstd[kM];
+  if constexpr (kNorm) gemv_rstd<kM>(a, k, lda, eps, rstd);
   const GemvLane t = gemv_lane<kSplit>();
   float acc[kM] = {};
   if (t.row < n) {
     const int* row = codes + (int64_t)t.row * kw;
     if constexpr (V == 4) {
-#pragma unroll 2
-      for (int i = t.part * 32 + t.lane; i < kw / 4; i += stride) {
-        int4 w = __ldg(reinterpret_cast<const int4*>(row) + i);
-        float4 w0 = unpack_codes(w.x), w1 = unpack_codes(w.y), w2 = unpack_codes(w.z), w3 = unpack_codes(w.w);
+#pragma unroll 4
+      for (int i = t.part * 32 + t.lane; i < kw; i += stride) {
+        float4 w = unpack_codes(__ldg(row + i));
+        if constexpr (kNorm) w = times(w, __ldg(reinterpret_cast<const float4*>(norm) + i));
 #pragma unroll
-        for (int m = 0; m < kM; m++) {
-          const float4* x = reinterpret_cast<const float4*>(a + (int64_t)m * lda) + 4 * i;
-          acc[m] += dot4(__ldg(x), w0) + dot4(__ldg(x + 1), w1) + dot4(__ldg(x + 2), w2) + dot4(__ldg(x + 3), w3);
-        }
+        for (int m = 0; m < kM; m++) acc[m] += dot4(__ldg(reinterpret_cast<const float4*>(a + (int64_t)m * lda) + i), w);
       }
     } else {
 #pragma unroll 4
       for (int i = t.part * 32 + t.lane; i < kw; i += stride) {
         float4 w = unpack_codes(__ldg(row + i));
+        if constexpr (kNorm) w = times(w, load_a(norm, 4 * i, k));
 #pragma unroll
         for (int m = 0; m < kM; m++) acc[m] += dot4(load_a(a + (int64_t)m * lda, 4 * i, k), w);
       }
@@ -67,28 +71,35 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_int8_kernel(float* c, const
   const float scale = scales[t.row];
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    if (t.lane == m) store_c(c + (int64_t)m * n + t.row, scale * acc[m], accumulate);
+    if (t.lane == m) store_c(c + (int64_t)m * n + t.row, scale * (kNorm ? rstd[m] * acc[m] : acc[m]), accumulate);
   }
 }
 
-template <int kM, int V>
+template <int kM, int V, bool kNorm>
 void launch_split(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
-                  bool accumulate) {
-  const int kw = (k + 3) / 4, split = gemv_split(n, V == 4 ? kw / 4 : kw);
-  auto kernel = split == 1   ? gemv_int8_kernel<kM, V, 1>
-                : split == 2 ? gemv_int8_kernel<kM, V, 2>
-                : split == 4 ? gemv_int8_kernel<kM, V, 4>
-                             : gemv_int8_kernel<kM, V, 8>;
-  mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, codes, scales, n, k, lda, accumulate);
+                  bool accumulate, const float* norm, float eps) {
+  const int kw = (k + 3) / 4, split = gemv_split(n, kw);
+  auto kernel = split == 1   ? gemv_int8_kernel<kM, V, 1, kNorm>
+                : split == 2 ? gemv_int8_kernel<kM, V, 2, kNorm>
+                : split == 4 ? gemv_int8_kernel<kM, V, 4, kNorm>
+                             : gemv_int8_kernel<kM, V, 8, kNorm>;
+  mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, codes, scales, n, k, lda, accumulate, norm,
+                      eps);
 }
 
 template <int kM>
 void launch_gemv(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
-                 bool accumulate, bool vec) {
-  if (vec) {
-    launch_split<kM, 4>(c, a, codes, scales, n, k, lda, accumulate);
+                 bool accumulate, bool vec, const float* norm, float eps) {
+  if (norm) {
+    if (vec) {
+      launch_split<kM, 4, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
+    } else {
+      launch_split<kM, 1, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
+    }
+  } else if (vec) {
+    launch_split<kM, 4, false>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
   } else {
-    launch_split<kM, 1>(c, a, codes, scales, n, k, lda, accumulate);
+    launch_split<kM, 1, false>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
   }
 }
 
@@ -145,6 +156,24 @@ __global__ void __launch_bounds__(256) matmul_int8_kernel(float* c, const float*
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
+// The decode GEMV (M ≤ kGemvMaxRows), rmsnorm fused in when `norm` is given.
+int gemv_int8(float* c, const float* a, const int* codes, const float* scales, int m, int n, int k, int lda,
+              bool accumulate, const float* norm, float eps) {
+  bool vec = k % 4 == 0 && lda % 4 == 0 && aligned16(a) && aligned16(norm);
+  switch (m) {
+    case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    case 2: launch_gemv<2>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    case 3: launch_gemv<3>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    case 4: launch_gemv<4>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    case 5: launch_gemv<5>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    case 6: launch_gemv<6>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    case 7: launch_gemv<7>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    default: launch_gemv<8>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+  }
+  MB_LAUNCHED(norm ? "rmsnorm_matmul_int8 (gemv)" : "matmul_int8 (gemv)");
+  return 0;
+}
+
 }  // namespace
 
 extern "C" int mb_matmul_int8(uint64_t c_ptr, uint64_t a_ptr, uint64_t codes_ptr, uint64_t scales_ptr, int m,
@@ -164,17 +193,16 @@ extern "C" int mb_matmul_int8(uint64_t c_ptr, uint64_t a_ptr, uint64_t codes_ptr
     MB_LAUNCHED("matmul_int8");
     return 0;
   }
-  bool vec = k % 16 == 0 && lda % 4 == 0 && aligned16(a) && aligned16(codes);
-  switch (m) {
-    case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
-    case 2: launch_gemv<2>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
-    case 3: launch_gemv<3>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
-    case 4: launch_gemv<4>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
-    case 5: launch_gemv<5>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
-    case 6: launch_gemv<6>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
-    case 7: launch_gemv<7>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
-    default: launch_gemv<8>(c, a, codes, scales, n, k, lda, accumulate, vec); break;
+  return gemv_int8(c, a, codes, scales, m, n, k, lda, accumulate, nullptr, 0.0f);
+}
+
+extern "C" int mb_rmsnorm_matmul_int8(uint64_t c, uint64_t a, uint64_t norm, uint64_t codes, uint64_t scales, int m,
+                                      int n, int k, float eps) {
+  if (mb_require_init()) return 1;
+  if (m < 1 || m > kGemvMaxRows || n < 1 || k < 1) {
+    return mb_fail("rmsnorm_matmul_int8: M=%d N=%d K=%d (need 1 <= M <= %d, N and K >= 1: a decode step)", m, n, k,
+                   kGemvMaxRows);
   }
-  MB_LAUNCHED("matmul_int8 (gemv)");
-  return 0;
+  return gemv_int8(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const int>(codes), mb_ptr<const float>(scales),
+                   m, n, k, k, false, mb_ptr<const float>(norm), eps);
 }

@@ -396,17 +396,26 @@ __global__ void reduce_bc(float* db, float* dc, const float* bc_part, int parts,
   }
 }
 
-// One decode step (a dependent launch: common.cuh), one thread per (b, e, n) — kN lanes per channel, so every load is independent
-// and h·C is a 16-lane shuffle sum: h (B, ED, N) updated in place.
-__global__ void scan_step(float* y, float* h, ScanArgs s) {
+// One decode step (a dependent launch: common.cuh), one thread per (b, e, n) — kN lanes per
+// channel, so every load is independent and sums over a channel are 16-lane shuffles: h (B, ED, N)
+// updated in place. dt_proj is fused in: δ = δr · dt_proj[e] (R terms, split over the channel's
+// lanes) comes from dt_in (B, R; rows bc_stride apart) and dt_proj (ED, R); s.delta is unused.
+__global__ void scan_step(float* y, float* h, ScanArgs s, const float* dt_in, const float* dt_proj, int rank) {
   mb_grid_launch_dependents();
   mb_grid_wait();
   int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, be = i / kN;
   int n = i % kN, e = be % s.channels, b = be / s.channels;
   bool channel = be < (int64_t)s.batch * s.channels, state = channel && n < s.state;  // lanes past the end
-  float part = 0.0f, dt = 0.0f, uu = 0.0f;                                           // still shuffle
+  float delta = 0.0f, part = 0.0f, dt = 0.0f, uu = 0.0f;                             // still shuffle
   if (channel) {
-    dt = mb_softplus(s.delta[be] + s.dt_bias[e]);
+    const float *x = dt_in + (int64_t)b * s.bc_stride, *w = dt_proj + (int64_t)e * rank;
+#pragma unroll 4
+    for (int r = n; r < rank; r += kN) delta += x[r] * w[r];
+  }
+#pragma unroll
+  for (int lanes = kN / 2; lanes > 0; lanes /= 2) delta += __shfl_xor_sync(kFull, delta, lanes);
+  if (channel) {
+    dt = mb_softplus(delta + s.dt_bias[e]);
     uu = s.u[be];
   }
   if (state) {
@@ -505,14 +514,16 @@ int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, 
   return scan_backward_passes(s, o, mb_ptr<float>(ddt_bias), mb_ptr<float>(da_log), mb_ptr<float>(dd));
 }
 
-int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
-                           uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int channels, int state,
-                           int bc_stride, int z_stride) {
+int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t dt_in, uint64_t dt_proj, uint64_t dt_bias,
+                           uint64_t a_log, uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int channels,
+                           int state, int rank, int bc_stride, int z_stride) {
   if (state > kN) return mb_fail("selective scan step: d_state %d is above the supported %d", state, kN);
+  if (rank < 1) return mb_fail("selective scan step: dt_rank %d (need at least 1)", rank);
   int64_t n = (int64_t)batch * channels * kN;
   if (n <= 0) return 0;
-  ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, 1, channels, state, bc_stride, z_stride);
-  mb_launch_dependent(scan_step, (unsigned)((n + 255) / 256), 256, mb_ptr<float>(y), mb_ptr<float>(h), s);
+  ScanArgs s = make_args(u, 0, dt_bias, a_log, b, c, d, z, batch, 1, channels, state, bc_stride, z_stride);
+  mb_launch_dependent(scan_step, (unsigned)((n + 255) / 256), 256, mb_ptr<float>(y), mb_ptr<float>(h), s,
+                      mb_ptr<const float>(dt_in), mb_ptr<const float>(dt_proj), rank);
   MB_LAUNCHED("selective_scan_step");
   return 0;
 }

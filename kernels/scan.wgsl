@@ -40,6 +40,7 @@
 @group(0) @binding(10) var<storage, read_write> h_state: array<f32>;
 @group(0) @binding(11) var<storage, read_write> work: array<f32>;
 @group(0) @binding(12) var<storage, read> dy: array<f32>;
+@group(0) @binding(12) var<storage, read> dt_proj: array<f32>; // scan_step only
 @group(0) @binding(13) var<storage, read_write> du: array<f32>;
 @group(0) @binding(14) var<storage, read_write> ddelta: array<f32>;
 @group(0) @binding(15) var<storage, read_write> dz: array<f32>;
@@ -526,20 +527,28 @@ fn scan_reduce_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
   }
 }
 
-// The decode step: h (B, ED, N) updated in place. One invocation per (b, e).
+// The decode step: h (B, ED, N) updated in place. One invocation per (b, e). dt_proj is fused
+// in: δ = δr · dt_proj[e], δr (B, R) bound as `delta` with rows bc_stride apart, dt_proj (ED, R)
+// at binding 12. ints 0..4 as scan_forward's (L = 1), 5: R.
 @compute @workgroup_size(64)
 fn scan_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
+  let rank = arg_u(5u);
   let b = wid.y;
   let e = wid.x * 64u + lid;
   if (e >= d.channels) {
     return;
   }
-  let r = b;
-  let dt = delta_t(r, e, d.channels);
-  let ut = u[view_offset(2u) + r * d.channels + e];
-  let ob = view_offset(6u) + r * d.bc_stride;
-  let oc = view_offset(7u) + r * d.bc_stride;
+  let ox = view_offset(3u) + b * d.bc_stride;
+  let ow = view_offset(12u) + e * rank;
+  var raw = 0.0; // δ before bias and softplus
+  for (var k = 0u; k < rank; k++) {
+    raw += delta[ox + k] * dt_proj[ow + k];
+  }
+  let dt = softplus(raw + dt_bias[view_offset(4u) + e]);
+  let ut = u[view_offset(2u) + b * d.channels + e];
+  let ob = view_offset(6u) + b * d.bc_stride;
+  let oc = view_offset(7u) + b * d.bc_stride;
   let oh = view_offset(10u) + (b * d.channels + e) * NS;
   var s = 0.0;
   for (var n = 0u; n < NS; n++) {
@@ -547,6 +556,6 @@ fn scan_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_in
     h_state[oh + n] = h;
     s += h * cmat[oc + n];
   }
-  let zv = z[view_offset(9u) + r * d.z_stride + e];
-  y[view_offset(1u) + r * d.channels + e] = (s + dskip[view_offset(8u) + e] * ut) * gate(zv);
+  let zv = z[view_offset(9u) + b * d.z_stride + e];
+  y[view_offset(1u) + b * d.channels + e] = (s + dskip[view_offset(8u) + e] * ut) * gate(zv);
 }

@@ -63,6 +63,39 @@ export interface MatmulOptions {
   ldc?: number;
 }
 
+/** The most rows (sequences) rmsnormMatmul and rmsnormMatmulInt8 take: decode's batch. */
+export const NORMED_MATMUL_MAX_ROWS = 8;
+
+/**
+ * Throws a RangeError unless rmsnormMatmul's operands fit (M, N) = rmsnorm(A (M, K)) · W (N, K)ᵀ
+ * with M ≤ NORMED_MATMUL_MAX_ROWS; `weightValues` is what W needs (N·K floats, or ⌈K/4⌉·N words).
+ */
+export function checkRmsnormMatmul(
+  op: string,
+  c: DeviceBuffer,
+  a: DeviceBuffer,
+  norm: DeviceBuffer,
+  weight: { length: number },
+  weightValues: number,
+  m: number,
+  n: number,
+  k: number,
+): void {
+  const shape = `${op} (M=${m}, N=${n}, K=${k})`;
+  if (![m, n, k].every((d) => Number.isInteger(d) && d >= 1) || m > NORMED_MATMUL_MAX_ROWS) {
+    throw new RangeError(`${shape}: needs integers >= 1 and M <= ${NORMED_MATMUL_MAX_ROWS} (a decode step)`);
+  }
+  const needs: [string, number, number][] = [
+    ["A", a.length, m * k],
+    ["norm", norm.length, k],
+    ["W", weight.length, weightValues],
+    ["C", c.length, m * n],
+  ];
+  for (const [name, has, needed] of needs) {
+    if (has < needed) throw new RangeError(`${shape}: ${name} holds ${has} values, needs ${needed}`);
+  }
+}
+
 /** Options of matmulInt8 (C = A·dequant(W)ᵀ, W a Linear weight in int8). */
 export interface Int8MatmulOptions {
   /** C += A·dequant(W)ᵀ instead of C = A·dequant(W)ᵀ. */
@@ -87,6 +120,12 @@ export interface ScanDims {
   zStride: number;
   /** Parallel (log-depth, work-efficient) scan over L when true, sequential when false. */
   parallel: boolean;
+}
+
+/** Dimensions of a decode step of the selective scan. */
+export interface ScanStepDims extends Omit<ScanDims, "length" | "parallel"> {
+  /** R: dt_proj's input width (dt_rank). */
+  rank: number;
 }
 
 /** Dimensions of the causal depthwise convolution. */
@@ -426,6 +465,34 @@ export interface Backend {
 
   // ---- single-step decode ----
   /**
+   * Optional: C (M, N) = rmsnorm(A, norm) · Wᵀ in one op, for decode (M ≤ NORMED_MATMUL_MAX_ROWS):
+   * A (M, K) packed, norm (K), W (N, K) fp32; rmsnorm(A)[i] = A[i] · norm / √(mean(A[i]²) + eps),
+   * as the rmsnorm op. Decode is bound by launches, and this saves one per layer; without it the
+   * model runs rmsnorm, then the matmul.
+   */
+  rmsnormMatmul?(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    norm: DeviceBuffer,
+    w: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    eps: number,
+  ): void;
+  /** Optional: rmsnormMatmul with W in int8, codes and scales as matmulInt8's. */
+  rmsnormMatmulInt8?(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    norm: DeviceBuffer,
+    codes: IndexBuffer,
+    scales: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    eps: number,
+  ): void;
+  /**
    * out (B, C) = silu(conv over [state, x]); then state (B, C, K-1) shifts left and takes x.
    * x: (B, C) with row stride xStride.
    */
@@ -440,19 +507,25 @@ export interface Backend {
     width: number,
     xStride: number,
   ): void;
-  /** One step of selectiveScan with the state h (B, ED, N) updated in place (length = 1). */
+  /**
+   * One step of selectiveScan with the state h (B, ED, N) updated in place (length = 1), with
+   * dt_proj fused in: δ (B, ED) = δr · dt_projᵀ is computed by the op from δr (B, R), whose rows
+   * are bcStride apart (the head of x_proj's output, as b and c), and dt_proj (ED, R). Decode is
+   * bound by launches, and this saves one per layer.
+   */
   selectiveScanStep(
     y: DeviceBuffer,
     h: DeviceBuffer,
     u: DeviceBuffer,
-    delta: DeviceBuffer,
+    deltaLowRank: DeviceBuffer,
+    dtProj: DeviceBuffer,
     dtBias: DeviceBuffer,
     aLog: DeviceBuffer,
     b: DeviceBuffer,
     c: DeviceBuffer,
     d: DeviceBuffer,
     z: DeviceBuffer,
-    dims: Omit<ScanDims, "length" | "parallel">,
+    dims: ScanStepDims,
   ): void;
 
   // ---- sampling ----

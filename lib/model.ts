@@ -545,8 +545,11 @@ export class MambaByte extends FlatModel {
     const be = this.backend, t = this.table, D = this.config.dim, B = cache.batch;
     be.embedding(cache.x, this.view(t.embedding!), cache.tokens, B, D); // (B, D)
     this.stack.step(cache.x, cache.stack);
-    be.rmsnorm(cache.hidden, cache.rstd, cache.x, this.view(t.normF!), B, D, RMS_EPS);
-    this.linears.apply(cache.logits, cache.hidden, this.lmHead!, B, VOCAB_SIZE, D); // (B, 256)
+    const normF = this.view(t.normF!);
+    if (!this.linears.applyNormed(cache.logits, cache.x, normF, RMS_EPS, this.lmHead!, B, VOCAB_SIZE, D)) {
+      be.rmsnorm(cache.hidden, cache.rstd, cache.x, normF, B, D, RMS_EPS);
+      this.linears.apply(cache.logits, cache.hidden, this.lmHead!, B, VOCAB_SIZE, D); // (B, 256)
+    }
   }
 }
 

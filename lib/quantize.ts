@@ -15,7 +15,13 @@
  * the one place the model's Linear products go through: matmul on the fp32 weight, or
  * matmulInt8 on its int8 copy once the model is quantized.
  */
-import type { Backend, DeviceBuffer, IndexBuffer, Int8MatmulOptions } from "./backend.ts";
+import {
+  type Backend,
+  type DeviceBuffer,
+  type IndexBuffer,
+  type Int8MatmulOptions,
+  NORMED_MATMUL_MAX_ROWS,
+} from "./backend.ts";
 
 /** How the Linear weights are held for forward and decode. */
 export type Quantization = "none" | "int8";
@@ -142,6 +148,32 @@ export class LinearWeights {
     const q = this.#int8.get(weight);
     if (q) this.backend.matmulInt8(out, x, q.codes, q.scales, rows, n, k, options);
     else this.backend.matmul(out, x, weight, rows, n, k, { transB: true, ...options });
+  }
+
+  /**
+   * out (rows, n) = rmsnorm(x, norm) · Wᵀ in one op, where the backend fuses the two for these
+   * rows (decode); false, with nothing done, where it does not.
+   */
+  applyNormed(
+    out: DeviceBuffer,
+    x: DeviceBuffer,
+    norm: DeviceBuffer,
+    eps: number,
+    weight: DeviceBuffer,
+    rows: number,
+    n: number,
+    k: number,
+  ): boolean {
+    const be = this.backend, q = this.#int8.get(weight);
+    if (rows > NORMED_MATMUL_MAX_ROWS) return false;
+    if (q) {
+      if (!be.rmsnormMatmulInt8) return false;
+      be.rmsnormMatmulInt8(out, x, norm, q.codes, q.scales, rows, n, k, eps);
+    } else {
+      if (!be.rmsnormMatmul) return false;
+      be.rmsnormMatmul(out, x, norm, weight, rows, n, k, eps);
+    }
+    return true;
   }
 
   /** Holds `weights` as `mode`: "int8" quantizes them (replacing any earlier copy), "none" drops the copies. */

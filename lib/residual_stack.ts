@@ -74,7 +74,8 @@ function mambaViews(backend: Backend, flat: DeviceBuffer, layer: LayerParams): L
 
 /**
  * The Linear weights of a block (x·Wᵀ products of forward and decode) with their parameter
- * specs, views into `views`: what int8 quantization replaces (lib/quantize.ts).
+ * specs, views into `views`: what int8 quantization replaces (lib/quantize.ts). dt_proj stays
+ * fp32: decode fuses it into the scan step, and it is small (ED × dt_rank).
  */
 export function blockLinears(
   layer: BlockParams,
@@ -85,7 +86,6 @@ export function blockLinears(
   return [
     { spec: layer.inProj, weight: v.inProj },
     { spec: layer.xProj, weight: v.xProj },
-    { spec: layer.dtProj, weight: v.dtProj },
     { spec: layer.outProj, weight: v.outProj },
   ];
 }
@@ -234,7 +234,6 @@ export class StackCache {
     xz: DeviceBuffer; // (B, 2ED)
     u: DeviceBuffer; // (B, ED)
     dbc: DeviceBuffer; // (B, R + 2N)
-    delta: DeviceBuffer; // (B, ED)
     y: DeviceBuffer; // (B, ED)
     moe: (MoeBuffers & { stats: DeviceBuffer }) | null; // MoE blocks, capacity B
   };
@@ -256,7 +255,6 @@ export class StackCache {
       xz: alloc(batch * 2 * ED),
       u: alloc(batch * ED),
       dbc: alloc(batch * (R + 2 * N)),
-      delta: alloc(batch * ED),
       y: alloc(batch * ED),
       moe: config.moe ? { stats: alloc(2), ...allocMoeBuffers(m, config.moe, D, batch, batch) } : null,
     };
@@ -467,24 +465,27 @@ export class ResidualStack {
     const be = this.backend, linear = this.linears;
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R, d_conv: K } = this.config;
     const batch = cache.batch;
-    const { xn, rstd, xz, u, dbc, delta, y, moe } = cache.scratch;
+    const { xn, rstd, xz, u, dbc, y, moe } = cache.scratch;
     const s = splitViews(be, this.config, batch, xz, dbc);
-    const scanDims = { batch, channels: ED, state: N, bcStride: R + 2 * N, zStride: 2 * ED };
+    const scanDims = { batch, channels: ED, state: N, rank: R, bcStride: R + 2 * N, zStride: 2 * ED };
     for (let l = 0; l < this.params.length; l++) {
       const p = this.params[l], c = cache.layers[l];
-      be.rmsnorm(xn, rstd, x, p.norm, batch, D, RMS_EPS);
       if (p.kind === "moe") {
+        be.rmsnorm(xn, rstd, x, p.norm, batch, D, RMS_EPS);
         // position-wise: the forward pass over B positions, with room for all of them
         this.#moe!.mixture(p, moe!, xn, moe!.stats, batch, batch);
         this.#moe!.scatter(x, moe!, batch, batch); // (B, D) +=
         continue;
       }
-      linear.apply(xz, xn, p.inProj, batch, 2 * ED, D); // (B, 2ED)
+      if (!linear.applyNormed(xz, x, p.norm, RMS_EPS, p.inProj, batch, 2 * ED, D)) {
+        be.rmsnorm(xn, rstd, x, p.norm, batch, D, RMS_EPS);
+        linear.apply(xz, xn, p.inProj, batch, 2 * ED, D); // (B, 2ED)
+      }
       if (p.inProjBias) be.addBias(xz, p.inProjBias, batch, 2 * ED);
       be.conv1dSiluStep(u, c!.conv, s.u, p.convWeight, p.convBias, batch, ED, K, 2 * ED); // (B, ED)
       linear.apply(dbc, u, p.xProj, batch, R + 2 * N, ED); // (B, R + 2N)
-      linear.apply(delta, s.dtIn, p.dtProj, batch, ED, R, { lda: R + 2 * N }); // (B, ED)
-      be.selectiveScanStep(y, c!.h, u, delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, scanDims);
+      // dt_proj of δr happens inside the step (B, ED)
+      be.selectiveScanStep(y, c!.h, u, s.dtIn, p.dtProj, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, scanDims);
       linear.apply(x, y, p.outProj, batch, D, ED, { accumulate: true }); // (B, D)
       if (p.outProjBias) be.addBias(x, p.outProjBias, batch, D);
     }

@@ -358,14 +358,15 @@ function opCases(): Record<string, OpCase> {
     };
   }
   {
-    const [B, ED, N, R] = [3, 11, 5, 3];
+    // R = 19: more δr terms than a CUDA channel's 16 lanes, not a multiple of 4
+    const [B, ED, N, R] = [3, 11, 5, 19];
     const S = R + 2 * N;
     cases["selectiveScanStep"] = {
       floats: {
         y: randn(B * ED),
         h: randn(B * ED * N),
         u: randn(B * ED),
-        delta: randn(B * ED),
+        dtProj: uniform(ED * R, -0.3, 0.3),
         dtBias: uniform(ED, -4, -1),
         aLog: uniform(ED * N, 0, 2),
         bc: randn(B * S),
@@ -374,10 +375,11 @@ function opCases(): Record<string, OpCase> {
       },
       outputs: ["y", "h"],
       run: (be, f) => {
-        const dims = { batch: B, channels: ED, state: N, bcStride: S, zStride: 2 * ED };
+        const dims = { batch: B, channels: ED, state: N, rank: R, bcStride: S, zStride: 2 * ED };
+        const dtIn = be.view(f.bc, 0, B * S - 2 * N);
         const b = be.view(f.bc, R, B * S - R - N), c = be.view(f.bc, R + N, B * S - R - N);
         const z = be.view(f.xz, ED, B * 2 * ED - ED);
-        be.selectiveScanStep(f.y, f.h, f.u, f.delta, f.dtBias, f.aLog, b, c, f.d, z, dims);
+        be.selectiveScanStep(f.y, f.h, f.u, dtIn, f.dtProj, f.dtBias, f.aLog, b, c, f.d, z, dims);
       },
     };
   }
@@ -446,8 +448,8 @@ function gemvCases(): Record<string, OpCase> {
 /**
  * matmulInt8 cases (weights quantized on the host by lib/quantize.ts): decode rows (M = 1, 3),
  * just past the GEMV (9) and a tiled M (64), with N and K multiples of neither 4 nor any tile,
- * K = 64 (CUDA's 16-byte loads), overwrite and accumulate, and A a strided view (x_proj's δr).
- * Their own generator, so that adding them leaves the other cases' inputs as they were.
+ * K = 64 (CUDA's float4 loads), overwrite and accumulate, and A a strided view (x_proj's δr);
+ * then the rmsnorm-fused matmuls of decode, fp32 and int8. Their own generator, so that adding them leaves the other cases' inputs as they were.
  */
 function int8Cases(): Record<string, OpCase> {
   const cases: Record<string, OpCase> = {}, r = new Random(808);
@@ -490,6 +492,42 @@ function int8Cases(): Record<string, OpCase> {
         run: (be, f, i) => be.matmulInt8(f.c, f.a, i.codes, f.scales, m, n, k),
       };
     }
+  }
+  // rmsnorm fused into the matmul after it (decode's in_proj and lm_head), fp32 and int8 weights:
+  // K = 13 takes the scalar paths, 64 and 4096 the vector ones (4096: several warps per row of W);
+  // backends without the fused ops run rmsnorm, then the matmul, as the model does
+  for (const [m, n, k] of [[1, 37, 13], [3, 70, 64], [8, 2053, 64], [2, 9, 4096]]) {
+    const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
+    const floats = () => ({
+      a: normal(m * k, 3),
+      norm: Float32Array.from({ length: k }, () => 0.5 + r.next()),
+      w: normal(n * k, 0.2),
+      scales,
+      c: normal(m * n),
+      xn: new Float32Array(m * k),
+      rstd: new Float32Array(m),
+    });
+    cases[`rmsnormMatmul M=${m} N=${n} K=${k}`] = {
+      floats: floats(),
+      outputs: ["c"],
+      run: (be, f) => {
+        if (be.rmsnormMatmul) return be.rmsnormMatmul(f.c, f.a, f.norm, f.w, m, n, k, 1e-5);
+        be.rmsnorm(f.xn, f.rstd, f.a, f.norm, m, k, 1e-5);
+        be.matmul(f.c, f.xn, f.w, m, n, k, { transB: true });
+      },
+    };
+    cases[`rmsnormMatmulInt8 M=${m} N=${n} K=${k}`] = {
+      floats: floats(),
+      indices: { codes },
+      outputs: ["c"],
+      run: (be, f, i) => {
+        if (be.rmsnormMatmulInt8) {
+          return be.rmsnormMatmulInt8(f.c, f.a, f.norm, i.codes, f.scales, m, n, k, 1e-5);
+        }
+        be.rmsnorm(f.xn, f.rstd, f.a, f.norm, m, k, 1e-5);
+        be.matmulInt8(f.c, f.xn, i.codes, f.scales, m, n, k);
+      },
+    };
   }
   return cases;
 }

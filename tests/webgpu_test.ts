@@ -250,6 +250,7 @@ function scanInputs(B: number, L: number, ED: number, N: number, R: number, rng:
   return {
     u: pair(randoms(rows * ED, rng)),
     delta: pair(randoms(rows * ED, rng, 0.5)),
+    dtIn: view(dbc, 0, rows * S - 2 * N),
     dtBias: pair(randoms(ED, rng, 0.5)),
     aLog: pair(Float32Array.from({ length: ED * N }, (_, i) => Math.log(1 + (i % N)) + 0.1 * rng.normal())),
     b: view(dbc, R, rows * S - R - N),
@@ -330,20 +331,22 @@ Deno.test({ name: "webgpu: selective scan step", ignore }, async () => {
   const rng = new Random(9);
   const [B, ED, N, R] = [3, 70, 5, 3];
   const s = scanInputs(B, 1, ED, N, R, rng);
+  const dtProj = pair(randoms(ED * R, rng, 0.5));
   const h = pair(randoms(B * ED * N, rng)), y = pair(new Float32Array(B * ED));
   both((be, k) =>
     be.selectiveScanStep(
       y[k],
       h[k],
       s.u[k],
-      s.delta[k],
+      s.dtIn[k],
+      dtProj[k],
       s.dtBias[k],
       s.aLog[k],
       s.b[k],
       s.c[k],
       s.d[k],
       s.z[k],
-      s.dims,
+      { ...s.dims, rank: R },
     )
   );
   await assertClose(y, "selectiveScanStep y");

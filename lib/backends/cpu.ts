@@ -17,6 +17,7 @@ import type {
   MatmulOptions,
   MoeOps,
   ScanDims,
+  ScanStepDims,
 } from "../backend.ts";
 import {
   checkAdamw8bitLengths,
@@ -660,21 +661,24 @@ export class CpuBackend implements Backend {
     yBuf: DeviceBuffer,
     hBuf: DeviceBuffer,
     uBuf: DeviceBuffer,
-    deltaBuf: DeviceBuffer,
+    deltaLowRankBuf: DeviceBuffer,
+    dtProjBuf: DeviceBuffer,
     dtBiasBuf: DeviceBuffer,
     aLogBuf: DeviceBuffer,
     bBuf: DeviceBuffer,
     cBuf: DeviceBuffer,
     dBuf: DeviceBuffer,
     zBuf: DeviceBuffer,
-    dims: Omit<ScanDims, "length" | "parallel">,
+    dims: ScanStepDims,
   ): void {
-    const { batch, channels: ED, state: N, bcStride, zStride } = dims;
-    const y = f(yBuf), h = f(hBuf), u = f(uBuf), delta = f(deltaBuf), dtBias = f(dtBiasBuf);
-    const aLog = f(aLogBuf), B = f(bBuf), C = f(cBuf), D = f(dBuf), z = f(zBuf);
+    const { batch, channels: ED, state: N, rank: R, bcStride, zStride } = dims;
+    const y = f(yBuf), h = f(hBuf), u = f(uBuf), dtIn = f(deltaLowRankBuf), dtProj = f(dtProjBuf);
+    const dtBias = f(dtBiasBuf), aLog = f(aLogBuf), B = f(bBuf), C = f(cBuf), D = f(dBuf), z = f(zBuf);
     for (let b = 0; b < batch; b++) {
       for (let e = 0; e < ED; e++) {
-        const dt = softplus(delta[b * ED + e] + dtBias[e]), ue = u[b * ED + e];
+        let delta = 0;
+        for (let r = 0; r < R; r++) delta += dtIn[b * bcStride + r] * dtProj[e * R + r];
+        const dt = softplus(delta + dtBias[e]), ue = u[b * ED + e];
         let s = 0;
         for (let n = 0; n < N; n++) {
           const hi = (b * ED + e) * N + n;

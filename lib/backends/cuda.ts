@@ -5,21 +5,23 @@
  * `sumOfSquares`. A nonzero status from the library becomes an Error carrying its message
  * (the CUDA or cuBLAS error included). Limits of the kernels: d_state ≤ 16, d_conv ≤ 8.
  */
-import type {
-  AdamWOptions,
-  Backend,
-  ConvDims,
-  DeviceBuffer,
-  FloatArray,
-  IndexBuffer,
-  Int8MatmulOptions,
-  MatmulOptions,
-  MatmulPrecision,
-  MoeOps,
-  ScanDims,
+import {
+  type AdamWOptions,
+  type Backend,
+  checkRmsnormMatmul,
+  type ConvDims,
+  type DeviceBuffer,
+  type FloatArray,
+  type IndexBuffer,
+  type Int8MatmulOptions,
+  type MatmulOptions,
+  type MatmulPrecision,
+  type MoeOps,
+  type ScanDims,
+  type ScanStepDims,
 } from "../backend.ts";
 import { checkAdamw8bitLengths } from "../quant8.ts";
-import { checkMatmulInt8 } from "../quantize.ts";
+import { checkMatmulInt8, int8WordsPerRow } from "../quantize.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { BUILD_HINT, type CudaLibrary, cudaLibraryPath, openCudaLibrary } from "./cuda_ffi.ts";
 import { CudaMoeOps } from "./cuda_moe.ts";
@@ -604,6 +606,35 @@ export class CudaBackend implements Backend {
   }
 
   // ---- single-step decode ----
+  rmsnormMatmul(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    norm: DeviceBuffer,
+    w: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    eps: number,
+  ): void {
+    checkRmsnormMatmul("rmsnormMatmul", c, a, norm, w, n * k, m, n, k);
+    this.#check(this.#lib.mb_rmsnorm_matmul(p(c), p(a), p(norm), p(w), m, n, k, eps), "rmsnormMatmul");
+  }
+  rmsnormMatmulInt8(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    norm: DeviceBuffer,
+    codes: IndexBuffer,
+    scales: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    eps: number,
+  ): void {
+    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, codes, n * int8WordsPerRow(k), m, n, k);
+    checkMatmulInt8(c, a, codes, scales, m, n, k, k);
+    const status = this.#lib.mb_rmsnorm_matmul_int8(p(c), p(a), p(norm), p(codes), p(scales), m, n, k, eps);
+    this.#check(status, "rmsnormMatmulInt8");
+  }
   conv1dSiluStep(
     out: DeviceBuffer,
     state: DeviceBuffer,
@@ -632,20 +663,22 @@ export class CudaBackend implements Backend {
     y: DeviceBuffer,
     h: DeviceBuffer,
     u: DeviceBuffer,
-    delta: DeviceBuffer,
+    deltaLowRank: DeviceBuffer,
+    dtProj: DeviceBuffer,
     dtBias: DeviceBuffer,
     aLog: DeviceBuffer,
     b: DeviceBuffer,
     c: DeviceBuffer,
     d: DeviceBuffer,
     z: DeviceBuffer,
-    dims: Omit<ScanDims, "length" | "parallel">,
+    dims: ScanStepDims,
   ): void {
     const status = this.#lib.mb_selective_scan_step(
-      ...[y, h, u, delta, dtBias, aLog, b, c, d, z].map(p),
+      ...[y, h, u, deltaLowRank, dtProj, dtBias, aLog, b, c, d, z].map(p),
       dims.batch,
       dims.channels,
       dims.state,
+      dims.rank,
       dims.bcStride,
       dims.zStride,
     );

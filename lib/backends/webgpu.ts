@@ -14,6 +14,7 @@ import type {
   Int8MatmulOptions,
   MatmulOptions,
   ScanDims,
+  ScanStepDims,
 } from "../backend.ts";
 import { checkAdamw8bitLengths } from "../quant8.ts";
 import { checkMatmulInt8 } from "../quantize.ts";
@@ -862,21 +863,35 @@ export class WebGpuBackend implements Backend {
     y: DeviceBuffer,
     h: DeviceBuffer,
     u: DeviceBuffer,
-    delta: DeviceBuffer,
+    deltaLowRank: DeviceBuffer,
+    dtProj: DeviceBuffer,
     dtBias: DeviceBuffer,
     aLog: DeviceBuffer,
     b: DeviceBuffer,
     c: DeviceBuffer,
     d: DeviceBuffer,
     z: DeviceBuffer,
-    dims: Omit<ScanDims, "length" | "parallel">,
+    dims: ScanStepDims,
   ): void {
     this.#run({
       file: "scan",
       entry: "scan_step",
       defines: this.#scanDefines(dims.state, "forward"),
-      bindings: [gv(y), gv(u), gv(delta), gv(dtBias), gv(aLog), gv(b), gv(c), gv(d), gv(z), gv(h)],
-      ints: this.#scanInts({ ...dims, length: 1 }),
+      bindings: [
+        gv(y),
+        gv(u),
+        gv(deltaLowRank),
+        gv(dtBias),
+        gv(aLog),
+        gv(b),
+        gv(c),
+        gv(d),
+        gv(z),
+        gv(h),
+        undefined,
+        gv(dtProj),
+      ],
+      ints: [...this.#scanInts({ ...dims, length: 1 }), dims.rank],
       groups: [Math.ceil(dims.channels / 64), dims.batch],
     });
   }
