@@ -5,10 +5,11 @@
  * fp32 model, refuses training). Codes are unpacked here with a DataView, not the code under test.
  */
 import assert from "node:assert/strict";
+import { type Backend, checkRmsnormMatmul } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
-import { type Int8Matrix, quantizeInt8 } from "../lib/quantize.ts";
+import { type Int8Matrix, LinearWeights, quantizeInt8 } from "../lib/quantize.ts";
 import { Random } from "../lib/random.ts";
 import { maxRelativeError } from "./backend_conformance.ts";
 
@@ -130,6 +131,60 @@ Deno.test("matmulInt8 checks its buffers against the shape", () => {
   assert.throws(() => be.matmulInt8(c, a, codes, scales, 2, 3, 6, { lda: 7 }), /A holds 12 values, needs 13/);
   assert.throws(() => be.matmulInt8(be.alloc(5), a, codes, scales, 2, 3, 6), /C holds 5 values, needs 6/);
   assert.throws(() => be.matmulInt8(c, a, codes, scales, 2, 3, 6, { lda: 5 }), /lda >= K/);
+});
+
+Deno.test("checkRmsnormMatmul: decode rows only (1 to 8), and buffers that fit the shape", () => {
+  const be = new CpuBackend();
+  const [m, n, k] = [2, 3, 5];
+  const c = be.alloc(m * n), a = be.alloc(m * k), norm = be.alloc(k), w = be.alloc(n * k);
+  checkRmsnormMatmul("op", c, a, norm, w, n * k, m, n, k);
+  assert.throws(
+    () => checkRmsnormMatmul("op", c, a, norm, w, n * k, 9, n, k),
+    /op \(M=9, N=3, K=5\): .*M <= 8/,
+  );
+  assert.throws(() => checkRmsnormMatmul("op", c, a, norm, w, n * k, 0, n, k), /integers >= 1/);
+  assert.throws(
+    () => checkRmsnormMatmul("op", c, a, be.alloc(4), w, n * k, m, n, k),
+    /norm holds 4 values, needs 5/,
+  );
+  assert.throws(
+    () => checkRmsnormMatmul("op", c, be.alloc(9), norm, w, n * k, m, n, k),
+    /A holds 9 values, needs 10/,
+  );
+  assert.throws(
+    () => checkRmsnormMatmul("op", c, a, norm, be.alloc(14), n * k, m, n, k),
+    /W holds 14 values/,
+  );
+  assert.throws(() => checkRmsnormMatmul("op", be.alloc(5), a, norm, w, n * k, m, n, k), /C holds 5 values/);
+});
+
+Deno.test("LinearWeights.applyNormed: the fused op for the weight's form, within decode's rows; false otherwise", () => {
+  const calls: string[] = [];
+  const cpu = new CpuBackend();
+  // the cpu backend has no fused op: the model's fallback (rmsnorm, then the matmul) runs there
+  assert.equal((cpu as Backend).rmsnormMatmul, undefined);
+  assert.equal(
+    new LinearWeights(cpu).applyNormed(cpu.alloc(3), cpu.alloc(2), cpu.alloc(2), 1e-5, cpu.alloc(6), 1, 3, 2),
+    false,
+  );
+  // a backend that has both fused ops, recording which one each call reaches
+  const fused = new class extends CpuBackend {
+    rmsnormMatmul() {
+      calls.push("fp32");
+    }
+    rmsnormMatmulInt8() {
+      calls.push("int8");
+    }
+  }();
+  const linears = new LinearWeights(fused),
+    w = cpu.alloc(4 * 16),
+    x = cpu.alloc(9 * 16),
+    norm = cpu.alloc(16);
+  assert.equal(linears.applyNormed(cpu.alloc(8 * 4), x, norm, 1e-5, w, 8, 4, 16), true);
+  assert.equal(linears.applyNormed(cpu.alloc(9 * 4), x, norm, 1e-5, w, 9, 4, 16), false);
+  linears.quantize("int8", [{ weight: w, values: new Float32Array(4 * 16), rows: 4, cols: 16 }]);
+  assert.equal(linears.applyNormed(cpu.alloc(4), x, norm, 1e-5, w, 1, 4, 16), true);
+  assert.deepEqual(calls, ["fp32", "int8"]);
 });
 
 /** Index of the largest value. */
