@@ -15,8 +15,8 @@
  * by lib/params.ts.
  *
  * `quantize("int8")` (lib/quantize.ts) gives forward and decode int8 copies of the Linear weights
- * (in_proj, x_proj, dt_proj, out_proj, the MoE experts, lm_head), made from the fp32 parameters,
- * which stay as they are for everything else (embedding, norms, conv, A_log, D, Δ bias) and for
+ * (in_proj, x_proj, out_proj, the MoE experts, lm_head), made from the fp32 parameters, which stay
+ * as they are for everything else (embedding, norms, conv, dt_proj, A_log, D, Δ bias) and for
  * training, which a quantized model refuses.
  */
 import type { Backend, DeviceBuffer, FloatArray, IndexBuffer, RecordedOps } from "./backend.ts";
