@@ -877,20 +877,8 @@ export class WebGpuBackend implements Backend {
       file: "scan",
       entry: "scan_step",
       defines: this.#scanDefines(dims.state, "forward"),
-      bindings: [
-        gv(y),
-        gv(u),
-        gv(deltaLowRank),
-        gv(dtBias),
-        gv(aLog),
-        gv(b),
-        gv(c),
-        gv(d),
-        gv(z),
-        gv(h),
-        undefined,
-        gv(dtProj),
-      ],
+      // bindings 1..10 as scan_forward's (δr where δ was, h at 10), dt_proj at 12
+      bindings: [...[y, u, deltaLowRank, dtBias, aLog, b, c, d, z, h].map(gv), undefined, gv(dtProj)],
       ints: [...this.#scanInts({ ...dims, length: 1 }), dims.rank],
       groups: [Math.ceil(dims.channels / 64), dims.batch],
     });
