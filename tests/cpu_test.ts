@@ -52,6 +52,26 @@ Deno.test("decoding with step equals the forward pass, and reset starts over", a
   }
 });
 
+// The cpu step keeps −exp(A_log) between calls: new parameters must reach it (every parameter is
+// moved, A_log included, whose initial values do not depend on the seed).
+Deno.test("decoding after the parameters change follows the new parameters", async () => {
+  const model = new MambaByte(new MambaConfig({ dim: 16, depth: 2, d_state: 4 }), { seed: 3 });
+  const bytes = new TextEncoder().encode("State space");
+  const cache = model.createCache(1);
+  for (const b of bytes) await model.step([b], cache);
+  const rng = new Random(5);
+  model.writeParams((await model.readParams()).map((v) => v + 0.3 * rng.normal()));
+  cache.reset();
+  const logits = await model.forward(bytes, [1, bytes.length]);
+  for (let t = 0; t < bytes.length; t++) {
+    const step = await model.step([bytes[t]], cache);
+    assert.ok(
+      maxRelativeError(step.data, logits.data.subarray(t * 256, (t + 1) * 256)) < 1e-5,
+      `position ${t}`,
+    );
+  }
+});
+
 Deno.test("the same seed gives the same model and outputs; another seed does not", async () => {
   const config = new MambaConfig({ dim: 16, depth: 2 });
   const bytes = text(20, 3);

@@ -124,6 +124,8 @@ export class CpuBackend implements Backend {
   #pool: CpuThreadPool | null | undefined = undefined;
   /** Shared scratch of the ops that hand work to the threads, grown on demand. */
   readonly #scratch = new Map<string, FloatArray>();
+  /** The decode step's A = −exp(A_log) per A_log array, with the values it was made from (#decayRates). */
+  readonly #rates = new WeakMap<FloatArray, { from: Float64Array; a: Float64Array }>();
   /** Gives back the pool of a backend collected without dispose() (workers never keep a program alive). */
   static readonly #orphans = new FinalizationRegistry((pool: CpuThreadPool) => pool.release());
 
@@ -673,7 +675,8 @@ export class CpuBackend implements Backend {
   ): void {
     const { batch, channels: ED, state: N, rank: R, bcStride, zStride } = dims;
     const y = f(yBuf), h = f(hBuf), u = f(uBuf), dtIn = f(deltaLowRankBuf), dtProj = f(dtProjBuf);
-    const dtBias = f(dtBiasBuf), aLog = f(aLogBuf), B = f(bBuf), C = f(cBuf), D = f(dBuf), z = f(zBuf);
+    const dtBias = f(dtBiasBuf), a = this.#decayRates(f(aLogBuf)), B = f(bBuf), C = f(cBuf), D = f(dBuf);
+    const z = f(zBuf);
     for (let b = 0; b < batch; b++) {
       for (let e = 0; e < ED; e++) {
         let delta = 0;
@@ -682,13 +685,34 @@ export class CpuBackend implements Backend {
         let s = 0;
         for (let n = 0; n < N; n++) {
           const hi = (b * ED + e) * N + n;
-          h[hi] = Math.exp(-dt * Math.exp(aLog[e * N + n])) * h[hi] + dt * B[b * bcStride + n] * ue;
+          h[hi] = Math.exp(dt * a[e * N + n]) * h[hi] + dt * B[b * bcStride + n] * ue;
           s += h[hi] * C[b * bcStride + n];
         }
         const zv = z[b * zStride + e];
         y[b * ED + e] = (s + D[e] * ue) * zv * sigmoid(zv);
       }
     }
+  }
+
+  /**
+   * A = −exp(A_log) for the decode step. Decode calls the step once per layer per byte with the
+   * same A_log, so the values are kept with the A_log they came from: a call compares the two
+   * and takes exponentials only where A_log changed (training, loading), instead of ED·N of them.
+   */
+  #decayRates(aLog: FloatArray): Float64Array {
+    let kept = this.#rates.get(aLog);
+    if (!kept) {
+      kept = { from: new Float64Array(aLog.length).fill(NaN), a: new Float64Array(aLog.length) };
+      this.#rates.set(aLog, kept);
+    }
+    const { from, a } = kept;
+    for (let i = 0; i < aLog.length; i++) {
+      if (from[i] !== aLog[i]) {
+        from[i] = aLog[i];
+        a[i] = -Math.exp(aLog[i]);
+      }
+    }
+    return a;
   }
 
   // ---- sampling ----
