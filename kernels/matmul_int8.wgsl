@@ -46,7 +46,7 @@ fn store_c(i: u32, sum: f32, scale: f32, accumulate: bool) {
 var<workgroup> gemv_partial: array<vec4<f32>, 64>;
 
 // Decode (M = ROWS ≤ 8): one workgroup per GEMV_COLS consecutive rows of W, its 64 invocations
-// striding over the KW words of those rows (one u32 of each row and one vec4 of A per step, for
+// striding over the KW words of those rows (one u32 of each row and four floats of A per step, for
 // all M rows of A at once, so every word of W is read once), then a tree sum per row of C.
 // ints: m (= ROWS), n, k, lda, accumulate. Grid: ceil(N / 4) workgroups (spread over x and y).
 @compute @workgroup_size(64)
@@ -55,43 +55,83 @@ fn gemv_int8(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng:
   let n = arg_u(1u);
   let k = arg_u(2u);
   let lda = arg_u(3u);
-  let accumulate = arg_u(4u) != 0u;
   let kw = (k + 3u) / 4u;
   let j0 = group_index(wid, ng) * GEMV_COLS;
-  var rows: array<u32, GEMV_COLS>; // word offset of each row of W (past N: row N-1, not written)
-  for (var g = 0u; g < GEMV_COLS; g++) {
-    rows[g] = view_offset(3u) + min(j0 + g, n - 1u) * kw;
-  }
+  let rows = gemv_rows(j0, n, kw);
   var acc: array<vec4<f32>, ROWS>; // [row of C][column j0 + g]
   for (var q = lid; q < kw; q += 64u) {
-    let w0 = codes4(codes[rows[0] + q]);
-    let w1 = codes4(codes[rows[1] + q]);
-    let w2 = codes4(codes[rows[2] + q]);
-    let w3 = codes4(codes[rows[3] + q]);
+    let w = gemv_words(rows, q);
     for (var r = 0u; r < ROWS; r++) {
       let x = a_word(view_offset(2u) + r * lda, 4u * q, k);
-      acc[r] += vec4<f32>(dot(x, w0), dot(x, w1), dot(x, w2), dot(x, w3));
+      acc[r] += vec4<f32>(dot(x, w[0]), dot(x, w[1]), dot(x, w[2]), dot(x, w[3]));
     }
   }
   for (var r = 0u; r < ROWS; r++) {
-    gemv_partial[lid] = acc[r];
-    workgroupBarrier();
-    for (var s = 32u; s > 0u; s >>= 1u) {
-      if (lid < s) {
-        gemv_partial[lid] += gemv_partial[lid + s];
-      }
-      workgroupBarrier();
+    gemv_store(acc[r], r, j0, n, lid);
+  }
+}
+
+@group(0) @binding(2) var<storage, read> a4: array<vec4<f32>>; // gemv_int8_vec4 only
+
+// gemv_int8 for K % 4 = 0 and A's rows at 16-byte multiples: A read as one vec4 per word, so that
+// a step's loads of A are contiguous across the workgroup (four scalar loads 16 bytes apart touch
+// the same cache lines four times). Same ints and grid.
+@compute @workgroup_size(64)
+fn gemv_int8_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) ng: vec3<u32>,
+                  @builtin(local_invocation_index) lid: u32) {
+  let n = arg_u(1u);
+  let kw = arg_u(2u) / 4u;
+  let lda4 = arg_u(3u) / 4u;
+  let j0 = group_index(wid, ng) * GEMV_COLS;
+  let rows = gemv_rows(j0, n, kw);
+  let a0 = view_offset(2u) / 4u;
+  var acc: array<vec4<f32>, ROWS>; // [row of C][column j0 + g]
+  for (var q = lid; q < kw; q += 64u) {
+    let w = gemv_words(rows, q);
+    for (var r = 0u; r < ROWS; r++) {
+      let x = a4[a0 + r * lda4 + q];
+      acc[r] += vec4<f32>(dot(x, w[0]), dot(x, w[1]), dot(x, w[2]), dot(x, w[3]));
     }
-    if (lid == 0u) {
-      for (var g = 0u; g < GEMV_COLS; g++) {
-        let j = j0 + g;
-        if (j < n) {
-          store_c(view_offset(1u) + r * n + j, gemv_partial[0][g], scales[view_offset(4u) + j], accumulate);
-        }
-      }
+  }
+  for (var r = 0u; r < ROWS; r++) {
+    gemv_store(acc[r], r, j0, n, lid);
+  }
+}
+
+/** Word offset of each of a GEMV workgroup's rows of W (past N: row N-1, never written). */
+fn gemv_rows(j0: u32, n: u32, kw: u32) -> array<u32, GEMV_COLS> {
+  var rows: array<u32, GEMV_COLS>;
+  for (var g = 0u; g < GEMV_COLS; g++) {
+    rows[g] = view_offset(3u) + min(j0 + g, n - 1u) * kw;
+  }
+  return rows;
+}
+
+/** Word q of each of the rows, as the four codes' floats. */
+fn gemv_words(rows: array<u32, GEMV_COLS>, q: u32) -> array<vec4<f32>, GEMV_COLS> {
+  return array<vec4<f32>, GEMV_COLS>(codes4(codes[rows[0] + q]), codes4(codes[rows[1] + q]),
+                                     codes4(codes[rows[2] + q]), codes4(codes[rows[3] + q]));
+}
+
+/** Row r of C at columns j0 .. j0 + 3: the workgroup's tree sum of `part`, scaled (uniform control flow). */
+fn gemv_store(part: vec4<f32>, r: u32, j0: u32, n: u32, lid: u32) {
+  gemv_partial[lid] = part;
+  workgroupBarrier();
+  for (var s = 32u; s > 0u; s >>= 1u) {
+    if (lid < s) {
+      gemv_partial[lid] += gemv_partial[lid + s];
     }
     workgroupBarrier();
   }
+  if (lid == 0u) {
+    for (var g = 0u; g < GEMV_COLS; g++) {
+      let j = j0 + g;
+      if (j < n) {
+        store_c(view_offset(1u) + r * n + j, gemv_partial[0][g], scales[view_offset(4u) + j], arg_u(4u) != 0u);
+      }
+    }
+  }
+  workgroupBarrier();
 }
 
 /** Tile of C per matmul_int8 workgroup (TILE × TILE), and its depth along K (a multiple of 4). */

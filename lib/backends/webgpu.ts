@@ -815,9 +815,10 @@ export class WebGpuBackend implements Backend {
     checkMatmulInt8(c, a, codes, scales, m, n, k, lda);
     if (m === 0) return;
     const gemv = m <= MAX_INT8_GEMV_ROWS;
+    const vec4 = k % 4 === 0 && lda % 4 === 0 && this.#vec4Bindable(gv(a));
     this.#run({
       file: "matmul_int8",
-      entry: gemv ? "gemv_int8" : "matmul_int8",
+      entry: gemv ? (vec4 ? "gemv_int8_vec4" : "gemv_int8") : "matmul_int8",
       // gemv: M rows as a constant (its sums stay in registers); the tiled kernel ignores ROWS
       defines: gemv ? { ROWS: m } : DEFAULT_DEFINES.matmul_int8,
       bindings: [gv(c), gv(a), gv(codes), gv(scales)],
