@@ -64,6 +64,14 @@ function cases(): Record<string, Case> {
     };
   }
   {
+    // One row (a decode step): the threads split the columns of C.
+    const [m, n, k] = [1, 1501, 400];
+    all["matmul transB with one row"] = {
+      sizes: { a: m * k, b: n * k, c: m * n },
+      run: (be, f) => be.matmul(f.c, f.a, f.b, m, n, k, { transB: true }),
+    };
+  }
+  {
     const [m, n, k] = [75, 64, 130];
     all["matmul transA with strides (a weight gradient)"] = {
       sizes: { a: k * 80, b: k * 70, c: m * 66 },
@@ -232,7 +240,6 @@ Deno.test("an error thrown in a worker thread is thrown on the calling thread, a
       n: 4,
       k: 4,
       transA: false,
-      transB: false,
       accumulate: false,
       lda: 4,
       ldb: 4,

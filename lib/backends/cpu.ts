@@ -237,14 +237,18 @@ export class CpuBackend implements Backend {
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
     const a = f(aBuf), b = f(bBuf), c = f(cBuf);
-    const args = { c, a, b, m, n, k, transA, transB, accumulate, lda, ldb, ldc };
-    if (transB && m >= 16) {
+    const args = { c, a, b, m, n, k, transA, accumulate, lda, ldb, ldc };
+    if (transB && m < 16) {
+      // Few rows of C (decode): dot products, the threads splitting the columns
+      return this.#run("matmulColumns", args, n, m * n * k);
+    }
+    if (transB) {
       // Many rows of C: transposing B once (n·k) lets every row use the streaming loop.
       const bt = this.#scratchOf("bt", this.#Float, k * n);
       for (let j = 0; j < n; j++) {
         for (let p = 0; p < k; p++) bt[p * n + j] = b[j * ldb + p];
       }
-      Object.assign(args, { b: bt, transB: false, ldb: n });
+      Object.assign(args, { b: bt, ldb: n });
     }
     this.#run("matmulRows", args, m, m * n * k);
   }

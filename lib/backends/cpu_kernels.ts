@@ -29,9 +29,9 @@ export type Kernel<Args> = (args: Args, start: number, end: number) => void;
 // ---- matmul ----
 
 /**
- * C (M, N) = op(A) · B, or += with accumulate. `transB` here is the dot-product form (B stored
- * (N, K)); cpu.ts transposes B first when C has many rows, so that every row streams. Items:
- * rows of C.
+ * C (M, N) = op(A) · B, or += with accumulate, for the two kernels below: matmulRows takes B
+ * stored (K, N) (cpu.ts transposes a (N, K) B first when C has many rows, so that every row
+ * streams), matmulColumns B stored (N, K), the dot-product form of few rows.
  */
 export interface MatmulArgs {
   c: FloatArray;
@@ -41,51 +41,60 @@ export interface MatmulArgs {
   n: number;
   k: number;
   transA: boolean;
-  transB: boolean;
   accumulate: boolean;
   lda: number;
   ldb: number;
   ldc: number;
 }
 
+/** Items: rows of C. */
 export const matmulRows: Kernel<MatmulArgs> = (args, i0, i1) => {
   const { c, n, ldc, accumulate } = args;
   if (!accumulate) {
     for (let i = i0; i < i1; i++) c.fill(0, i * ldc, i * ldc + n);
   }
-  if (args.transB) matmulDotRows(args, i0, i1);
-  else matmulStreamingRows(args, i0, i1);
+  matmulStreamingRows(args, i0, i1);
 };
 
-/** C[i, j] += Σ_p A[i, p] · B[j, p]: contiguous dot products, four columns of C at a time. */
-function matmulDotRows(args: MatmulArgs, i0: number, i1: number): void {
-  const { c, a, b, n, k, transA, lda, ldb, ldc } = args;
+/**
+ * Items: columns of C, so that threads share the work of one row (decode's products have one row
+ * per sequence). B stored (N, K): contiguous dot products.
+ */
+export const matmulColumns: Kernel<MatmulArgs> = (args, j0, j1) => {
+  const { c, m, ldc, accumulate } = args;
+  if (!accumulate) {
+    for (let i = 0; i < m; i++) c.fill(0, i * ldc + j0, i * ldc + j1);
+  }
+  for (let i = 0; i < m; i++) dotRow(args, i, j0, j1);
+};
+
+/** C[i, j] += Σ_p A[i, p] · B[j, p] for columns [j0, j1) of row i, four columns at a time. */
+function dotRow(args: MatmulArgs, i: number, j0: number, j1: number): void {
+  const { c, a, b, k, transA, lda, ldb, ldc } = args;
   const aRow = scratch("aRow", c.constructor as FloatConstructor, k);
-  for (let i = i0; i < i1; i++) {
-    for (let p = 0; p < k; p++) aRow[p] = transA ? a[p * lda + i] : a[i * lda + p];
-    const ci = i * ldc;
-    let j = 0;
-    for (; j + 3 < n; j += 4) {
-      const b0 = j * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
-      let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
-      for (let p = 0; p < k; p++) {
-        const ap = aRow[p];
-        s0 += ap * b[b0 + p];
-        s1 += ap * b[b1 + p];
-        s2 += ap * b[b2 + p];
-        s3 += ap * b[b3 + p];
-      }
-      c[ci + j] += s0;
-      c[ci + j + 1] += s1;
-      c[ci + j + 2] += s2;
-      c[ci + j + 3] += s3;
+  for (let p = 0; p < k; p++) aRow[p] = transA ? a[p * lda + i] : a[i * lda + p];
+  const ci = i * ldc;
+  let j = j0;
+  for (; j + 3 < j1; j += 4) {
+    const b0 = j * ldb, b1 = b0 + ldb, b2 = b1 + ldb, b3 = b2 + ldb;
+    let s0 = 0, s1 = 0, s2 = 0, s3 = 0;
+    for (let p = 0; p < k; p++) {
+      const ap = aRow[p];
+      s0 += ap * b[b0 + p];
+      s1 += ap * b[b1 + p];
+      s2 += ap * b[b2 + p];
+      s3 += ap * b[b3 + p];
     }
-    for (; j < n; j++) {
-      const bj = j * ldb;
-      let s0 = 0;
-      for (let p = 0; p < k; p++) s0 += aRow[p] * b[bj + p];
-      c[ci + j] += s0;
-    }
+    c[ci + j] += s0;
+    c[ci + j + 1] += s1;
+    c[ci + j + 2] += s2;
+    c[ci + j + 3] += s3;
+  }
+  for (; j < j1; j++) {
+    const bj = j * ldb;
+    let s0 = 0;
+    for (let p = 0; p < k; p++) s0 += aRow[p] * b[bj + p];
+    c[ci + j] += s0;
   }
 }
 
@@ -373,7 +382,7 @@ export function scanBackwardReduce(
 // ---- the table the worker threads run from ----
 
 /** Every kernel a worker thread can run, by name. */
-export const KERNELS = { matmulRows, scanForward, scanBackward } as const;
+export const KERNELS = { matmulRows, matmulColumns, scanForward, scanBackward } as const;
 export type KernelName = keyof typeof KERNELS;
 export type KernelArgs<K extends KernelName> = Parameters<(typeof KERNELS)[K]>[0];
 
