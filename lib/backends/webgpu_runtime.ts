@@ -71,6 +71,11 @@ export class GpuRuntime {
   readonly #modes = new Map<KernelFile, StorageModes>();
   readonly #uniforms: GPUBuffer;
   readonly #staging = new ArrayBuffer(UNIFORM_BYTES * RING_SLOTS);
+  /** #staging as words and as floats (a dispatch's block starts at slot · UNIFORM_BYTES / 4). */
+  readonly #words = new Uint32Array(this.#staging);
+  readonly #floats = new Float32Array(this.#staging);
+  /** The uniform block's dynamic offset, passed to setBindGroup. */
+  readonly #dynamicOffset = new Uint32Array(1);
   #slots = 0;
   #nextBufferId = 0;
   #encoder: GPUCommandEncoder | null = null;
@@ -124,14 +129,15 @@ export class GpuRuntime {
     }).join("\n");
   }
 
+  /** The pipeline of a dispatch, by `key`: its file, entry, defines, widening and bound bindings. */
   #pipeline(
+    key: string,
     file: KernelFile,
     entry: string,
     defines: Record<string, number>,
     widen: boolean,
     bound: number[],
   ) {
-    const key = `${file}:${entry}:${JSON.stringify(defines)}:${widen}:${bound.join(",")}`;
     let cached = this.#pipelines.get(key);
     if (!cached) {
       this.device.pushErrorScope("validation");
@@ -195,36 +201,44 @@ export class GpuRuntime {
     return id;
   }
 
-  /** Records one dispatch into the open compute pass. */
+  /**
+   * Records one dispatch into the open compute pass. Decode records about a hundred per byte, so
+   * the host's work here is kept small: both cache keys are built in one pass over the bindings,
+   * the uniform words and the dynamic offset are written through arrays made once.
+   */
   dispatch(d: Dispatch): void {
     const [gx, gy, gz = 1] = typeof d.groups === "number" ? this.#grid(d.groups) : d.groups;
     if (gx === 0 || gy === 0 || gz === 0) return;
     if (this.#slots === RING_SLOTS) this.flush();
     const modes = this.#modes.get(d.file)!;
     const widen = aliases(d.bindings, modes);
-    const bound = d.bindings.flatMap((view, i) => view ? [i + 1] : []);
-    const { pipeline, layout, id } = this.#pipeline(d.file, d.entry, d.defines ?? {}, widen, bound);
-
-    const slot = this.#slots++;
-    const words = new Uint32Array(this.#staging, slot * UNIFORM_BYTES, UNIFORM_BYTES / 4);
-    const floats = new Float32Array(this.#staging, slot * UNIFORM_BYTES, UNIFORM_BYTES / 4);
     const ints = d.ints ?? [], fl = d.floats ?? [];
     if (d.bindings.length > OFFSET_WORDS || OFFSET_WORDS + ints.length + fl.length > UNIFORM_BYTES / 4) {
       throw new Error(`${d.file}.wgsl (${d.entry}): too many bindings or arguments`);
     }
-    const ranges: { binding: number; buffer: GPUBuffer; offset: number; size: number }[] = [];
-    let key = `${id}`;
-    d.bindings.forEach((view, i) => {
-      if (!view) return;
+    const slot = this.#slots, base = slot * (UNIFORM_BYTES / 4);
+    const bound: number[] = [],
+      ranges: { binding: number; buffer: GPUBuffer; offset: number; size: number }[] = [];
+    let pipelineKey = `${d.file}:${d.entry}:${widen}:`, groupKey = "";
+    for (let i = 0; i < d.bindings.length; i++) {
+      const view = d.bindings[i];
+      if (!view) continue;
       const { offset, size, skip } = this.#window(view);
-      words[i] = skip;
+      this.#words[base + i] = skip;
+      bound.push(i + 1);
       ranges.push({ binding: i + 1, buffer: view.root, offset, size });
-      key += `:${i}:${this.#bufferId(view.root)}:${offset}:${size}`;
-    });
-    ints.forEach((v, i) => words[OFFSET_WORDS + i] = v);
-    fl.forEach((v, i) => floats[OFFSET_WORDS + ints.length + i] = v);
+      pipelineKey += `${i + 1},`;
+      groupKey += `:${i}:${this.#bufferId(view.root)}:${offset}:${size}`;
+    }
+    const defines = d.defines ?? {};
+    for (const name in defines) pipelineKey += `:${name}=${defines[name]}`;
+    const { pipeline, layout, id } = this.#pipeline(pipelineKey, d.file, d.entry, defines, widen, bound);
+    this.#slots++;
+    for (let i = 0; i < ints.length; i++) this.#words[base + OFFSET_WORDS + i] = ints[i];
+    for (let i = 0; i < fl.length; i++) this.#floats[base + OFFSET_WORDS + ints.length + i] = fl[i];
 
-    let bindGroup = this.#bindGroups.get(key);
+    groupKey = `${id}${groupKey}`;
+    let bindGroup = this.#bindGroups.get(groupKey);
     if (!bindGroup) {
       const entries: GPUBindGroupEntry[] = [
         {
@@ -238,12 +252,13 @@ export class GpuRuntime {
       ];
       bindGroup = this.device.createBindGroup({ layout, entries });
       if (this.#bindGroups.size >= MAX_BIND_GROUPS) this.#bindGroups.clear();
-      this.#bindGroups.set(key, bindGroup);
+      this.#bindGroups.set(groupKey, bindGroup);
     }
     this.#encoder ??= this.device.createCommandEncoder();
     this.#pass ??= this.#encoder.beginComputePass();
     this.#pass.setPipeline(pipeline);
-    this.#pass.setBindGroup(0, bindGroup, [slot * UNIFORM_BYTES]);
+    this.#dynamicOffset[0] = slot * UNIFORM_BYTES;
+    this.#pass.setBindGroup(0, bindGroup, this.#dynamicOffset, 0, 1);
     this.#pass.dispatchWorkgroups(gx, gy, gz);
   }
 
