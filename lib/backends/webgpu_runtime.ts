@@ -42,6 +42,14 @@ export interface Dispatch {
   groups: number | [number, number] | [number, number, number];
 }
 
+/** Where a view is bound: a range of its buffer, the view's element offset in it, the range's bind-group key. */
+interface BoundWindow {
+  offset: number;
+  size: number;
+  skip: number;
+  key: string;
+}
+
 /** Storage binding numbers of a kernel file by access mode (entry points may reuse numbers). */
 interface StorageModes {
   read: Set<number>;
@@ -68,6 +76,7 @@ export class GpuRuntime {
    */
   readonly #bindGroups = new Map<string, GPUBindGroup>();
   readonly #bufferIds = new WeakMap<GPUBuffer, number>();
+  readonly #windows = new WeakMap<GpuView, BoundWindow>();
   readonly #modes = new Map<KernelFile, StorageModes>();
   readonly #uniforms: GPUBuffer;
   readonly #staging = new ArrayBuffer(UNIFORM_BYTES * RING_SLOTS);
@@ -217,18 +226,16 @@ export class GpuRuntime {
       throw new Error(`${d.file}.wgsl (${d.entry}): too many bindings or arguments`);
     }
     const slot = this.#slots, base = slot * (UNIFORM_BYTES / 4);
-    const bound: number[] = [],
-      ranges: { binding: number; buffer: GPUBuffer; offset: number; size: number }[] = [];
+    const bound: number[] = [];
     let pipelineKey = `${d.file}:${d.entry}:${widen}:`, groupKey = "";
     for (let i = 0; i < d.bindings.length; i++) {
       const view = d.bindings[i];
       if (!view) continue;
-      const { offset, size, skip } = this.#window(view);
-      this.#words[base + i] = skip;
+      const place = this.#window(view);
+      this.#words[base + i] = place.skip;
       bound.push(i + 1);
-      ranges.push({ binding: i + 1, buffer: view.root, offset, size });
       pipelineKey += `${i + 1},`;
-      groupKey += `:${i}:${this.#bufferId(view.root)}:${offset}:${size}`;
+      groupKey += `:${i}:${place.key}`;
     }
     const defines = d.defines ?? {};
     for (const name in defines) pipelineKey += `:${name}=${defines[name]}`;
@@ -241,15 +248,12 @@ export class GpuRuntime {
     let bindGroup = this.#bindGroups.get(groupKey);
     if (!bindGroup) {
       const entries: GPUBindGroupEntry[] = [
-        {
-          binding: 0,
-          resource: { buffer: this.#uniforms, offset: 0, size: UNIFORM_BYTES },
-        },
-        ...ranges.map(({ binding, buffer, offset, size }) => ({
-          binding,
-          resource: { buffer, offset, size },
-        })),
+        { binding: 0, resource: { buffer: this.#uniforms, offset: 0, size: UNIFORM_BYTES } },
       ];
+      for (const binding of bound) {
+        const view = d.bindings[binding - 1]!, { offset, size } = this.#window(view);
+        entries.push({ binding, resource: { buffer: view.root, offset, size } });
+      }
       bindGroup = this.device.createBindGroup({ layout, entries });
       if (this.#bindGroups.size >= MAX_BIND_GROUPS) this.#bindGroups.clear();
       this.#bindGroups.set(groupKey, bindGroup);
@@ -274,15 +278,23 @@ export class GpuRuntime {
     return this.#range(view) !== null;
   }
 
-  /** The binding range for a view, and the element offset of the view inside it. */
-  #window(view: GpuView): { offset: number; size: number; skip: number } {
-    const range = this.#range(view);
-    if (!range) {
-      throw new Error(
-        `a view of ${view.length} floats exceeds maxStorageBufferBindingSize (${this.maxBinding} bytes) of this adapter`,
-      );
+  /**
+   * The binding range for a view, the element offset of the view inside it, and its part of
+   * bind-group keys; kept per view (views do not change, and most are bound at every step).
+   */
+  #window(view: GpuView): BoundWindow {
+    let place = this.#windows.get(view);
+    if (!place) {
+      const range = this.#range(view);
+      if (!range) {
+        throw new Error(
+          `a view of ${view.length} floats exceeds maxStorageBufferBindingSize (${this.maxBinding} bytes) of this adapter`,
+        );
+      }
+      place = { ...range, key: `${this.#bufferId(view.root)}:${range.offset}:${range.size}` };
+      this.#windows.set(view, place);
     }
-    return range;
+    return place;
   }
 
   /** #window's range, or null when the view does not fit in one binding. */
