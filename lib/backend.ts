@@ -68,15 +68,15 @@ export const NORMED_MATMUL_MAX_ROWS = 8;
 
 /**
  * Throws a RangeError unless rmsnormMatmul's operands fit (M, N) = rmsnorm(A (M, K)) · W (N, K)ᵀ
- * with M ≤ NORMED_MATMUL_MAX_ROWS; `weightValues` is what W needs (N·K floats, or ⌈K/4⌉·N words).
+ * with M ≤ NORMED_MATMUL_MAX_ROWS; `weights` names W's buffers with the values each needs (fp32:
+ * W, N·K floats; int8: codes, ⌈K/4⌉·N words, and scales, N floats).
  */
 export function checkRmsnormMatmul(
   op: string,
   c: DeviceBuffer,
   a: DeviceBuffer,
   norm: DeviceBuffer,
-  weight: { length: number },
-  weightValues: number,
+  weights: [string, { length: number }, number][],
   m: number,
   n: number,
   k: number,
@@ -88,7 +88,7 @@ export function checkRmsnormMatmul(
   const needs: [string, number, number][] = [
     ["A", a.length, m * k],
     ["norm", norm.length, k],
-    ["W", weight.length, weightValues],
+    ...weights.map(([name, buffer, needed]): [string, number, number] => [name, buffer.length, needed]),
     ["C", c.length, m * n],
   ];
   for (const [name, has, needed] of needs) {

@@ -137,25 +137,28 @@ Deno.test("checkRmsnormMatmul: decode rows only (1 to 8), and buffers that fit t
   const be = new CpuBackend();
   const [m, n, k] = [2, 3, 5];
   const c = be.alloc(m * n), a = be.alloc(m * k), norm = be.alloc(k), w = be.alloc(n * k);
-  checkRmsnormMatmul("op", c, a, norm, w, n * k, m, n, k);
+  checkRmsnormMatmul("op", c, a, norm, [["W", w, n * k]], m, n, k);
   assert.throws(
-    () => checkRmsnormMatmul("op", c, a, norm, w, n * k, 9, n, k),
+    () => checkRmsnormMatmul("op", c, a, norm, [["W", w, n * k]], 9, n, k),
     /op \(M=9, N=3, K=5\): .*M <= 8/,
   );
-  assert.throws(() => checkRmsnormMatmul("op", c, a, norm, w, n * k, 0, n, k), /integers >= 1/);
+  assert.throws(() => checkRmsnormMatmul("op", c, a, norm, [["W", w, n * k]], 0, n, k), /integers >= 1/);
   assert.throws(
-    () => checkRmsnormMatmul("op", c, a, be.alloc(4), w, n * k, m, n, k),
+    () => checkRmsnormMatmul("op", c, a, be.alloc(4), [["W", w, n * k]], m, n, k),
     /norm holds 4 values, needs 5/,
   );
   assert.throws(
-    () => checkRmsnormMatmul("op", c, be.alloc(9), norm, w, n * k, m, n, k),
+    () => checkRmsnormMatmul("op", c, be.alloc(9), norm, [["W", w, n * k]], m, n, k),
     /A holds 9 values, needs 10/,
   );
   assert.throws(
-    () => checkRmsnormMatmul("op", c, a, norm, be.alloc(14), n * k, m, n, k),
+    () => checkRmsnormMatmul("op", c, a, norm, [["W", be.alloc(14), n * k]], m, n, k),
     /W holds 14 values/,
   );
-  assert.throws(() => checkRmsnormMatmul("op", be.alloc(5), a, norm, w, n * k, m, n, k), /C holds 5 values/);
+  assert.throws(
+    () => checkRmsnormMatmul("op", be.alloc(5), a, norm, [["W", w, n * k]], m, n, k),
+    /C holds 5 values/,
+  );
 });
 
 Deno.test("LinearWeights.applyNormed: the fused op for the weight's form, within decode's rows; false otherwise", () => {

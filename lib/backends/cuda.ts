@@ -616,7 +616,7 @@ export class CudaBackend implements Backend {
     k: number,
     eps: number,
   ): void {
-    checkRmsnormMatmul("rmsnormMatmul", c, a, norm, w, n * k, m, n, k);
+    checkRmsnormMatmul("rmsnormMatmul", c, a, norm, [["W", w, n * k]], m, n, k);
     this.#check(this.#lib.mb_rmsnorm_matmul(p(c), p(a), p(norm), p(w), m, n, k, eps), "rmsnormMatmul");
   }
   rmsnormMatmulInt8(
@@ -630,8 +630,11 @@ export class CudaBackend implements Backend {
     k: number,
     eps: number,
   ): void {
-    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, codes, n * int8WordsPerRow(k), m, n, k);
-    checkMatmulInt8(c, a, codes, scales, m, n, k, k);
+    const weights: [string, { length: number }, number][] = [
+      ["codes", codes, n * int8WordsPerRow(k)],
+      ["scales", scales, n],
+    ];
+    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, weights, m, n, k);
     const status = this.#lib.mb_rmsnorm_matmul_int8(p(c), p(a), p(norm), p(codes), p(scales), m, n, k, eps);
     this.#check(status, "rmsnormMatmulInt8");
   }
