@@ -99,11 +99,7 @@ int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool 
 }
 
 extern "C" int mb_rmsnorm_matmul(uint64_t c, uint64_t a, uint64_t norm, uint64_t w, int m, int n, int k, float eps) {
-  if (mb_require_init()) return 1;
-  if (m < 1 || m > kGemvMaxRows || n < 1 || k < 1) {
-    return mb_fail("rmsnorm_matmul: M=%d N=%d K=%d (need 1 <= M <= %d, N and K >= 1: a decode step)", m, n, k,
-                   kGemvMaxRows);
-  }
+  if (gemv_check_decode_shape("rmsnorm_matmul", m, n, k)) return 1;
   return mb_gemv(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const float>(w), m, n, k, false, true, false, k, k,
                  n, mb_ptr<const float>(norm), eps);
 }

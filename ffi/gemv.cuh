@@ -17,6 +17,16 @@ constexpr int kGemvWarps = kGemvThreads / 32;
 int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool trans_a, bool trans_b,
             bool accumulate, int lda, int ldb, int ldc, const float* norm = nullptr, float eps = 0.0f);
 
+// The checks of the rmsnorm-fused GEMVs' entry points (`op` names the one in the message): 0 when
+// M, N and K make a decode step, 1 with the library's error set otherwise.
+inline int gemv_check_decode_shape(const char* op, int m, int n, int k) {
+  if (mb_require_init()) return 1;
+  if (m < 1 || m > kGemvMaxRows || n < 1 || k < 1) {
+    return mb_fail("%s: M=%d N=%d K=%d (need 1 <= M <= %d, N and K >= 1: a decode step)", op, m, n, k, kGemvMaxRows);
+  }
+  return 0;
+}
+
 // Warps per row of B (1, 2, 4 or 8) for N rows of `loads` vector loads each: doubled while the
 // grid has fewer than ~8K warps (a full H200 holds 132 × 64) and every lane keeps two loads or
 // more, so that short, wide products (out_proj, x_proj) still fill the GPU.

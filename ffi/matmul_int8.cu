@@ -198,11 +198,7 @@ extern "C" int mb_matmul_int8(uint64_t c_ptr, uint64_t a_ptr, uint64_t codes_ptr
 
 extern "C" int mb_rmsnorm_matmul_int8(uint64_t c, uint64_t a, uint64_t norm, uint64_t codes, uint64_t scales, int m,
                                       int n, int k, float eps) {
-  if (mb_require_init()) return 1;
-  if (m < 1 || m > kGemvMaxRows || n < 1 || k < 1) {
-    return mb_fail("rmsnorm_matmul_int8: M=%d N=%d K=%d (need 1 <= M <= %d, N and K >= 1: a decode step)", m, n, k,
-                   kGemvMaxRows);
-  }
+  if (gemv_check_decode_shape("rmsnorm_matmul_int8", m, n, k)) return 1;
   return gemv_int8(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const int>(codes), mb_ptr<const float>(scales),
                    m, n, k, k, false, mb_ptr<const float>(norm), eps);
 }
