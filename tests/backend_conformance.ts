@@ -449,7 +449,8 @@ function gemvCases(): Record<string, OpCase> {
  * matmulInt8 cases (weights quantized on the host by lib/quantize.ts): decode rows (M = 1, 3),
  * just past the GEMV (9) and a tiled M (64), with N and K multiples of neither 4 nor any tile,
  * K = 64 (CUDA's float4 loads), overwrite and accumulate, and A a strided view (x_proj's δr);
- * then the rmsnorm-fused matmuls of decode, fp32 and int8. Their own generator, so that adding them leaves the other cases' inputs as they were.
+ * then the rmsnorm-fused matmuls of decode, fp32 and int8. Their own generator, so that adding
+ * them leaves the other cases' inputs as they were.
  */
 function int8Cases(): Record<string, OpCase> {
   const cases: Record<string, OpCase> = {}, r = new Random(808);
