@@ -1,11 +1,13 @@
 // Row-major matmul through cuBLAS (column-major): C (M, N) = op(A) · op(B) is computed as
 // Cᵀ (N, M) = op(B)ᵀ · op(A)ᵀ, i.e. with the operands swapped and the same transpose flags.
 // Exact FP32 and TF32 go through cublasSgemm (TF32 as the handle's math mode, set when it
-// changes); bf16 rounds A and B to packed bf16 copies in the workspace (round to nearest even)
-// and multiplies them with cublasGemmEx on tensor cores, C and the sums in fp32. Decode's
-// few-row products go to the GEMV kernel instead (gemv.cuh).
+// changes); bf16 rounds A and B to packed bf16 copies in the workspace (round to nearest even),
+// unless the caller stored them packed already (bf16_inputs), and multiplies them with
+// cublasGemmEx on tensor cores, C and the sums in fp32. Decode's few-row products go to the
+// GEMV kernel instead (gemv.cuh).
 #include <cuda_bf16.h>
 
+#include "bf16.cuh"
 #include "common.cuh"
 #include "cublas_api.cuh"
 #include "gemv.cuh"
@@ -35,50 +37,83 @@ __global__ void to_bf16_kernel(__nv_bfloat16* out, const float* in, int rows, in
   }
 }
 
-// A packed bf16 copy of a stored matrix, and its leading dimension (its number of columns).
+// A bf16 matrix as cuBLAS reads it: its values and its leading dimension.
 struct Bf16Matrix {
   const __nv_bfloat16* data;
   int ld;
 };
 
-// Packed bf16 copies of the stored matrices of op(A) and op(B) in the workspace: A is (M, K), or
-// (K, M) when transposed; B (K, N), or (N, K). Returns 0, or 1 with the error recorded.
-int bf16_operands(int op_a, int op_b, int m, int n, int k, const float* a, int lda, const float* b, int ldb,
-                  Bf16Matrix* a16, Bf16Matrix* b16) {
-  const int a_rows = op_a == MB_CUBLAS_OP_T ? k : m, a_cols = op_a == MB_CUBLAS_OP_T ? m : k;
-  const int b_rows = op_b == MB_CUBLAS_OP_T ? n : k, b_cols = op_b == MB_CUBLAS_OP_T ? k : n;
-  const uint64_t a_bytes = ((uint64_t)a_rows * a_cols * sizeof(__nv_bfloat16) + 255) / 256 * 256;
+// One stored operand of the product, (rows, cols) with rows ld apart, fp32 or packed bf16.
+struct Operand {
+  const void* data;
+  int rows, cols, ld;
+  bool bf16;
+};
+
+// The operand as bf16: as it is when stored so, else a packed copy at `copy`.
+Bf16Matrix as_bf16(const Operand& o, __nv_bfloat16* copy) {
+  if (o.bf16) return {static_cast<const __nv_bfloat16*>(o.data), o.ld};
+  const float* in = static_cast<const float*>(o.data);
+  if (o.ld == o.cols) {
+    mb_enqueue_pack_bf16(copy, in, (int64_t)o.rows * o.cols);
+  } else {
+    to_bf16_kernel<<<mb_blocks(o.rows, 1), 128, 0, mb_stream()>>>(copy, in, o.rows, o.cols, o.ld);
+  }
+  return {copy, o.cols};
+}
+
+// Bytes of an operand's packed bf16 copy in the workspace (none when stored as bf16), 256-aligned.
+uint64_t copy_bytes(const Operand& o) {
+  return o.bf16 ? 0 : ((uint64_t)o.rows * o.cols * sizeof(__nv_bfloat16) + 255) / 256 * 256;
+}
+
+// The stored matrices of op(A) and op(B) as bf16, copies in the workspace: A is (M, K), or (K, M)
+// when transposed; B (K, N), or (N, K). Returns 0, or 1 with the error recorded.
+int bf16_operands(int op_a, int op_b, int m, int n, int k, const void* a, int lda, const void* b, int ldb,
+                  int bf16_inputs, Bf16Matrix* a16, Bf16Matrix* b16) {
+  const Operand oa{a, op_a == MB_CUBLAS_OP_T ? k : m, op_a == MB_CUBLAS_OP_T ? m : k, lda,
+                   (bf16_inputs & MB_BF16_A) != 0};
+  const Operand ob{b, op_b == MB_CUBLAS_OP_T ? n : k, op_b == MB_CUBLAS_OP_T ? k : n, ldb,
+                   (bf16_inputs & MB_BF16_B) != 0};
   void* ws = nullptr;
-  if (mb_workspace(a_bytes + (uint64_t)b_rows * b_cols * sizeof(__nv_bfloat16), &ws)) return 1;
+  if (copy_bytes(oa) + copy_bytes(ob) > 0 && mb_workspace(copy_bytes(oa) + copy_bytes(ob), &ws)) return 1;
   auto* a_copy = static_cast<__nv_bfloat16*>(ws);
-  auto* b_copy = reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(ws) + a_bytes);
-  to_bf16_kernel<<<mb_blocks(a_rows, 1), 128, 0, mb_stream()>>>(a_copy, a, a_rows, a_cols, lda);
-  to_bf16_kernel<<<mb_blocks(b_rows, 1), 128, 0, mb_stream()>>>(b_copy, b, b_rows, b_cols, ldb);
+  auto* b_copy = reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(ws) + copy_bytes(oa));
+  *a16 = as_bf16(oa, a_copy);
+  *b16 = as_bf16(ob, b_copy);
   MB_LAUNCHED("matmul (rounding the inputs to bf16)");
-  *a16 = {a_copy, a_cols};
-  *b16 = {b_copy, b_cols};
   return 0;
 }
 
 }  // namespace
 
 extern "C" int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, int trans_a, int trans_b,
-                         int accumulate, int lda, int ldb, int ldc, int precision) {
+                         int accumulate, int lda, int ldb, int ldc, int precision, int bf16_inputs) {
   if (mb_require_init()) return 1;
   if (precision < MB_MATMUL_FP32 || precision > MB_MATMUL_BF16) {
     return mb_fail("matmul: unknown precision %d (0 fp32, 1 tf32, 2 bf16)", precision);
   }
+  if (bf16_inputs < 0 || bf16_inputs > (MB_BF16_A | MB_BF16_B)) {
+    return mb_fail("matmul: unknown bf16_inputs %d (1: A, 2: B, 3: both)", bf16_inputs);
+  }
+  if (bf16_inputs != 0 && precision != MB_MATMUL_BF16) {
+    return mb_fail("matmul: operands stored as bf16 (bf16_inputs %d) need precision bf16, not %s", bf16_inputs,
+                   precision_name(precision));
+  }
   if (m <= 0 || n <= 0) return 0;
-  int gemv = mb_gemv(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const float>(b), m, n, k, trans_a, trans_b,
-                     accumulate, lda, ldb, ldc);
-  if (gemv >= 0) return gemv;
+  if (bf16_inputs == 0) {
+    int gemv = mb_gemv(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const float>(b), m, n, k, trans_a,
+                       trans_b, accumulate, lda, ldb, ldc);
+    if (gemv >= 0) return gemv;
+  }
   MbCublas* cb = mb_cublas();
   const float alpha = 1.0f, beta = accumulate ? 1.0f : 0.0f;
   const int op_a = trans_a ? MB_CUBLAS_OP_T : MB_CUBLAS_OP_N, op_b = trans_b ? MB_CUBLAS_OP_T : MB_CUBLAS_OP_N;
   cublasStatus_t status;
   if (precision == MB_MATMUL_BF16) {
     Bf16Matrix a16, b16;
-    if (bf16_operands(op_a, op_b, m, n, k, mb_ptr<const float>(a), lda, mb_ptr<const float>(b), ldb, &a16, &b16)) {
+    if (bf16_operands(op_a, op_b, m, n, k, mb_ptr<const void>(a), lda, mb_ptr<const void>(b), ldb, bf16_inputs,
+                      &a16, &b16)) {
       return 1;
     }
     status = cb->gemm_ex(cb->handle, op_b, op_a, n, m, k, &alpha, b16.data, MB_CUDA_R_16BF, b16.ld, a16.data,
@@ -93,8 +128,9 @@ extern "C" int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k
   }
   if (status != 0) {
     const char* text = cb->status_string ? cb->status_string(status) : "";
-    return mb_fail("cuBLAS %s matmul (M=%d N=%d K=%d transA=%d transB=%d lda=%d ldb=%d ldc=%d) failed: status %d %s",
-                   precision_name(precision), m, n, k, trans_a, trans_b, lda, ldb, ldc, status, text);
+    return mb_fail("cuBLAS %s matmul (M=%d N=%d K=%d transA=%d transB=%d lda=%d ldb=%d ldc=%d bf16_inputs=%d) "
+                   "failed: status %d %s",
+                   precision_name(precision), m, n, k, trans_a, trans_b, lda, ldb, ldc, bf16_inputs, status, text);
   }
   return 0;
 }

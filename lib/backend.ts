@@ -61,6 +61,42 @@ export interface MatmulOptions {
   lda?: number;
   ldb?: number;
   ldc?: number;
+  /**
+   * A (B) holds bf16 values as packBf16 stores them, strides counted in values: it is used as is
+   * instead of being rounded again. Only with matmul precision "bf16" (see checkBf16Operands).
+   */
+  aBf16?: boolean;
+  bBf16?: boolean;
+}
+
+/** Floats of storage that `n` bf16 values take (two per float): a packBf16 destination's length. */
+export function bf16Floats(n: number): number {
+  return Math.ceil(n / 2);
+}
+
+/** Throws a RangeError unless n is a count and `packed` has room for n bf16 values, `values` n floats. */
+export function checkBf16Lengths(op: string, packed: DeviceBuffer, values: DeviceBuffer, n: number): void {
+  if (!Number.isInteger(n) || n < 0) throw new RangeError(`${op}: n must be an integer >= 0, not ${n}`);
+  if (values.length < n) {
+    throw new RangeError(`${op}: ${n} values, but the fp32 buffer holds ${values.length}`);
+  }
+  if (packed.length < bf16Floats(n)) {
+    throw new RangeError(
+      `${op}: ${n} bf16 values need ${
+        bf16Floats(n)
+      } floats of storage, but the packed buffer has ${packed.length}`,
+    );
+  }
+}
+
+/** Throws unless a matmul with bf16-stored operands runs at matmul precision "bf16". */
+export function checkBf16Operands(device: string, precision: MatmulPrecision, options: MatmulOptions): void {
+  if ((options.aBf16 || options.bBf16) && precision !== "bf16") {
+    throw new Error(
+      `${device}: a matmul with bf16-stored operands (aBf16/bBf16) needs matmul precision bf16, ` +
+        `not ${precision}: call setMatmulPrecision("bf16") first`,
+    );
+  }
 }
 
 /** The most rows (sequences) rmsnormMatmul and rmsnormMatmulInt8 take: decode's batch. */
@@ -257,6 +293,16 @@ export interface Backend {
    * inputs from now on (see MatmulPrecision). Buffers stay fp32 whatever is chosen.
    */
   setMatmulPrecision?(precision: MatmulPrecision): void;
+  /** The precision setMatmulPrecision chose last ("fp32" before); absent where there is no choice. */
+  readonly matmulPrecision?: MatmulPrecision;
+  /**
+   * On backends with bf16 matmuls: dst ← the n values of src rounded to bf16 (to nearest, ties
+   * to even), two per float of dst (bf16Floats(n) floats; value j in bytes 2j, 2j + 1): what
+   * matmul's aBf16/bBf16 read. Training with bf16 matmuls saves activations this way.
+   */
+  packBf16?(dst: DeviceBuffer, src: DeviceBuffer, n: number): void;
+  /** dst (n floats) ← the n bf16 values that packBf16 stored in src. */
+  unpackBf16?(dst: DeviceBuffer, src: DeviceBuffer, n: number): void;
 
   // ---- memory ----
   /** A new zero-filled buffer of `length` floats. */

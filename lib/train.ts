@@ -65,8 +65,9 @@ export interface TrainSettings {
   /** Bits per AdamW moment: 32 (float32) or 8 (blockwise-quantized); absent: 32. */
   optimizer_bits?: OptimizerBits;
   /**
-   * The training matmuls' inputs: "fp32", or "bf16" (cuda: rounded to bf16 on tensor cores,
-   * sums in fp32; weights, activations and optimizer state stay fp32); absent: fp32.
+   * The training matmuls' inputs: "fp32", or "bf16" (rounded to bf16: on cuda's tensor cores, or
+   * emulated on cpu; sums in fp32). With bf16 the activations that matmuls read are kept in bf16
+   * (ActivationLayout "bf16"); weights, gradients and optimizer state stay fp32. Absent: fp32.
    */
   dtype?: Dtype;
   /** Global gradient-norm clip (0: off). */
@@ -421,14 +422,15 @@ export async function evaluateBpb(model: MambaByte, batches: Batch[]): Promise<n
 
 /**
  * Sets the backend's matmul precision for a run's dtype; bf16 needs a backend with bf16 matmuls
- * (cuda), and says so.
+ * (cuda; cpu emulates them), and says so.
  */
 export function useDtype(backend: Backend, dtype: Dtype): void {
   if (!DTYPES.includes(dtype)) throw new Error(`unknown dtype "${dtype}"; choose ${DTYPES.join(" or ")}`);
   if (backend.setMatmulPrecision) backend.setMatmulPrecision(dtype);
   else if (dtype !== "fp32") {
     throw new Error(
-      `dtype ${dtype} needs the cuda backend (bf16 matmuls on tensor cores); ${backend.device} trains in fp32`,
+      `dtype ${dtype} needs bf16 matmuls: cuda has them on tensor cores (cpu emulates them); ` +
+        `${backend.device} trains in fp32`,
     );
   }
 }

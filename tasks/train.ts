@@ -65,7 +65,7 @@ const SPECS = {
     kind: "string",
     choices: DTYPES,
     help:
-      "matmul inputs: fp32, or bf16 on cuda's tensor cores (sums, weights, activations, moments stay fp32)",
+      "matmul inputs: fp32, or bf16 on cuda's tensor cores (activations kept in bf16; sums, weights, moments fp32)",
   },
   clip: num("global gradient-norm clip, 0 = off"),
   seed: int("seed of the weights and data windows", 0),

@@ -534,6 +534,80 @@ function int8Cases(): Record<string, OpCase> {
 }
 
 /**
+ * bf16 storage and matmuls that read it, for backends with packBf16: each case runs at matmul
+ * precision bf16 (the reference emulates it) and puts fp32 back after.
+ */
+function bf16Cases(): Record<string, OpCase> {
+  const cases: Record<string, OpCase> = {}, r = new Random(707);
+  const normal = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * r.normal());
+  const atBf16 = (run: OpCase["run"]): OpCase["run"] => async (be, f, i) => {
+    be.setMatmulPrecision!("bf16");
+    try {
+      await run(be, f, i);
+    } finally {
+      be.setMatmulPrecision!("fp32");
+    }
+  };
+  {
+    // ties to even both ways (1 + 2^-8, 1 + 3·2^-8), a value past a tie, a large one, a subnormal,
+    // and random values over a wide range; odd n (the vector kernels' tail)
+    const special = [
+      1 + 2 ** -8,
+      1 + 3 * 2 ** -8,
+      -(1 + 2 ** -8 + 2 ** -20),
+      3e38,
+      2 ** -130,
+      0,
+    ];
+    const n = 1_003;
+    const x = Float32Array.from(
+      { length: n },
+      (_, j) => j < special.length ? special[j] : r.normal() * 4 ** r.int(9),
+    );
+    cases["packBf16 then unpackBf16 round to nearest even"] = {
+      floats: { x, packed: new Float32Array(Math.ceil(n / 2)), y: normal(n) },
+      outputs: ["y"],
+      tolerance: 0,
+      run: (be, f) => {
+        be.packBf16!(f.packed, f.x, n);
+        be.unpackBf16!(f.y, f.packed, n);
+      },
+    };
+  }
+  for (
+    const [transA, transB, aBf16, bBf16] of [
+      [false, true, true, false], // x·Wᵀ with x stored as bf16 (forward)
+      [true, false, true, true], // Gᵀ·x, both stored (weight gradients)
+      [false, false, true, false], // G·W (input gradients)
+      [false, true, false, true],
+    ]
+  ) {
+    const [m, n, k] = [37, 29, 70];
+    const a = normal(m * k), b = normal(k * n);
+    cases[
+      `matmul at bf16, A ${aBf16 ? "stored as bf16" : "fp32"}, B ${bBf16 ? "stored as bf16" : "fp32"}, ` +
+      `transA=${transA} transB=${transB}`
+    ] = {
+      floats: {
+        a,
+        b,
+        a16: new Float32Array(Math.ceil(a.length / 2)),
+        b16: new Float32Array(Math.ceil(b.length / 2)),
+        c: normal(m * n),
+      },
+      outputs: ["c"],
+      run: atBf16((be, f) => {
+        be.packBf16!(f.a16, f.a, a.length);
+        be.packBf16!(f.b16, f.b, b.length);
+        const [A, B] = [aBf16 ? f.a16 : f.a, bBf16 ? f.b16 : f.b];
+        be.matmul(f.c, A, B, m, n, k, { transA, transB, accumulate: true, aBf16, bBf16 });
+      }),
+    };
+  }
+  return cases;
+}
+
+/**
  * Logits (B, 256) and uniforms (B) for `o` with every float comparison of the sampler at least
  * 2e-4 of the row's mass away from a tie (the top-p cut and the pick), so that float32 on a
  * device and float64 on the host decide alike. Rows and draws too close are drawn again.
@@ -832,7 +906,14 @@ export async function conformanceSuite(
   console.log(`${label} backend: ${backend.description}`);
   const reference = new CpuBackend();
   const moe = backend.moe !== undefined;
-  const cases = { ...opCases(), ...(moe ? moeCases() : {}), ...int8Cases(), ...gemvCases() };
+  const bf16 = backend.packBf16 !== undefined && backend.setMatmulPrecision !== undefined;
+  const cases = {
+    ...opCases(),
+    ...(moe ? moeCases() : {}),
+    ...int8Cases(),
+    ...gemvCases(),
+    ...(bf16 ? bf16Cases() : {}),
+  };
   for (const [name, c] of Object.entries(cases)) {
     Deno.test(`${label}: ${name} matches the cpu reference`, () => expectSame(backend, reference, c));
   }

@@ -6,19 +6,23 @@
  * plain functions in cpu_kernels.ts that large ops hand to worker threads (cpu_threads.ts) on
  * SharedArrayBuffer memory, partitioned so that the bits do not depend on the thread count.
  */
-import type {
-  AdamWOptions,
-  Backend,
-  ConvDims,
-  DeviceBuffer,
-  FloatArray,
-  IndexBuffer,
-  Int8MatmulOptions,
-  MatmulOptions,
-  MoeOps,
-  ScanDims,
-  ScanStepDims,
+import {
+  type AdamWOptions,
+  type Backend,
+  checkBf16Lengths,
+  checkBf16Operands,
+  type ConvDims,
+  type DeviceBuffer,
+  type FloatArray,
+  type IndexBuffer,
+  type Int8MatmulOptions,
+  type MatmulOptions,
+  type MatmulPrecision,
+  type MoeOps,
+  type ScanDims,
+  type ScanStepDims,
 } from "../backend.ts";
+import { bf16Bits, bf16Value, bf16Words, roundForMatmul } from "../bf16.ts";
 import {
   checkAdamw8bitLengths,
   codeByte,
@@ -111,9 +115,10 @@ type ArrayType = Float32ArrayConstructor | Float64ArrayConstructor | Int32ArrayC
 /** Shared memory where worker threads can be started (else the threads fall back to 1). */
 const canShare = typeof SharedArrayBuffer === "function" && typeof Worker === "function";
 
+const MATMUL_PRECISIONS: readonly MatmulPrecision[] = ["fp32", "tf32", "bf16"];
+
 export class CpuBackend implements Backend {
   readonly device = "cpu" as const;
-  readonly description: string;
   readonly moe: MoeOps = new CpuMoeOps(f, ix);
   /** Threads of the large ops (1: none started). */
   readonly threads: number;
@@ -126,6 +131,8 @@ export class CpuBackend implements Backend {
   readonly #scratch = new Map<string, FloatArray>();
   /** The decode step's A = −exp(A_log) per A_log array, with the values it was made from (#decayRates). */
   readonly #rates = new WeakMap<FloatArray, { from: Float64Array; a: Float64Array }>();
+  readonly #arithmetic: string;
+  #matmulPrecision: MatmulPrecision = "fp32";
   /** Gives back the pool of a backend collected without dispose() (workers never keep a program alive). */
   static readonly #orphans = new FinalizationRegistry((pool: CpuThreadPool) => pool.release());
 
@@ -137,7 +144,24 @@ export class CpuBackend implements Backend {
     }
     this.#Float = precision === "f64" ? Float64Array : Float32Array;
     this.threads = canShare ? threads : 1;
-    this.description = `cpu (TypeScript, ${precision}, ${this.threads} thread${this.threads > 1 ? "s" : ""})`;
+    this.#arithmetic = `${precision}, ${this.threads} thread${this.threads > 1 ? "s" : ""}`;
+  }
+
+  get description(): string {
+    const matmuls = this.#matmulPrecision === "fp32" ? "" : `, ${this.#matmulPrecision} matmul inputs`;
+    return `cpu (TypeScript, ${this.#arithmetic}${matmuls})`;
+  }
+
+  get matmulPrecision(): MatmulPrecision {
+    return this.#matmulPrecision;
+  }
+
+  /** Emulates tensor-core matmuls: their inputs rounded as lib/bf16.ts rounds, sums as in fp32. */
+  setMatmulPrecision(precision: MatmulPrecision): void {
+    if (!MATMUL_PRECISIONS.includes(precision)) {
+      throw new Error(`cpu: unknown matmul precision "${precision}"; choose ${MATMUL_PRECISIONS.join(", ")}`);
+    }
+    this.#matmulPrecision = precision;
   }
 
   // ---- memory ----
@@ -236,7 +260,11 @@ export class CpuBackend implements Backend {
     const lda = options.lda ?? (transA ? m : k);
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
-    const a = f(aBuf), b = f(bBuf), c = f(cBuf);
+    checkBf16Operands("cpu", this.#matmulPrecision, options);
+    const [aRows, aCols] = transA ? [k, m] : [m, k], [bRows, bCols] = transB ? [n, k] : [k, n];
+    const a = this.#matmulInput("a", aBuf, aRows, aCols, lda, options.aBf16);
+    const b = this.#matmulInput("b", bBuf, bRows, bCols, ldb, options.bBf16);
+    const c = f(cBuf);
     const args = { c, a, b, m, n, k, transA, accumulate, lda, ldb, ldc };
     if (transB && m < 16) {
       // Few rows of C (decode): dot products, the threads splitting the columns
@@ -251,6 +279,36 @@ export class CpuBackend implements Backend {
       Object.assign(args, { b: bt, ldb: n });
     }
     this.#run("matmulRows", args, m, m * n * k);
+  }
+
+  /**
+   * A matmul operand stored (rows, cols), rows `ld` apart, as the kernels read it: the buffer
+   * itself in fp32; else a copy rounded to the matmul precision, or unpacked when stored as bf16.
+   */
+  #matmulInput(name: string, buffer: DeviceBuffer, rows: number, cols: number, ld: number, bf16 = false) {
+    if (this.#matmulPrecision === "fp32") return f(buffer);
+    const extent = rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0;
+    const copy = this.#scratchOf(`matmul ${name}`, this.#Float, extent);
+    if (bf16) {
+      const words = bf16Words(f(buffer), extent);
+      for (let i = 0; i < extent; i++) copy[i] = bf16Value(words[i]);
+    } else {
+      const data = f(buffer), precision = this.#matmulPrecision;
+      for (let i = 0; i < extent; i++) copy[i] = roundForMatmul(data[i], precision);
+    }
+    return copy;
+  }
+
+  packBf16(dstBuf: DeviceBuffer, srcBuf: DeviceBuffer, n: number): void {
+    checkBf16Lengths("cpu packBf16", dstBuf, srcBuf, n);
+    const words = bf16Words(f(dstBuf), n), src = f(srcBuf);
+    for (let i = 0; i < n; i++) words[i] = bf16Bits(src[i]);
+  }
+
+  unpackBf16(dstBuf: DeviceBuffer, srcBuf: DeviceBuffer, n: number): void {
+    checkBf16Lengths("cpu unpackBf16", srcBuf, dstBuf, n);
+    const words = bf16Words(f(srcBuf), n), dst = f(dstBuf);
+    for (let i = 0; i < n; i++) dst[i] = bf16Value(words[i]);
   }
 
   addBias(outBuf: DeviceBuffer, biasBuf: DeviceBuffer, rows: number, cols: number): void {

@@ -8,6 +8,8 @@
 import {
   type AdamWOptions,
   type Backend,
+  checkBf16Lengths,
+  checkBf16Operands,
   checkRmsnormMatmul,
   type ConvDims,
   type DeviceBuffer,
@@ -126,6 +128,10 @@ export class CudaBackend implements Backend {
   get description(): string {
     const math = this.#matmulPrecision === "fp32" ? "FP32" : `${this.#matmulPrecision} matmuls`;
     return `cuda: ${this.#gpuName}, ${math}`;
+  }
+
+  get matmulPrecision(): MatmulPrecision {
+    return this.#matmulPrecision;
   }
 
   setMatmulPrecision(precision: MatmulPrecision): void {
@@ -310,6 +316,7 @@ export class CudaBackend implements Backend {
     const lda = options.lda ?? (transA ? m : k);
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
+    checkBf16Operands("cuda", this.#matmulPrecision, options);
     const status = this.#lib.mb_matmul(
       p(c),
       p(a),
@@ -324,8 +331,17 @@ export class CudaBackend implements Backend {
       ldb,
       ldc,
       MATMUL_PRECISION_CODES[this.#matmulPrecision],
+      (options.aBf16 ? 1 : 0) | (options.bBf16 ? 2 : 0), // MB_BF16_A | MB_BF16_B
     );
     this.#check(status, "matmul");
+  }
+  packBf16(dst: DeviceBuffer, src: DeviceBuffer, n: number): void {
+    checkBf16Lengths("cuda packBf16", dst, src, n);
+    this.#check(this.#lib.mb_pack_bf16(p(dst), p(src), n), "packBf16");
+  }
+  unpackBf16(dst: DeviceBuffer, src: DeviceBuffer, n: number): void {
+    checkBf16Lengths("cuda unpackBf16", src, dst, n);
+    this.#check(this.#lib.mb_unpack_bf16(p(dst), p(src), n), "unpackBf16");
   }
   addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void {
     this.#check(this.#lib.mb_add_bias(p(out), p(bias), rows, cols), "addBias");
