@@ -9,7 +9,14 @@
  * scratch) and ffi/matmul.cu (bf16 copies of the matmul operands) and change with them.
  * Not included: cuBLAS's own workspace, library handles and the driver's context.
  */
-import type { Backend, DeviceBuffer, IndexBuffer, MatmulOptions, ScanDims } from "./backend.ts";
+import type {
+  Backend,
+  DeviceBuffer,
+  IndexBuffer,
+  MatmulOptions,
+  MatmulPrecision,
+  ScanDims,
+} from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
 import { MambaByte } from "./model.ts";
 import { AdamW, ADAMW_DEFAULTS, type OptimizerBits } from "./optim.ts";
@@ -43,7 +50,8 @@ function cudaScanBackwardWorkspace(
 
 /**
  * Bytes of the bf16 copies of op(A) (M, K) and op(B) (K, N) that a CUDA matmul with bf16 inputs
- * makes (ffi/matmul.cu; A's copy padded to 256 bytes); 0 for the few-row GEMV, which reads fp32.
+ * makes (ffi/matmul.cu; each padded to 256 bytes; none of an operand stored as bf16); 0 for the
+ * few-row GEMV, which reads fp32.
  */
 function cudaBf16MatmulWorkspace(
   m: number,
@@ -51,8 +59,10 @@ function cudaBf16MatmulWorkspace(
   k: number,
   options: MatmulOptions = {},
 ): number {
-  if (m <= CUDA_GEMV_MAX_ROWS && !options.transA && options.transB) return 0;
-  return Math.ceil((2 * m * k) / 256) * 256 + 2 * k * n;
+  const stored = options.aBf16 || options.bBf16;
+  if (!stored && m <= CUDA_GEMV_MAX_ROWS && !options.transA && options.transB) return 0;
+  const copy = (values: number, bf16 = false) => (bf16 ? 0 : Math.ceil((2 * values) / 256) * 256);
+  return copy(m * k, options.aBf16) + copy(k * n, options.bBf16);
 }
 
 /** Allocations are counted in bytes; views and ops cost nothing; reads return zeros. */
@@ -64,6 +74,11 @@ class CountingBackend {
   workspace = 0;
 
   constructor(readonly bf16: boolean) {}
+
+  /** The precision the model's layout follows (see activationLayout). */
+  get matmulPrecision(): MatmulPrecision {
+    return this.bf16 ? "bf16" : "fp32";
+  }
 
   alloc(length: number): DeviceBuffer {
     this.bytes += 4 * length;

@@ -28,6 +28,8 @@ import { requireMoeOps } from "./moe_mlp.ts";
 import { LinearWeights, type Quantization } from "./quantize.ts";
 import { checkSampling, type SamplingOptions } from "./sample.ts";
 import {
+  type ActivationLayout,
+  activationLayout,
   blockLinears,
   layerViews,
   ResidualStack,
@@ -99,6 +101,14 @@ abstract class FlatModel {
       this.table.layers.map((layer) => layerViews(this.backend, this.params, layer)),
       this.linears,
     );
+  }
+
+  /**
+   * What the next forward keeps for backward (see ActivationLayout): follows `recompute`, the
+   * backend's matmul precision and the weights' quantization at the time of the forward.
+   */
+  get activationLayout(): ActivationLayout {
+    return activationLayout(this.backend, this.recompute, this.quantization !== "none");
   }
 
   /** How the Linear weights are held for forward and decode ("none": fp32). */
@@ -204,11 +214,13 @@ export class Mamba extends FlatModel {
   }
 
   #activations(batch: number, length: number): StackActivations {
-    if (!this.#acts || this.#acts.batch !== batch || this.#acts.length !== length) {
-      this.#acts?.free();
-      this.#acts = new StackActivations(this.backend, this.config, batch, length, this.recompute);
+    const layout = this.activationLayout;
+    let acts = this.#acts;
+    if (!acts || acts.batch !== batch || acts.length !== length || acts.layout !== layout) {
+      acts?.free();
+      acts = this.#acts = new StackActivations(this.backend, this.config, batch, length, layout);
     }
-    return this.#acts;
+    return acts;
   }
 
   /** x (B, L, D) → (B, L, D). Saves activations for `backward`. */
@@ -277,12 +289,12 @@ class LmActivations {
     config: MambaConfig,
     readonly batch: number,
     readonly length: number,
-    recompute: boolean,
+    layout: ActivationLayout,
   ) {
     const rows = batch * length, D = config.dim, moeBlocks = moeBlockCount(config.moe, config.depth);
     this.readback = backend.alloc(rows + 2 * moeBlocks);
     const stats = moeBlocks ? backend.view(this.readback, rows, 2 * moeBlocks) : undefined;
-    this.stack = new StackActivations(backend, config, batch, length, recompute, stats);
+    this.stack = new StackActivations(backend, config, batch, length, layout, stats);
     this.tokens = backend.allocIndices(rows);
     this.targets = backend.allocIndices(rows);
     this.hidden = backend.alloc(rows * D);
@@ -393,11 +405,13 @@ export class MambaByte extends FlatModel {
   }
 
   #activations(batch: number, length: number): LmActivations {
-    if (!this.#acts || this.#acts.batch !== batch || this.#acts.length !== length) {
-      this.#acts?.free();
-      this.#acts = new LmActivations(this.backend, this.config, batch, length, this.recompute);
+    const layout = this.activationLayout;
+    let acts = this.#acts;
+    if (!acts || acts.batch !== batch || acts.length !== length || acts.stack.layout !== layout) {
+      acts?.free();
+      acts = this.#acts = new LmActivations(this.backend, this.config, batch, length, layout);
     }
-    return this.#acts;
+    return acts;
   }
 
   #forward(inputs: ArrayLike<number>, shape: [number, number]): LmActivations {

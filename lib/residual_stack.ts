@@ -8,7 +8,14 @@
  * N = d_state, R = dt_rank, K = d_conv; delta = Δ before softplus and bias, u = the conv branch
  * after SiLU, z = the gate branch, A = -exp(A_log), h = the SSM state (B, ED, N).
  */
-import type { Backend, ConvDims, DeviceBuffer, IndexBuffer, ScanDims } from "./backend.ts";
+import {
+  type Backend,
+  bf16Floats,
+  type ConvDims,
+  type DeviceBuffer,
+  type IndexBuffer,
+  type ScanDims,
+} from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
 import { expertCapacity, isMoeBlock, moeBlockCount } from "./moe_config.ts";
 import {
@@ -109,6 +116,32 @@ function splitViews(
   };
 }
 
+/**
+ * What forward keeps per Mamba block for backward. "full": every fp32 intermediate. "bf16" (for
+ * bf16 matmul inputs): x, rstd and dbc in fp32, and bf16 copies of xn, xz and y; backward unpacks
+ * xz and recomputes u and delta, and the matmuls read the bf16 copies as they are. "recompute":
+ * only x; backward recomputes the block. The intermediates that are not kept share one set of
+ * buffers for all blocks. MoE blocks keep everything unless "recompute".
+ */
+export type ActivationLayout = "full" | "bf16" | "recompute";
+
+/**
+ * The layout a model's training uses: "recompute" when asked; "bf16" when the backend's matmuls
+ * take bf16 inputs and it can store them (packBf16, unpackBf16), for fp32 weights; else "full".
+ */
+export function activationLayout(backend: Backend, recompute: boolean, quantized: boolean): ActivationLayout {
+  if (recompute) return "recompute";
+  const bf16 = backend.matmulPrecision === "bf16" && backend.packBf16 && backend.unpackBf16;
+  return bf16 && !quantized ? "bf16" : "full";
+}
+
+/** The bf16 copies (bf16Floats of the values) a block keeps in the "bf16" layout. */
+interface Bf16Activations {
+  xn: DeviceBuffer; // (B, L, D) RMSNorm(x): in_proj's input
+  xz: DeviceBuffer; // (B, L, 2ED) in_proj output
+  y: DeviceBuffer; // (B, L, ED) gated scan output: out_proj's input
+}
+
 /** What one Mamba block's forward saves for its backward, for one (B, L). */
 interface BlockActivations {
   kind: "mamba";
@@ -120,6 +153,7 @@ interface BlockActivations {
   dbc: DeviceBuffer; // (B, L, R + 2N) x_proj output: [δr | B | C]
   delta: DeviceBuffer; // (B, L, ED) dt_proj(δr), before bias and softplus
   y: DeviceBuffer; // (B, L, ED) gated scan output
+  bf16: Bf16Activations | null; // the "bf16" layout's kept copies
 }
 
 /** What one MoE block's forward saves for its backward, for one (B, L). */
@@ -132,9 +166,8 @@ interface MoeBlockActivations extends MoeBuffers {
 }
 
 /**
- * Activations of the whole stack for one (B, L), plus backward scratch shared by blocks.
- * With `recompute`, only each block's input x is kept per block; the block's intermediates
- * share one set of buffers and backward recomputes them, block by block.
+ * Activations of the whole stack for one (B, L) in a given layout (see ActivationLayout), plus
+ * backward scratch shared by blocks.
  */
 export class StackActivations {
   readonly blocks: (BlockActivations | MoeBlockActivations)[] = [];
@@ -151,6 +184,8 @@ export class StackActivations {
     ddbc: DeviceBuffer; // (B, L, R + 2N)
     ddelta: DeviceBuffer; // (B, L, ED)
     dy: DeviceBuffer; // (B, L, ED)
+    /** "bf16" layout: a gradient as bf16 for the two matmuls that read it, up to (B, L, 2ED). */
+    bf16: DeviceBuffer | null;
     moe: MoeScratch | null;
   };
   readonly #owned: (DeviceBuffer | IndexBuffer)[] = [];
@@ -164,7 +199,7 @@ export class StackActivations {
     config: MambaConfig,
     readonly batch: number,
     readonly length: number,
-    readonly recompute = false,
+    readonly layout: ActivationLayout = "full",
     stats?: DeviceBuffer,
   ) {
     const { dim: D, d_inner: ED, d_state: N, dt_rank: R } = config;
@@ -188,14 +223,35 @@ export class StackActivations {
       delta: alloc(rows * ED),
       y: alloc(rows * ED),
     });
-    const shared = recompute ? intermediates() : null;
-    const sharedMoe = recompute && moe ? moeIntermediates() : null;
+    const shared = layout === "recompute" ? intermediates() : null;
+    const sharedMoe = layout === "recompute" && moe ? moeIntermediates() : null;
+    // "bf16": the fp32 intermediates that forward packs or backward refills, shared by the blocks
+    const refilled = layout === "bf16"
+      ? {
+        xn: alloc(rows * D),
+        xz: alloc(rows * 2 * ED),
+        u: alloc(rows * ED),
+        delta: alloc(rows * ED),
+        y: alloc(rows * ED),
+      }
+      : null;
+    const kept = (): BlockActivations => {
+      const block = { kind: "mamba" as const, x: alloc(rows * D), bf16: null };
+      if (layout === "full") return { ...block, ...intermediates() };
+      if (layout === "recompute") return { ...block, ...shared! };
+      const bf16 = {
+        xn: alloc(bf16Floats(rows * D)),
+        xz: alloc(bf16Floats(rows * 2 * ED)),
+        y: alloc(bf16Floats(rows * ED)),
+      };
+      return { ...block, ...refilled!, rstd: alloc(rows), dbc: alloc(rows * (R + 2 * N)), bf16 };
+    };
     for (let l = 0, i = 0; l < config.depth; l++) {
       if (isMoeBlock(moe, l)) {
         const stats = backend.view(this.stats!, 2 * i++, 2);
         this.blocks.push({ kind: "moe", x: alloc(rows * D), stats, ...(sharedMoe ?? moeIntermediates()) });
       } else {
-        this.blocks.push({ kind: "mamba", x: alloc(rows * D), ...(shared ?? intermediates()) });
+        this.blocks.push(kept());
       }
     }
     this.out = alloc(rows * D);
@@ -206,6 +262,7 @@ export class StackActivations {
       ddbc: alloc(rows * (R + 2 * N)),
       ddelta: alloc(rows * ED),
       dy: alloc(rows * ED),
+      bf16: layout === "bf16" ? alloc(bf16Floats(rows * 2 * ED)) : null,
       moe: moe ? allocMoeScratch(m, moe, D, rows, this.capacity) : null,
     };
   }
@@ -342,7 +399,15 @@ export class ResidualStack {
       }
       const mamba = a as BlockActivations;
       this.#mixer(p, mamba, acts);
-      this.linears.apply(next, mamba.y, p.outProj, rows, D, ED, { accumulate: true }); // (B, L, D)
+      if (mamba.bf16) {
+        be.matmul(next, mamba.bf16.y, p.outProj, rows, D, ED, {
+          transB: true,
+          accumulate: true,
+          aBf16: true,
+        });
+      } else {
+        this.linears.apply(next, mamba.y, p.outProj, rows, D, ED, { accumulate: true }); // (B, L, D)
+      }
       if (p.outProjBias) be.addBias(next, p.outProjBias, rows, D);
     }
   }
@@ -355,13 +420,31 @@ export class ResidualStack {
     const dims = this.#dims(acts.batch, acts.length);
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     be.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, D, RMS_EPS);
-    const linear = this.linears;
-    linear.apply(a.xz, a.xn, p.inProj, rows, 2 * ED, D); // (B, L, 2ED)
+    const linear = this.linears, bf16 = a.bf16;
+    if (bf16) {
+      be.packBf16!(bf16.xn, a.xn, rows * D);
+      be.matmul(a.xz, bf16.xn, p.inProj, rows, 2 * ED, D, { transB: true, aBf16: true }); // (B, L, 2ED)
+    } else {
+      linear.apply(a.xz, a.xn, p.inProj, rows, 2 * ED, D); // (B, L, 2ED)
+    }
     if (p.inProjBias) be.addBias(a.xz, p.inProjBias, rows, 2 * ED);
+    if (bf16) be.packBf16!(bf16.xz, a.xz, rows * 2 * ED);
     be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
     linear.apply(a.dbc, a.u, p.xProj, rows, R + 2 * N, ED); // (B, L, R + 2N)
     linear.apply(a.delta, s.dtIn, p.dtProj, rows, ED, R, { lda: R + 2 * N }); // (B, L, ED)
     be.selectiveScan(a.y, a.u, a.delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, dims.scan); // (B, L, ED)
+    if (bf16) be.packBf16!(bf16.y, a.y, rows * ED);
+  }
+
+  /** "bf16" layout: xz unpacked from its bf16 copy, u and delta recomputed from it, for backward. */
+  #refill(p: LayerViews, a: BlockActivations, acts: StackActivations): void {
+    const be = this.backend;
+    const { d_inner: ED, d_state: N, dt_rank: R } = this.config;
+    const rows = acts.batch * acts.length;
+    const s = splitViews(be, this.config, rows, a.xz, a.dbc);
+    be.unpackBf16!(a.xz, a.bf16!.xz, rows * 2 * ED);
+    be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, this.#dims(acts.batch, acts.length).conv); // (B, L, ED)
+    be.matmul(a.delta, s.dtIn, p.dtProj, rows, ED, R, { transB: true, lda: R + 2 * N }); // (B, L, ED)
   }
 
   /** MoE block from its input a.x up to the expert outputs a.ye (everything but the scatter). */
@@ -382,7 +465,7 @@ export class ResidualStack {
       const p = this.params[l], g = grads[l], a = acts.blocks[l];
       if (p.kind === "moe") {
         const m = a as MoeBlockActivations;
-        if (acts.recompute) this.#moeMixer(p, m, acts);
+        if (acts.layout === "recompute") this.#moeMixer(p, m, acts);
         const dxn = acts.scratch.dxn;
         this.#moe!.backward(
           p,
@@ -416,13 +499,16 @@ export class ResidualStack {
     const rows = acts.batch * acts.length;
     const dims = this.#dims(acts.batch, acts.length);
     const { dxn, dxz, du, ddbc, ddelta, dy } = acts.scratch;
-    if (acts.recompute) this.#mixer(p, a, acts);
+    if (acts.layout === "recompute") this.#mixer(p, a, acts);
+    if (a.bf16) this.#refill(p, a, acts);
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     const ds = splitViews(be, this.config, rows, dxz, ddbc);
     // out_proj: next = x + y·W_outᵀ (+ b)
     if (g.outProjBias) be.addBiasBackward(g.outProjBias, dx, rows, D);
-    be.matmul(g.outProj, dx, a.y, D, ED, rows, { transA: true, accumulate: true }); // (D, ED)
-    be.matmul(dy, dx, p.outProj, rows, ED, D); // (B, L, ED)
+    const bf16 = a.bf16 !== null, y = a.bf16?.y ?? a.y;
+    const dOut = this.#matmulInput(dx, rows * D, acts, bf16);
+    be.matmul(g.outProj, dOut.a, y, D, ED, rows, { transA: true, accumulate: true, ...dOut.as, bBf16: bf16 }); // (D, ED)
+    be.matmul(dy, dOut.a, p.outProj, rows, ED, D, dOut.as); // (B, L, ED)
     // fused selective scan
     be.selectiveScanBackward(
       du,
@@ -445,8 +531,14 @@ export class ResidualStack {
       dims.scan,
     );
     // dt_proj: delta = δr·W_dtᵀ
-    be.matmul(g.dtProj, ddelta, s.dtIn, ED, R, rows, { transA: true, ldb: S, accumulate: true }); // (ED, R)
-    be.matmul(ds.dtIn, ddelta, p.dtProj, rows, R, ED, { ldc: S }); // (B, L, R)
+    const dDelta = this.#matmulInput(ddelta, rows * ED, acts, bf16);
+    be.matmul(g.dtProj, dDelta.a, s.dtIn, ED, R, rows, {
+      transA: true,
+      ldb: S,
+      accumulate: true,
+      ...dDelta.as,
+    }); // (ED, R)
+    be.matmul(ds.dtIn, dDelta.a, p.dtProj, rows, R, ED, { ldc: S, ...dDelta.as }); // (B, L, R)
     // x_proj: dbc = u·W_xᵀ
     be.matmul(g.xProj, ddbc, a.u, S, ED, rows, { transA: true, accumulate: true }); // (R + 2N, ED)
     be.matmul(du, ddbc, p.xProj, rows, ED, S, { accumulate: true }); // (B, L, ED)
@@ -454,10 +546,26 @@ export class ResidualStack {
     be.conv1dSiluBackward(ds.u, g.convWeight, g.convBias, du, s.u, p.convWeight, p.convBias, dims.conv);
     // in_proj: xz = xn·W_inᵀ (+ b)
     if (g.inProjBias) be.addBiasBackward(g.inProjBias, dxz, rows, 2 * ED);
-    be.matmul(g.inProj, dxz, a.xn, 2 * ED, D, rows, { transA: true, accumulate: true }); // (2ED, D)
-    be.matmul(dxn, dxz, p.inProj, rows, D, 2 * ED); // (B, L, D)
+    const dXz = this.#matmulInput(dxz, rows * 2 * ED, acts, bf16), xn = a.bf16?.xn ?? a.xn;
+    be.matmul(g.inProj, dXz.a, xn, 2 * ED, D, rows, {
+      transA: true,
+      accumulate: true,
+      ...dXz.as,
+      bBf16: bf16,
+    }); // (2ED, D)
+    be.matmul(dxn, dXz.a, p.inProj, rows, D, 2 * ED, dXz.as); // (B, L, D)
     // RMSNorm, plus the residual path already in dx
     be.rmsnormBackward(dx, g.norm, dxn, a.x, p.norm, a.rstd, rows, D);
+  }
+
+  /**
+   * A gradient of n values as the two matmuls after it read it (as A): itself, or in the "bf16"
+   * layout one bf16 copy of it in acts.scratch.bf16 instead of a rounding in each.
+   */
+  #matmulInput(gradient: DeviceBuffer, n: number, acts: StackActivations, bf16: boolean) {
+    if (!bf16) return { a: gradient, as: { aBf16: false } };
+    this.backend.packBf16!(acts.scratch.bf16!, gradient, n);
+    return { a: acts.scratch.bf16!, as: { aBf16: true } };
   }
 
   /** One position for every sequence: x (B, D) is updated in place through every block. */

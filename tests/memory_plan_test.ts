@@ -33,7 +33,21 @@ Deno.test("with bf16 matmul inputs the workspace is the largest pair of bf16 ope
   const fp32 = await memoryPlan(config, { batch: 2, length: 5, recompute: false });
   // the lm head's dhidden (B·L, 256) · (256, D): 2 bytes × (10 · 256 + 256 · 8), above the scan's
   assert.deepEqual(plan.components[4], { name: "workspace (cuda)", bytes: 2 * (rows * 256 + 256 * D) });
-  assert.deepEqual(plan.components.slice(0, 4), fp32.components.slice(0, 4), "the buffers stay fp32");
+  assert.deepEqual(
+    plan.components.slice(0, 3),
+    fp32.components.slice(0, 3),
+    "weights, grads, moments stay fp32",
+  );
+});
+
+Deno.test("with bf16 matmul inputs each block keeps x, rstd, dbc and bf16 copies of xn, xz and y", async () => {
+  const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false, bf16: true });
+  // bf16 values take half a float each: xn (D), xz (2ED), y (ED)
+  const kept = rows * (D + 1 + S) + (rows * (D + 2 * ED + ED)) / 2;
+  const refilled = rows * (D + 5 * ED); // xn, xz (2ED), u, delta, y in fp32, shared by the blocks
+  const gradientCopy = (rows * 2 * ED) / 2; // one gradient as bf16, up to (B·L, 2ED)
+  const activations = 4 * (2 * kept + refilled + rows * D + scratch + gradientCopy + lmHead);
+  assert.equal(plan.components[3].bytes, activations);
 });
 
 Deno.test("with recomputation only each block's input is kept per block", async () => {
