@@ -135,7 +135,8 @@ function countingBackend(bf16: boolean): { backend: Backend; counter: CountingBa
 
 /**
  * What training `config` on batches of (batch, length) bytes allocates, with AdamW's moments
- * in `optimizerBits` (default 32) and, with `bf16`, CUDA's bf16 matmul inputs.
+ * in `optimizerBits` (default 32) and, with `bf16`, CUDA's bf16 matmul inputs (and with them,
+ * unless recomputing, the "bf16" activation layout).
  */
 export async function memoryPlan(
   config: MambaConfig,

@@ -78,7 +78,9 @@ async function main(): Promise<number> {
 }
 
 function dtypeText(dtype: string): string {
-  return dtype === "fp32" ? "fp32" : `${dtype} matmul inputs, fp32 buffers`;
+  return dtype === "fp32"
+    ? "fp32"
+    : `${dtype} matmul inputs and kept activations, fp32 weights and gradients`;
 }
 
 if (import.meta.main) await runCli("plan", main);
