@@ -88,23 +88,33 @@ Deno.test("training keeps the bf16 layout at bf16 matmul precision, unless recom
   assert.equal(new MambaByte(CONFIG, { backend: fp32Only }).activationLayout, "full");
 });
 
-Deno.test("the bf16 layout gives the full layout's loss and, within bf16 rounding of xz, its gradients", async () => {
-  const run = async (storesBf16: boolean) => {
-    const be = new CpuBackend({ threads: 1 });
-    be.setMatmulPrecision("bf16");
-    if (!storesBf16) Object.defineProperty(be, "packBf16", { value: undefined });
-    const model = new MambaByte(CONFIG, { backend: be, seed: 3 });
-    const bytes = text(2 * 41, 8);
-    const inputs = [...bytes.slice(0, 40), ...bytes.slice(41, 81)];
-    const targets = [...bytes.slice(1, 41), ...bytes.slice(42, 82)];
-    const { loss } = await model.lossAndBackward(inputs, targets, [2, 40]);
-    return { layout: model.activationLayout, loss, grads: await be.read(model.grads) };
-  };
-  const bf16 = await run(true), full = await run(false);
-  assert.deepEqual([bf16.layout, full.layout], ["bf16", "full"]);
-  // forward reads the same bf16 values either way: the same bits
-  assert.equal(bf16.loss, full.loss);
-  // backward reads xz as bf16 (2^-8 relative) in the conv's and the scan's backward: far below it
-  const error = maxRelativeError(bf16.grads, full.grads);
-  assert.ok(error > 0 && error < 2e-3, `gradients: max relative error ${error}`);
+/** A BlackMamba (Mamba, MoE): MoE blocks keep their fp32 activations in the "bf16" layout. */
+const MOE_CONFIG = new MambaConfig({
+  dim: 12,
+  depth: 2,
+  d_state: 4,
+  moe: { experts: 3, top_k: 2, every: 2, hidden: 10, aux_loss_coef: 0.1, capacity_factor: 2 },
 });
+
+for (const [name, config] of [["Mamba", CONFIG], ["BlackMamba", MOE_CONFIG]] as const) {
+  Deno.test(`${name}: the bf16 layout gives the full layout's loss and, within bf16 rounding of xz, its gradients`, async () => {
+    const run = async (storesBf16: boolean) => {
+      const be = new CpuBackend({ threads: 1 });
+      be.setMatmulPrecision("bf16");
+      if (!storesBf16) Object.defineProperty(be, "packBf16", { value: undefined });
+      const model = new MambaByte(config, { backend: be, seed: 3 });
+      const bytes = text(2 * 41, 8);
+      const inputs = [...bytes.slice(0, 40), ...bytes.slice(41, 81)];
+      const targets = [...bytes.slice(1, 41), ...bytes.slice(42, 82)];
+      const { loss } = await model.lossAndBackward(inputs, targets, [2, 40]);
+      return { layout: model.activationLayout, loss, grads: await be.read(model.grads) };
+    };
+    const bf16 = await run(true), full = await run(false);
+    assert.deepEqual([bf16.layout, full.layout], ["bf16", "full"]);
+    // forward reads the same bf16 values either way: the same bits
+    assert.equal(bf16.loss, full.loss);
+    // backward reads xz as bf16 (2^-8 relative) in the conv's and the scan's backward: far below it
+    const error = maxRelativeError(bf16.grads, full.grads);
+    assert.ok(error > 0 && error < 2e-3, `gradients: max relative error ${error}`);
+  });
+}
