@@ -48,17 +48,25 @@ bool vector_aligned(const void* floats, const void* halves) {
   return reinterpret_cast<uintptr_t>(floats) % 16 == 0 && reinterpret_cast<uintptr_t>(halves) % 8 == 0;
 }
 
+// The quad kernel over the whole quads of n values where `aligned`, the scalar one over the rest.
+template <typename Out, typename In, typename OutQuad, typename InQuad>
+void enqueue_conversion(void (*quad_kernel)(OutQuad*, const InQuad*, int64_t),
+                        void (*tail_kernel)(Out*, const In*, int64_t, int64_t), Out* out, const In* in, int64_t n,
+                        bool aligned) {
+  const int64_t quads = aligned ? n / 4 : 0;
+  if (quads > 0) {
+    quad_kernel<<<mb_blocks(quads, kThreads), kThreads, 0, mb_stream()>>>(reinterpret_cast<OutQuad*>(out),
+                                                                          reinterpret_cast<const InQuad*>(in), quads);
+  }
+  if (4 * quads < n) {
+    tail_kernel<<<mb_blocks(n - 4 * quads, kThreads), kThreads, 0, mb_stream()>>>(out, in, 4 * quads, n);
+  }
+}
+
 }  // namespace
 
 void mb_enqueue_pack_bf16(__nv_bfloat16* out, const float* in, int64_t n) {
-  const int64_t quads = vector_aligned(in, out) ? n / 4 : 0;
-  if (quads > 0) {
-    pack_bf16_vec4_kernel<<<mb_blocks(quads, kThreads), kThreads, 0, mb_stream()>>>(
-        reinterpret_cast<uint2*>(out), reinterpret_cast<const float4*>(in), quads);
-  }
-  if (4 * quads < n) {
-    pack_bf16_kernel<<<mb_blocks(n - 4 * quads, kThreads), kThreads, 0, mb_stream()>>>(out, in, 4 * quads, n);
-  }
+  enqueue_conversion(pack_bf16_vec4_kernel, pack_bf16_kernel, out, in, n, vector_aligned(in, out));
 }
 
 extern "C" int mb_pack_bf16(uint64_t dst, uint64_t src, int64_t n) {
@@ -74,14 +82,7 @@ extern "C" int mb_unpack_bf16(uint64_t dst, uint64_t src, int64_t n) {
   if (n <= 0) return 0;
   float* out = mb_ptr<float>(dst);
   const __nv_bfloat16* in = mb_ptr<const __nv_bfloat16>(src);
-  const int64_t quads = vector_aligned(out, in) ? n / 4 : 0;
-  if (quads > 0) {
-    unpack_bf16_vec4_kernel<<<mb_blocks(quads, kThreads), kThreads, 0, mb_stream()>>>(
-        reinterpret_cast<float4*>(out), reinterpret_cast<const uint2*>(in), quads);
-  }
-  if (4 * quads < n) {
-    unpack_bf16_kernel<<<mb_blocks(n - 4 * quads, kThreads), kThreads, 0, mb_stream()>>>(out, in, 4 * quads, n);
-  }
+  enqueue_conversion(unpack_bf16_vec4_kernel, unpack_bf16_kernel, out, in, n, vector_aligned(out, in));
   MB_LAUNCHED("unpack_bf16");
   return 0;
 }
