@@ -27,6 +27,7 @@ export {
   type FloatArray,
   type IndexBuffer,
   type Int8MatmulOptions,
+  type MatmulOptions,
   type MatmulPrecision,
   type MoeDims,
   type MoeOps,
@@ -51,3 +52,4 @@ export { type Dtype, DTYPES, evaluateBpb, train, trainDefaults, type TrainSettin
 export { type Corpus, loadCorpus, loadDefaultCorpus } from "./lib/data.ts";
 export { AdamW, type AdamWConfig, clipScale, learningRate, type OptimizerBits } from "./lib/optim.ts";
 export { type MemoryPlan, memoryPlan } from "./lib/memory_plan.ts";
+export { type ActivationLayout } from "./lib/residual_stack.ts";
