@@ -75,8 +75,9 @@ int bf16_operands(int op_a, int op_b, int m, int n, int k, const void* a, int ld
                    (bf16_inputs & MB_BF16_A) != 0};
   const Operand ob{b, op_b == MB_CUBLAS_OP_T ? n : k, op_b == MB_CUBLAS_OP_T ? k : n, ldb,
                    (bf16_inputs & MB_BF16_B) != 0};
+  const uint64_t bytes = copy_bytes(oa) + copy_bytes(ob);
   void* ws = nullptr;
-  if (copy_bytes(oa) + copy_bytes(ob) > 0 && mb_workspace(copy_bytes(oa) + copy_bytes(ob), &ws)) return 1;
+  if (bytes > 0 && mb_workspace(bytes, &ws)) return 1;
   auto* a_copy = static_cast<__nv_bfloat16*>(ws);
   auto* b_copy = reinterpret_cast<__nv_bfloat16*>(static_cast<char*>(ws) + copy_bytes(oa));
   *a16 = as_bf16(oa, a_copy);

@@ -399,15 +399,8 @@ export class ResidualStack {
       }
       const mamba = a as BlockActivations;
       this.#mixer(p, mamba, acts);
-      if (mamba.bf16) {
-        be.matmul(next, mamba.bf16.y, p.outProj, rows, D, ED, {
-          transB: true,
-          accumulate: true,
-          aBf16: true,
-        });
-      } else {
-        this.linears.apply(next, mamba.y, p.outProj, rows, D, ED, { accumulate: true }); // (B, L, D)
-      }
+      const y = mamba.bf16?.y ?? mamba.y, aBf16 = mamba.bf16 !== null;
+      this.linears.apply(next, y, p.outProj, rows, D, ED, { accumulate: true, aBf16 }); // (B, L, D)
       if (p.outProjBias) be.addBias(next, p.outProjBias, rows, D);
     }
   }
@@ -421,30 +414,21 @@ export class ResidualStack {
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     be.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, D, RMS_EPS);
     const linear = this.linears, bf16 = a.bf16;
-    if (bf16) {
-      be.packBf16!(bf16.xn, a.xn, rows * D);
-      be.matmul(a.xz, bf16.xn, p.inProj, rows, 2 * ED, D, { transB: true, aBf16: true }); // (B, L, 2ED)
-    } else {
-      linear.apply(a.xz, a.xn, p.inProj, rows, 2 * ED, D); // (B, L, 2ED)
-    }
+    if (bf16) be.packBf16!(bf16.xn, a.xn, rows * D);
+    linear.apply(a.xz, bf16?.xn ?? a.xn, p.inProj, rows, 2 * ED, D, { aBf16: bf16 !== null }); // (B, L, 2ED)
     if (p.inProjBias) be.addBias(a.xz, p.inProjBias, rows, 2 * ED);
     if (bf16) be.packBf16!(bf16.xz, a.xz, rows * 2 * ED);
     be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
     linear.apply(a.dbc, a.u, p.xProj, rows, R + 2 * N, ED); // (B, L, R + 2N)
-    linear.apply(a.delta, s.dtIn, p.dtProj, rows, ED, R, { lda: R + 2 * N }); // (B, L, ED)
+    this.#dtProj(p, a, s.dtIn, rows); // (B, L, ED)
     be.selectiveScan(a.y, a.u, a.delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, dims.scan); // (B, L, ED)
     if (bf16) be.packBf16!(bf16.y, a.y, rows * ED);
   }
 
-  /** "bf16" layout: xz unpacked from its bf16 copy, u and delta recomputed from it, for backward. */
-  #refill(p: LayerViews, a: BlockActivations, acts: StackActivations): void {
-    const be = this.backend;
+  /** a.delta (rows, ED) = δr · W_dtᵀ, δr (rows, R) the head of each row of a.dbc (dtIn). */
+  #dtProj(p: LayerViews, a: BlockActivations, dtIn: DeviceBuffer, rows: number): void {
     const { d_inner: ED, d_state: N, dt_rank: R } = this.config;
-    const rows = acts.batch * acts.length;
-    const s = splitViews(be, this.config, rows, a.xz, a.dbc);
-    be.unpackBf16!(a.xz, a.bf16!.xz, rows * 2 * ED);
-    be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, this.#dims(acts.batch, acts.length).conv); // (B, L, ED)
-    be.matmul(a.delta, s.dtIn, p.dtProj, rows, ED, R, { transB: true, lda: R + 2 * N }); // (B, L, ED)
+    this.linears.apply(a.delta, dtIn, p.dtProj, rows, ED, R, { lda: R + 2 * N });
   }
 
   /** MoE block from its input a.x up to the expert outputs a.ye (everything but the scatter). */
@@ -499,16 +483,26 @@ export class ResidualStack {
     const rows = acts.batch * acts.length;
     const dims = this.#dims(acts.batch, acts.length);
     const { dxn, dxz, du, ddbc, ddelta, dy } = acts.scratch;
-    if (acts.layout === "recompute") this.#mixer(p, a, acts);
-    if (a.bf16) this.#refill(p, a, acts);
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     const ds = splitViews(be, this.config, rows, dxz, ddbc);
+    if (acts.layout === "recompute") this.#mixer(p, a, acts);
+    if (a.bf16) {
+      // "bf16" layout: xz from its bf16 copy, then u and delta recomputed from it
+      be.unpackBf16!(a.xz, a.bf16.xz, rows * 2 * ED);
+      be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
+      this.#dtProj(p, a, s.dtIn, rows); // (B, L, ED)
+    }
     // out_proj: next = x + y·W_outᵀ (+ b)
     if (g.outProjBias) be.addBiasBackward(g.outProjBias, dx, rows, D);
     const bf16 = a.bf16 !== null, y = a.bf16?.y ?? a.y;
     const dOut = this.#matmulInput(dx, rows * D, acts, bf16);
-    be.matmul(g.outProj, dOut.a, y, D, ED, rows, { transA: true, accumulate: true, ...dOut.as, bBf16: bf16 }); // (D, ED)
-    be.matmul(dy, dOut.a, p.outProj, rows, ED, D, dOut.as); // (B, L, ED)
+    be.matmul(g.outProj, dOut.a, y, D, ED, rows, {
+      transA: true,
+      accumulate: true,
+      aBf16: dOut.aBf16,
+      bBf16: bf16,
+    }); // (D, ED)
+    be.matmul(dy, dOut.a, p.outProj, rows, ED, D, { aBf16: dOut.aBf16 }); // (B, L, ED)
     // fused selective scan
     be.selectiveScanBackward(
       du,
@@ -536,9 +530,9 @@ export class ResidualStack {
       transA: true,
       ldb: S,
       accumulate: true,
-      ...dDelta.as,
+      aBf16: dDelta.aBf16,
     }); // (ED, R)
-    be.matmul(ds.dtIn, dDelta.a, p.dtProj, rows, R, ED, { ldc: S, ...dDelta.as }); // (B, L, R)
+    be.matmul(ds.dtIn, dDelta.a, p.dtProj, rows, R, ED, { ldc: S, aBf16: dDelta.aBf16 }); // (B, L, R)
     // x_proj: dbc = u·W_xᵀ
     be.matmul(g.xProj, ddbc, a.u, S, ED, rows, { transA: true, accumulate: true }); // (R + 2N, ED)
     be.matmul(du, ddbc, p.xProj, rows, ED, S, { accumulate: true }); // (B, L, ED)
@@ -550,10 +544,10 @@ export class ResidualStack {
     be.matmul(g.inProj, dXz.a, xn, 2 * ED, D, rows, {
       transA: true,
       accumulate: true,
-      ...dXz.as,
+      aBf16: dXz.aBf16,
       bBf16: bf16,
     }); // (2ED, D)
-    be.matmul(dxn, dXz.a, p.inProj, rows, D, 2 * ED, dXz.as); // (B, L, D)
+    be.matmul(dxn, dXz.a, p.inProj, rows, D, 2 * ED, { aBf16: dXz.aBf16 }); // (B, L, D)
     // RMSNorm, plus the residual path already in dx
     be.rmsnormBackward(dx, g.norm, dxn, a.x, p.norm, a.rstd, rows, D);
   }
@@ -563,9 +557,9 @@ export class ResidualStack {
    * layout one bf16 copy of it in acts.scratch.bf16 instead of a rounding in each.
    */
   #matmulInput(gradient: DeviceBuffer, n: number, acts: StackActivations, bf16: boolean) {
-    if (!bf16) return { a: gradient, as: { aBf16: false } };
+    if (!bf16) return { a: gradient, aBf16: false };
     this.backend.packBf16!(acts.scratch.bf16!, gradient, n);
-    return { a: acts.scratch.bf16!, as: { aBf16: true } };
+    return { a: acts.scratch.bf16!, aBf16: true };
   }
 
   /** One position for every sequence: x (B, D) is updated in place through every block. */
