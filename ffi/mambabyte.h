@@ -58,18 +58,21 @@ MB_API int mb_graph_free(uint64_t graph_exec);
 
 /* ---- dense ---- */
 /* C (M, N) = op(A) · op(B) (row-major), or += when accumulate, on fp32 buffers, through cuBLAS in
- * `precision` MB_MATMUL_FP32 (exact), MB_MATMUL_TF32 or MB_MATMUL_BF16 (inputs rounded to TF32 or
- * bf16 on tensor cores, sums in fp32). With at most 8 rows, no transA and transB (decode's x · Wᵀ),
- * a GEMV kernel of the library in exact FP32 instead, whatever the precision. `bf16_inputs`
- * (MB_BF16_A | MB_BF16_B, only with MB_MATMUL_BF16): those operands are stored as packed bf16
- * (mb_pack_bf16), leading dimensions in values, and are read as they are. */
-enum { MB_MATMUL_FP32 = 0, MB_MATMUL_TF32 = 1, MB_MATMUL_BF16 = 2 };
-enum { MB_BF16_A = 1, MB_BF16_B = 2 };
+ * `precision` MB_MATMUL_FP32 (exact), MB_MATMUL_TF32, MB_MATMUL_BF16 or MB_MATMUL_F16 (inputs rounded
+ * to TF32, bf16 or f16 on tensor cores, sums in fp32). With at most 8 rows, no transA and transB
+ * (decode's x · Wᵀ), a GEMV kernel of the library in exact FP32 instead, whatever the precision.
+ * `half_inputs` (MB_HALF_A | MB_HALF_B, only with MB_MATMUL_BF16 or MB_MATMUL_F16): those operands
+ * are stored packed in that precision's 16-bit format (mb_pack_half), leading dimensions in values,
+ * and are read as they are. */
+enum { MB_MATMUL_FP32 = 0, MB_MATMUL_TF32 = 1, MB_MATMUL_BF16 = 2, MB_MATMUL_F16 = 3 };
+enum { MB_HALF_A = 1, MB_HALF_B = 2 };
 MB_API int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, int trans_a, int trans_b,
-                     int accumulate, int lda, int ldb, int ldc, int precision, int bf16_inputs);
-/* dst (n bf16, value j in bytes 2j, 2j + 1) = src (n floats) rounded to nearest, ties to even; and back. */
-MB_API int mb_pack_bf16(uint64_t dst, uint64_t src, int64_t n);
-MB_API int mb_unpack_bf16(uint64_t dst, uint64_t src, int64_t n);
+                     int accumulate, int lda, int ldb, int ldc, int precision, int half_inputs);
+/* dst (n 16-bit values of `format`, value j in bytes 2j, 2j + 1) = src (n floats) rounded to nearest,
+ * ties to even (f16 beyond its range: ±infinity); and back. */
+enum { MB_HALF_BF16 = 0, MB_HALF_F16 = 1 };
+MB_API int mb_pack_half(uint64_t dst, uint64_t src, int64_t n, int format);
+MB_API int mb_unpack_half(uint64_t dst, uint64_t src, int64_t n, int format);
 MB_API int mb_add_bias(uint64_t out, uint64_t bias, int rows, int cols);
 MB_API int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int cols);
 

@@ -17,10 +17,25 @@
 import type { SamplingOptions } from "./sample.ts";
 
 /**
- * How a backend's training matmuls round their inputs: "fp32" exact; "tf32" and "bf16" on tensor
- * cores (10 and 7 mantissa bits kept, about 1e-3 and 1e-2 relative), sums in fp32 either way.
+ * The 16-bit float formats of storage and matmul inputs: "bf16" keeps fp32's 8-bit exponent and 7
+ * mantissa bits (fp32's range, about 1e-2 relative); "f16" (IEEE half) a 5-bit exponent and 10
+ * mantissa bits (about 1e-3 relative, but finite only up to 65504, and subnormal below 6.1e-5).
  */
-export type MatmulPrecision = "fp32" | "tf32" | "bf16";
+export type HalfFormat = "bf16" | "f16";
+
+/** Every HalfFormat. */
+export const HALF_FORMATS: readonly HalfFormat[] = ["bf16", "f16"];
+
+/**
+ * How a backend's training matmuls round their inputs: "fp32" exact; "tf32" (10 mantissa bits
+ * kept), "bf16" and "f16" (HalfFormat) on tensor cores; sums in fp32 whichever is chosen.
+ */
+export type MatmulPrecision = "fp32" | "tf32" | HalfFormat;
+
+/** The HalfFormat of a precision whose matmuls read 16-bit inputs; null for fp32 and tf32. */
+export function halfFormatOf(precision: MatmulPrecision | undefined): HalfFormat | null {
+  return precision === "bf16" || precision === "f16" ? precision : null;
+}
 
 /** Device ops recorded once and replayed (Backend.capture). */
 export interface RecordedOps {
@@ -62,39 +77,52 @@ export interface MatmulOptions {
   ldb?: number;
   ldc?: number;
   /**
-   * A (B) holds bf16 values as packBf16 stores them, strides counted in values: it is used as is
-   * instead of being rounded again. Only with matmul precision "bf16" (see checkBf16Operands).
+   * A (B) holds 16-bit values in the format of the matmul precision (halfFormatOf), as packHalf
+   * stores them, strides counted in values: it is used as is instead of being rounded again. Only
+   * with matmul precision "bf16" or "f16" (see checkHalfOperands).
    */
-  aBf16?: boolean;
-  bBf16?: boolean;
+  aHalf?: boolean;
+  bHalf?: boolean;
 }
 
-/** Floats of storage that `n` bf16 values take (two per float): a packBf16 destination's length. */
-export function bf16Floats(n: number): number {
+/** Floats of storage that `n` 16-bit values take (two per float): a packHalf destination's length. */
+export function halfFloats(n: number): number {
   return Math.ceil(n / 2);
 }
 
-/** Throws a RangeError unless n is a count and `packed` has room for n bf16 values, `values` n floats. */
-export function checkBf16Lengths(op: string, packed: DeviceBuffer, values: DeviceBuffer, n: number): void {
+/**
+ * Throws unless `format` is a HalfFormat, n a count, `packed` has room for n 16-bit values and
+ * `values` holds n floats.
+ */
+export function checkHalfLengths(
+  op: string,
+  packed: DeviceBuffer,
+  values: DeviceBuffer,
+  n: number,
+  format: HalfFormat,
+): void {
+  if (!HALF_FORMATS.includes(format)) {
+    throw new Error(`${op}: unknown 16-bit format "${format}"; choose ${HALF_FORMATS.join(" or ")}`);
+  }
   if (!Number.isInteger(n) || n < 0) throw new RangeError(`${op}: n must be an integer >= 0, not ${n}`);
   if (values.length < n) {
     throw new RangeError(`${op}: ${n} values, but the fp32 buffer holds ${values.length}`);
   }
-  if (packed.length < bf16Floats(n)) {
+  if (packed.length < halfFloats(n)) {
     throw new RangeError(
-      `${op}: ${n} bf16 values need ${
-        bf16Floats(n)
+      `${op}: ${n} ${format} values need ${
+        halfFloats(n)
       } floats of storage, but the packed buffer has ${packed.length}`,
     );
   }
 }
 
-/** Throws unless a matmul with bf16-stored operands runs at matmul precision "bf16". */
-export function checkBf16Operands(device: string, precision: MatmulPrecision, options: MatmulOptions): void {
-  if ((options.aBf16 || options.bBf16) && precision !== "bf16") {
+/** Throws unless a matmul with 16-bit-stored operands runs at a 16-bit matmul precision. */
+export function checkHalfOperands(device: string, precision: MatmulPrecision, options: MatmulOptions): void {
+  if ((options.aHalf || options.bHalf) && !halfFormatOf(precision)) {
     throw new Error(
-      `${device}: a matmul with bf16-stored operands (aBf16/bBf16) needs matmul precision bf16, ` +
-        `not ${precision}: call setMatmulPrecision("bf16") first`,
+      `${device}: a matmul with 16-bit-stored operands (aHalf/bHalf) needs matmul precision bf16 or f16, ` +
+        `not ${precision}: call setMatmulPrecision("bf16") or setMatmulPrecision("f16") first`,
     );
   }
 }
@@ -296,13 +324,14 @@ export interface Backend {
   /** The precision setMatmulPrecision chose last ("fp32" before); absent where there is no choice. */
   readonly matmulPrecision?: MatmulPrecision;
   /**
-   * On backends with bf16 matmuls: dst ← the n values of src rounded to bf16 (to nearest, ties
-   * to even), two per float of dst (bf16Floats(n) floats; value j in bytes 2j, 2j + 1): what
-   * matmul's aBf16/bBf16 read. Training with bf16 matmuls saves activations this way.
+   * On backends with 16-bit matmuls: dst ← the n values of src rounded to `format` (to nearest,
+   * ties to even; f16 beyond 65504 becomes ±infinity), two per float of dst (halfFloats(n) floats;
+   * value j in bytes 2j, 2j + 1): what matmul's aHalf/bHalf read at that precision. Training with
+   * 16-bit matmuls saves activations this way.
    */
-  packBf16?(dst: DeviceBuffer, src: DeviceBuffer, n: number): void;
-  /** dst (n floats) ← the n bf16 values that packBf16 stored in src. */
-  unpackBf16?(dst: DeviceBuffer, src: DeviceBuffer, n: number): void;
+  packHalf?(dst: DeviceBuffer, src: DeviceBuffer, n: number, format: HalfFormat): void;
+  /** dst (n floats) ← the n `format` values that packHalf stored in src. */
+  unpackHalf?(dst: DeviceBuffer, src: DeviceBuffer, n: number, format: HalfFormat): void;
 
   // ---- memory ----
   /** A new zero-filled buffer of `length` floats. */

@@ -6,16 +6,17 @@
  *
  * The CUDA library also holds one workspace buffer, grown to the largest need of any call: that
  * is the one component computed by formulas, which mirror ffi/scan.cu (the scan backward's
- * scratch) and ffi/matmul.cu (bf16 copies of the matmul operands) and change with them.
+ * scratch) and ffi/matmul.cu (16-bit copies of the matmul operands) and change with them.
  * Not included: cuBLAS's own workspace, library handles and the driver's context.
  */
-import type {
-  Backend,
-  DeviceBuffer,
-  IndexBuffer,
-  MatmulOptions,
-  MatmulPrecision,
-  ScanDims,
+import {
+  type Backend,
+  type DeviceBuffer,
+  halfFormatOf,
+  type IndexBuffer,
+  type MatmulOptions,
+  type MatmulPrecision,
+  type ScanDims,
 } from "./backend.ts";
 import type { MambaConfig } from "./config.ts";
 import { MambaByte } from "./model.ts";
@@ -49,20 +50,20 @@ function cudaScanBackwardWorkspace(
 }
 
 /**
- * Bytes of the bf16 copies of op(A) (M, K) and op(B) (K, N) that a CUDA matmul with bf16 inputs
- * makes (ffi/matmul.cu; each padded to 256 bytes; none of an operand stored as bf16); 0 for the
- * few-row GEMV, which reads fp32.
+ * Bytes of the 16-bit copies of op(A) (M, K) and op(B) (K, N) that a CUDA matmul with bf16 or f16
+ * inputs makes (ffi/matmul.cu; each padded to 256 bytes; none of an operand stored in 16 bits); 0
+ * for the few-row GEMV, which reads fp32.
  */
-function cudaBf16MatmulWorkspace(
+function cudaHalfMatmulWorkspace(
   m: number,
   n: number,
   k: number,
   options: MatmulOptions = {},
 ): number {
-  const stored = options.aBf16 || options.bBf16;
+  const stored = options.aHalf || options.bHalf;
   if (!stored && m <= CUDA_GEMV_MAX_ROWS && !options.transA && options.transB) return 0;
-  const copy = (values: number, bf16 = false) => (bf16 ? 0 : Math.ceil((2 * values) / 256) * 256);
-  return copy(m * k, options.aBf16) + copy(k * n, options.bBf16);
+  const copy = (values: number, half = false) => (half ? 0 : Math.ceil((2 * values) / 256) * 256);
+  return copy(m * k, options.aHalf) + copy(k * n, options.bHalf);
 }
 
 /** Allocations are counted in bytes; views and ops cost nothing; reads return zeros. */
@@ -73,12 +74,8 @@ class CountingBackend {
   /** The CUDA library's workspace: the largest need of any call so far. */
   workspace = 0;
 
-  constructor(readonly bf16: boolean) {}
-
   /** The precision the model's layout follows (see activationLayout). */
-  get matmulPrecision(): MatmulPrecision {
-    return this.bf16 ? "bf16" : "fp32";
-  }
+  constructor(readonly matmulPrecision: MatmulPrecision) {}
 
   alloc(length: number): DeviceBuffer {
     this.bytes += 4 * length;
@@ -109,7 +106,9 @@ class CountingBackend {
     k: number,
     o?: MatmulOptions,
   ) {
-    if (this.bf16) this.workspace = Math.max(this.workspace, cudaBf16MatmulWorkspace(m, n, k, o));
+    if (halfFormatOf(this.matmulPrecision)) {
+      this.workspace = Math.max(this.workspace, cudaHalfMatmulWorkspace(m, n, k, o));
+    }
   }
   selectiveScanBackward(...args: Parameters<Backend["selectiveScanBackward"]>): void {
     this.workspace = Math.max(this.workspace, cudaScanBackwardWorkspace(args[17])); // dims, after the 17 buffers
@@ -117,8 +116,8 @@ class CountingBackend {
 }
 
 /** Every method that is not CountingBackend's own is an op that does nothing. */
-function countingBackend(bf16: boolean): { backend: Backend; counter: CountingBackend } {
-  const counter = new CountingBackend(bf16);
+function countingBackend(precision: MatmulPrecision): { backend: Backend; counter: CountingBackend } {
+  const counter = new CountingBackend(precision);
   const noOps: ProxyHandler<object> = { get: () => () => {} };
   const backend = new Proxy(counter, {
     get(target, property) {
@@ -135,8 +134,8 @@ function countingBackend(bf16: boolean): { backend: Backend; counter: CountingBa
 
 /**
  * What training `config` on batches of (batch, length) bytes allocates, with AdamW's moments
- * in `optimizerBits` (default 32) and, with `bf16`, CUDA's bf16 matmul inputs (and with them,
- * unless recomputing, the "bf16" activation layout).
+ * in `optimizerBits` (default 32) and CUDA's matmuls in `precision` (default fp32; with bf16 or
+ * f16, unless recomputing, the "half" activation layout).
  */
 export async function memoryPlan(
   config: MambaConfig,
@@ -145,10 +144,10 @@ export async function memoryPlan(
     length: number;
     recompute: boolean;
     optimizerBits?: OptimizerBits;
-    bf16?: boolean;
+    precision?: MatmulPrecision;
   },
 ): Promise<MemoryPlan> {
-  const { backend, counter } = countingBackend(options.bf16 ?? false);
+  const { backend, counter } = countingBackend(options.precision ?? "fp32");
   const components: { name: string; bytes: number }[] = [];
   const measure = async (name: string, allocate: () => unknown) => {
     const before = counter.bytes;

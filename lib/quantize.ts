@@ -134,7 +134,7 @@ export class LinearWeights {
 
   /**
    * out (rows, n) = x (rows, k) · Wᵀ with W (n, k), or += with `accumulate`; rows of x are
-   * `lda` apart (default k). With `aBf16`, x is stored as bf16 (Backend.packBf16): fp32 weights only.
+   * `lda` apart (default k). With `aHalf`, x is stored in 16 bits (Backend.packHalf): fp32 weights only.
    */
   apply(
     out: DeviceBuffer,
@@ -143,10 +143,10 @@ export class LinearWeights {
     rows: number,
     n: number,
     k: number,
-    options: Int8MatmulOptions & { aBf16?: boolean } = {},
+    options: Int8MatmulOptions & { aHalf?: boolean } = {},
   ): void {
     const q = this.#int8.get(weight);
-    if (q && options.aBf16) throw new Error("int8 weights multiply fp32 inputs, not bf16-stored ones");
+    if (q && options.aHalf) throw new Error("int8 weights multiply fp32 inputs, not 16-bit-stored ones");
     if (q) this.backend.matmulInt8(out, x, q.codes, q.scales, rows, n, k, options);
     else this.backend.matmul(out, x, weight, rows, n, k, { transB: true, ...options });
   }

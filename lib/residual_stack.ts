@@ -10,9 +10,11 @@
  */
 import {
   type Backend,
-  bf16Floats,
   type ConvDims,
   type DeviceBuffer,
+  halfFloats,
+  type HalfFormat,
+  halfFormatOf,
   type IndexBuffer,
   type ScanDims,
 } from "./backend.ts";
@@ -117,26 +119,27 @@ function splitViews(
 }
 
 /**
- * What forward keeps per Mamba block for backward. "full": every fp32 intermediate. "bf16" (for
- * bf16 matmul inputs): x, rstd and dbc in fp32, and bf16 copies of xn, xz and y; backward unpacks
- * xz and recomputes u and delta, and the matmuls read the bf16 copies as they are. "recompute":
+ * What forward keeps per Mamba block for backward. "full": every fp32 intermediate. "half" (for
+ * bf16 or f16 matmul inputs): x, rstd and dbc in fp32, and 16-bit copies of xn, xz and y in the
+ * matmuls' format; backward unpacks xz and recomputes u and delta, and the matmuls read the 16-bit
+ * copies as they are. "recompute":
  * only x; backward recomputes the block. The intermediates that are not kept share one set of
  * buffers for all blocks. MoE blocks keep everything unless "recompute".
  */
-export type ActivationLayout = "full" | "bf16" | "recompute";
+export type ActivationLayout = "full" | "half" | "recompute";
 
 /**
- * The layout a model's training uses: "recompute" when asked; "bf16" when the backend's matmuls
- * take bf16 inputs and it can store them (packBf16, unpackBf16), for fp32 weights; else "full".
+ * The layout a model's training uses: "recompute" when asked; "half" when the backend's matmuls
+ * take 16-bit inputs and it can store them (packHalf, unpackHalf), for fp32 weights; else "full".
  */
 export function activationLayout(backend: Backend, recompute: boolean, quantized: boolean): ActivationLayout {
   if (recompute) return "recompute";
-  const bf16 = backend.matmulPrecision === "bf16" && backend.packBf16 && backend.unpackBf16;
-  return bf16 && !quantized ? "bf16" : "full";
+  const half = halfFormatOf(backend.matmulPrecision) && backend.packHalf && backend.unpackHalf;
+  return half && !quantized ? "half" : "full";
 }
 
-/** The bf16 copies (bf16Floats of the values) a block keeps in the "bf16" layout. */
-interface Bf16Activations {
+/** The 16-bit copies (halfFloats of the values) a block keeps in the "half" layout. */
+interface HalfActivations {
   xn: DeviceBuffer; // (B, L, D) RMSNorm(x): in_proj's input
   xz: DeviceBuffer; // (B, L, 2ED) in_proj output
   y: DeviceBuffer; // (B, L, ED) gated scan output: out_proj's input
@@ -153,7 +156,7 @@ interface BlockActivations {
   dbc: DeviceBuffer; // (B, L, R + 2N) x_proj output: [δr | B | C]
   delta: DeviceBuffer; // (B, L, ED) dt_proj(δr), before bias and softplus
   y: DeviceBuffer; // (B, L, ED) gated scan output
-  bf16: Bf16Activations | null; // the "bf16" layout's kept copies
+  half: HalfActivations | null; // the "half" layout's kept copies
 }
 
 /** What one MoE block's forward saves for its backward, for one (B, L). */
@@ -184,8 +187,8 @@ export class StackActivations {
     ddbc: DeviceBuffer; // (B, L, R + 2N)
     ddelta: DeviceBuffer; // (B, L, ED)
     dy: DeviceBuffer; // (B, L, ED)
-    /** "bf16" layout: a gradient as bf16 for the two matmuls that read it, up to (B, L, 2ED). */
-    bf16: DeviceBuffer | null;
+    /** "half" layout: a gradient in 16 bits for the two matmuls that read it, up to (B, L, 2ED). */
+    half: DeviceBuffer | null;
     moe: MoeScratch | null;
   };
   readonly #owned: (DeviceBuffer | IndexBuffer)[] = [];
@@ -225,8 +228,8 @@ export class StackActivations {
     });
     const shared = layout === "recompute" ? intermediates() : null;
     const sharedMoe = layout === "recompute" && moe ? moeIntermediates() : null;
-    // "bf16": the fp32 intermediates that forward packs or backward refills, shared by the blocks
-    const refilled = layout === "bf16"
+    // "half": the fp32 intermediates that forward packs or backward refills, shared by the blocks
+    const refilled = layout === "half"
       ? {
         xn: alloc(rows * D),
         xz: alloc(rows * 2 * ED),
@@ -236,15 +239,15 @@ export class StackActivations {
       }
       : null;
     const kept = (): BlockActivations => {
-      const block = { kind: "mamba" as const, x: alloc(rows * D), bf16: null };
+      const block = { kind: "mamba" as const, x: alloc(rows * D), half: null };
       if (layout === "full") return { ...block, ...intermediates() };
       if (layout === "recompute") return { ...block, ...shared! };
-      const bf16 = {
-        xn: alloc(bf16Floats(rows * D)),
-        xz: alloc(bf16Floats(rows * 2 * ED)),
-        y: alloc(bf16Floats(rows * ED)),
+      const half = {
+        xn: alloc(halfFloats(rows * D)),
+        xz: alloc(halfFloats(rows * 2 * ED)),
+        y: alloc(halfFloats(rows * ED)),
       };
-      return { ...block, ...refilled!, rstd: alloc(rows), dbc: alloc(rows * (R + 2 * N)), bf16 };
+      return { ...block, ...refilled!, rstd: alloc(rows), dbc: alloc(rows * (R + 2 * N)), half };
     };
     for (let l = 0, i = 0; l < config.depth; l++) {
       if (isMoeBlock(moe, l)) {
@@ -262,7 +265,7 @@ export class StackActivations {
       ddbc: alloc(rows * (R + 2 * N)),
       ddelta: alloc(rows * ED),
       dy: alloc(rows * ED),
-      bf16: layout === "bf16" ? alloc(bf16Floats(rows * 2 * ED)) : null,
+      half: layout === "half" ? alloc(halfFloats(rows * 2 * ED)) : null,
       moe: moe ? allocMoeScratch(m, moe, D, rows, this.capacity) : null,
     };
   }
@@ -399,8 +402,8 @@ export class ResidualStack {
       }
       const mamba = a as BlockActivations;
       this.#mixer(p, mamba, acts);
-      const y = mamba.bf16?.y ?? mamba.y, aBf16 = mamba.bf16 !== null;
-      this.linears.apply(next, y, p.outProj, rows, D, ED, { accumulate: true, aBf16 }); // (B, L, D)
+      const y = mamba.half?.y ?? mamba.y, aHalf = mamba.half !== null;
+      this.linears.apply(next, y, p.outProj, rows, D, ED, { accumulate: true, aHalf }); // (B, L, D)
       if (p.outProjBias) be.addBias(next, p.outProjBias, rows, D);
     }
   }
@@ -413,16 +416,16 @@ export class ResidualStack {
     const dims = this.#dims(acts.batch, acts.length);
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     be.rmsnorm(a.xn, a.rstd, a.x, p.norm, rows, D, RMS_EPS);
-    const linear = this.linears, bf16 = a.bf16;
-    if (bf16) be.packBf16!(bf16.xn, a.xn, rows * D);
-    linear.apply(a.xz, bf16?.xn ?? a.xn, p.inProj, rows, 2 * ED, D, { aBf16: bf16 !== null }); // (B, L, 2ED)
+    const linear = this.linears, half = a.half;
+    if (half) this.#pack(half.xn, a.xn, rows * D);
+    linear.apply(a.xz, half?.xn ?? a.xn, p.inProj, rows, 2 * ED, D, { aHalf: half !== null }); // (B, L, 2ED)
     if (p.inProjBias) be.addBias(a.xz, p.inProjBias, rows, 2 * ED);
-    if (bf16) be.packBf16!(bf16.xz, a.xz, rows * 2 * ED);
+    if (half) this.#pack(half.xz, a.xz, rows * 2 * ED);
     be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
     linear.apply(a.dbc, a.u, p.xProj, rows, R + 2 * N, ED); // (B, L, R + 2N)
     this.#dtProj(p, a, s.dtIn, rows); // (B, L, ED)
     be.selectiveScan(a.y, a.u, a.delta, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, dims.scan); // (B, L, ED)
-    if (bf16) be.packBf16!(bf16.y, a.y, rows * ED);
+    if (half) this.#pack(half.y, a.y, rows * ED);
   }
 
   /** a.delta (rows, ED) = δr · W_dtᵀ, δr (rows, R) the head of each row of a.dbc (dtIn). */
@@ -486,23 +489,23 @@ export class ResidualStack {
     const s = splitViews(be, this.config, rows, a.xz, a.dbc);
     const ds = splitViews(be, this.config, rows, dxz, ddbc);
     if (acts.layout === "recompute") this.#mixer(p, a, acts);
-    if (a.bf16) {
-      // "bf16" layout: xz from its bf16 copy, then u and delta recomputed from it
-      be.unpackBf16!(a.xz, a.bf16.xz, rows * 2 * ED);
+    if (a.half) {
+      // "half" layout: xz from its 16-bit copy, then u and delta recomputed from it
+      be.unpackHalf!(a.xz, a.half.xz, rows * 2 * ED, this.#halfFormat());
       be.conv1dSilu(a.u, s.u, p.convWeight, p.convBias, dims.conv); // (B, L, ED)
       this.#dtProj(p, a, s.dtIn, rows); // (B, L, ED)
     }
     // out_proj: next = x + y·W_outᵀ (+ b)
     if (g.outProjBias) be.addBiasBackward(g.outProjBias, dx, rows, D);
-    const bf16 = a.bf16 !== null, y = a.bf16?.y ?? a.y;
-    const dOut = this.#matmulInput(dx, rows * D, acts, bf16);
+    const half = a.half !== null, y = a.half?.y ?? a.y;
+    const dOut = this.#matmulInput(dx, rows * D, acts, half);
     be.matmul(g.outProj, dOut.a, y, D, ED, rows, {
       transA: true,
       accumulate: true,
-      aBf16: dOut.aBf16,
-      bBf16: bf16,
+      aHalf: dOut.aHalf,
+      bHalf: half,
     }); // (D, ED)
-    be.matmul(dy, dOut.a, p.outProj, rows, ED, D, { aBf16: dOut.aBf16 }); // (B, L, ED)
+    be.matmul(dy, dOut.a, p.outProj, rows, ED, D, { aHalf: dOut.aHalf }); // (B, L, ED)
     // fused selective scan
     be.selectiveScanBackward(
       du,
@@ -525,14 +528,14 @@ export class ResidualStack {
       dims.scan,
     );
     // dt_proj: delta = δr·W_dtᵀ
-    const dDelta = this.#matmulInput(ddelta, rows * ED, acts, bf16);
+    const dDelta = this.#matmulInput(ddelta, rows * ED, acts, half);
     be.matmul(g.dtProj, dDelta.a, s.dtIn, ED, R, rows, {
       transA: true,
       ldb: S,
       accumulate: true,
-      aBf16: dDelta.aBf16,
+      aHalf: dDelta.aHalf,
     }); // (ED, R)
-    be.matmul(ds.dtIn, dDelta.a, p.dtProj, rows, R, ED, { ldc: S, aBf16: dDelta.aBf16 }); // (B, L, R)
+    be.matmul(ds.dtIn, dDelta.a, p.dtProj, rows, R, ED, { ldc: S, aHalf: dDelta.aHalf }); // (B, L, R)
     // x_proj: dbc = u·W_xᵀ
     be.matmul(g.xProj, ddbc, a.u, S, ED, rows, { transA: true, accumulate: true }); // (R + 2N, ED)
     be.matmul(du, ddbc, p.xProj, rows, ED, S, { accumulate: true }); // (B, L, ED)
@@ -540,26 +543,42 @@ export class ResidualStack {
     be.conv1dSiluBackward(ds.u, g.convWeight, g.convBias, du, s.u, p.convWeight, p.convBias, dims.conv);
     // in_proj: xz = xn·W_inᵀ (+ b)
     if (g.inProjBias) be.addBiasBackward(g.inProjBias, dxz, rows, 2 * ED);
-    const dXz = this.#matmulInput(dxz, rows * 2 * ED, acts, bf16), xn = a.bf16?.xn ?? a.xn;
+    const dXz = this.#matmulInput(dxz, rows * 2 * ED, acts, half), xn = a.half?.xn ?? a.xn;
     be.matmul(g.inProj, dXz.a, xn, 2 * ED, D, rows, {
       transA: true,
       accumulate: true,
-      aBf16: dXz.aBf16,
-      bBf16: bf16,
+      aHalf: dXz.aHalf,
+      bHalf: half,
     }); // (2ED, D)
-    be.matmul(dxn, dXz.a, p.inProj, rows, D, 2 * ED, { aBf16: dXz.aBf16 }); // (B, L, D)
+    be.matmul(dxn, dXz.a, p.inProj, rows, D, 2 * ED, { aHalf: dXz.aHalf }); // (B, L, D)
     // RMSNorm, plus the residual path already in dx
     be.rmsnormBackward(dx, g.norm, dxn, a.x, p.norm, a.rstd, rows, D);
   }
 
   /**
-   * A gradient of n values as the two matmuls after it read it (as A): itself, or in the "bf16"
-   * layout one bf16 copy of it in acts.scratch.bf16 instead of a rounding in each.
+   * A gradient of n values as the two matmuls after it read it (as A): itself, or in the "half"
+   * layout one 16-bit copy of it in acts.scratch.half instead of a rounding in each.
    */
-  #matmulInput(gradient: DeviceBuffer, n: number, acts: StackActivations, bf16: boolean) {
-    if (!bf16) return { a: gradient, aBf16: false };
-    this.backend.packBf16!(acts.scratch.bf16!, gradient, n);
-    return { a: acts.scratch.bf16!, aBf16: true };
+  #matmulInput(gradient: DeviceBuffer, n: number, acts: StackActivations, half: boolean) {
+    if (!half) return { a: gradient, aHalf: false };
+    this.#pack(acts.scratch.half!, gradient, n);
+    return { a: acts.scratch.half!, aHalf: true };
+  }
+
+  /** The 16-bit format of the "half" layout's copies: the one the backend's matmuls read now. */
+  #halfFormat(): HalfFormat {
+    const format = halfFormatOf(this.backend.matmulPrecision);
+    if (!format) {
+      throw new Error(
+        `the "half" activation layout needs matmul precision bf16 or f16, not ${this.backend.matmulPrecision}`,
+      );
+    }
+    return format;
+  }
+
+  /** dst ← n values of src in 16 bits, for the "half" layout's matmuls. */
+  #pack(dst: DeviceBuffer, src: DeviceBuffer, n: number): void {
+    this.backend.packHalf!(dst, src, n, this.#halfFormat());
   }
 
   /** One position for every sequence: x (B, D) is updated in place through every block. */

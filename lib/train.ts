@@ -17,6 +17,7 @@ import { MOE_DEFAULTS, type MoeConfigOptions } from "./moe_config.ts";
 import { type Batch, BatchStream, checkCorpus, type Corpus, validationBatches } from "./data.ts";
 import { MambaByte } from "./model.ts";
 import { AdamW, ADAMW_DEFAULTS, clipScale, gradNorm, learningRate, type OptimizerBits } from "./optim.ts";
+import { DEFAULT_LOSS_SCALE, LossScaler } from "./loss_scale.ts";
 import { lossPlotSvg, type MetricPoint } from "./plot.ts";
 import type { ProgressInfo } from "./progress.ts";
 
@@ -65,11 +66,14 @@ export interface TrainSettings {
   /** Bits per AdamW moment: 32 (float32) or 8 (blockwise-quantized); absent: 32. */
   optimizer_bits?: OptimizerBits;
   /**
-   * The training matmuls' inputs: "fp32", or "bf16" (rounded to bf16: on cuda's tensor cores, or
-   * emulated on cpu; sums in fp32). With bf16 the activations that matmuls read are kept in bf16
-   * (ActivationLayout "bf16"); weights, gradients and optimizer state stay fp32. Absent: fp32.
+   * The training matmuls' inputs: "fp32", or "bf16" or "f16" (rounded so: on cuda's tensor cores,
+   * or emulated on cpu; sums in fp32). With bf16 or f16 the activations that matmuls read are kept
+   * in 16 bits (ActivationLayout "half"); weights, gradients and optimizer state stay fp32. f16
+   * trains with dynamic loss scaling (lib/loss_scale.ts). Absent: fp32.
    */
   dtype?: Dtype;
+  /** f16: the loss scale to start from (halved on overflow, doubled after 2000 good steps); absent: 2^16. */
+  loss_scale?: number;
   /** Global gradient-norm clip (0: off). */
   clip: number;
   /** Seeds the initial weights and the stream of training windows. */
@@ -88,7 +92,7 @@ export interface TrainSettings {
 }
 
 /** The dtypes a run can train in (TrainSettings.dtype). */
-export const DTYPES = ["fp32", "bf16"] as const;
+export const DTYPES = ["fp32", "bf16", "f16"] as const;
 export type Dtype = typeof DTYPES[number];
 
 /** The settings with defaults: `out`, `data` and `backend` are the caller's. */
@@ -127,6 +131,7 @@ export function trainDefaults(kind: DefaultsKind): TrainDefaults {
     weight_decay: 0.1,
     optimizer_bits: 32,
     dtype: "fp32",
+    loss_scale: DEFAULT_LOSS_SCALE,
     clip: 1,
     seed: 1337,
   } satisfies Partial<TrainDefaults>;
@@ -205,6 +210,10 @@ export interface MetricRecord extends MetricPoint {
   aux_loss?: number;
   /** MoE models: mean per step, since the previous record, of the choices dropped beyond capacity. */
   dropped?: number;
+  /** f16: the loss scale after this step. */
+  loss_scale?: number;
+  /** f16: steps since the previous record whose gradients overflowed (skipped: no update). */
+  skipped?: number;
 }
 
 export interface TrainHooks {
@@ -214,6 +223,8 @@ export interface TrainHooks {
   onStep?(info: ProgressInfo): void;
   /** After every metrics record is written. */
   onLog?(record: MetricRecord, info: ProgressInfo): void;
+  /** f16: a step's gradients overflowed, so it was skipped and the loss scale lowered to `scale`. */
+  onOverflow?(step: number, scale: number): void;
   /**
    * This process is one rank of data-parallel training (its world size must equal
    * settings.gpus). Stopping (signal) is agreed on by all ranks, after the current step.
@@ -278,6 +289,7 @@ export async function train(
     weightDecay: s.weight_decay,
     bits: s.optimizer_bits ?? 32,
   });
+  const scaler = s.dtype === "f16" ? new LossScaler(s.loss_scale ?? DEFAULT_LOSS_SCALE) : null;
   const stream = new BatchStream(corpus.train, s.seq_len, s.seed + 1);
   const valBatches = validationBatches(corpus.val, s.seq_len, s.batch_size, s.eval_batches);
   const out = (name: string) => `${s.out}/${name}`;
@@ -286,7 +298,7 @@ export async function train(
   let step = 0, bestValBpb = Infinity;
   let history: MetricRecord[] = [];
   if (resume) {
-    const state = restore(resume, model, optimizer, stream);
+    const state = restore(resume, model, optimizer, stream, scaler);
     step = state.step;
     bestValBpb = state.bestValBpb;
     if (root) history = (await readMetrics(out(RUN_FILES.metrics))).filter((r) => r.step <= step);
@@ -303,13 +315,14 @@ export async function train(
       train_options: JSON.stringify(s),
       data_state: JSON.stringify(stream.state),
       best_val_bpb: String(bestValBpb),
+      ...(scaler ? { loss_scale: JSON.stringify(scaler.state) } : {}),
     }, tensors);
   };
 
   const bytesPerStep = s.batch_size * s.seq_len * s.grad_accum * world;
   const startStep = step, startTime = performance.now();
   let intervalLoss = 0, intervalSteps = 0, intervalStart = startTime, savedStep = step;
-  let intervalAux = 0, intervalDropped = 0;
+  let intervalAux = 0, intervalDropped = 0, intervalSkipped = 0;
   let stopping = false;
   while (step < s.steps && !stopping) {
     await yieldToEventLoop(); // lets a SIGINT listener run between steps, even on the synchronous CPU backend
@@ -317,13 +330,19 @@ export async function train(
     step++;
     const lr = learningRate(step, { lr: s.lr, minLr: s.min_lr, warmup: s.warmup, steps: s.steps });
     model.zeroGrad();
+    const lossScale = scaler?.scale ?? 1; // f16: backward runs on the loss times this
     let loss = 0, aux = 0, dropped = 0;
     // The step's windows are world · grad_accum micro-batches of one stream; rank r trains on
     // the r-th run of grad_accum of them, so any number of ranks sees the same global batch.
     for (let micro = 0; micro < world * s.grad_accum; micro++) {
       const batch = stream.next(s.batch_size);
       if (Math.floor(micro / s.grad_accum) !== rank) continue;
-      const result = await model.lossAndBackward(batch.inputs, batch.targets, batch.shape, 1 / s.grad_accum);
+      const result = await model.lossAndBackward(
+        batch.inputs,
+        batch.targets,
+        batch.shape,
+        lossScale / s.grad_accum,
+      );
       loss += result.loss / s.grad_accum;
       aux += (result.aux ?? 0) / s.grad_accum;
       dropped += result.dropped ?? 0;
@@ -346,7 +365,13 @@ export async function train(
     if (!Number.isFinite(loss)) {
       throw new Error(`the training loss became ${loss} at step ${step}; try a lower --lr or --clip`);
     }
-    optimizer.step(model.params, model.grads, lr, clipScale(await gradNorm(backend, model.grads), s.clip));
+    const scaledNorm = await gradNorm(backend, model.grads);
+    if (!scaler || scaler.update(scaledNorm)) {
+      optimizer.step(model.params, model.grads, lr, clipScale(scaledNorm / lossScale, s.clip) / lossScale);
+    } else {
+      intervalSkipped++;
+      hooks.onOverflow?.(step, scaler.scale);
+    }
     intervalLoss += loss;
     intervalSteps++;
 
@@ -387,6 +412,7 @@ export async function train(
         ...(config.moe
           ? { aux_loss: intervalAux / intervalSteps, dropped: intervalDropped / intervalSteps }
           : {}),
+        ...(scaler ? { loss_scale: scaler.scale, skipped: intervalSkipped } : {}),
       };
       history.push(record);
       await Deno.writeTextFile(out(RUN_FILES.metrics), JSON.stringify(record) + "\n", { append: true });
@@ -396,6 +422,7 @@ export async function train(
         intervalSteps =
         intervalAux =
         intervalDropped =
+        intervalSkipped =
           0;
       intervalStart = performance.now();
     }
@@ -421,15 +448,15 @@ export async function evaluateBpb(model: MambaByte, batches: Batch[]): Promise<n
 }
 
 /**
- * Sets the backend's matmul precision for a run's dtype; bf16 needs a backend with bf16 matmuls
- * (cuda; cpu emulates them), and says so.
+ * Sets the backend's matmul precision for a run's dtype; bf16 and f16 need a backend with 16-bit
+ * matmuls (cuda; cpu emulates them), and say so.
  */
 export function useDtype(backend: Backend, dtype: Dtype): void {
-  if (!DTYPES.includes(dtype)) throw new Error(`unknown dtype "${dtype}"; choose ${DTYPES.join(" or ")}`);
+  if (!DTYPES.includes(dtype)) throw new Error(`unknown dtype "${dtype}"; choose ${DTYPES.join(", ")}`);
   if (backend.setMatmulPrecision) backend.setMatmulPrecision(dtype);
   else if (dtype !== "fp32") {
     throw new Error(
-      `dtype ${dtype} needs bf16 matmuls: cuda has them on tensor cores (cpu emulates them); ` +
+      `dtype ${dtype} needs 16-bit matmuls: cuda has them on tensor cores (cpu emulates them); ` +
         `${backend.device} trains in fp32`,
     );
   }
@@ -444,17 +471,23 @@ export function checkpointSettings(file: Safetensors, source: string): TrainSett
   return JSON.parse(json) as TrainSettings;
 }
 
-/** Loads weights, moments, step and data-stream state from a checkpoint written by `train`. */
+/**
+ * Loads weights, moments, step, data-stream state and (f16) the loss scale from a checkpoint
+ * written by `train`.
+ */
 function restore(
   file: Safetensors,
   model: MambaByte,
   optimizer: AdamW,
   stream: BatchStream,
+  scaler: LossScaler | null,
 ): { step: number; bestValBpb: number } {
   const meta = file.metadata;
   model.writeParams(tensorsToFlat(model.table, file.tensors, "", "checkpoint"));
   optimizer.writeState(file.tensors, Number(meta.optimizer_step), "checkpoint");
   stream.state = JSON.parse(meta.data_state);
+  // a run that changes to f16 on resume starts from its initial scale
+  if (scaler && meta.loss_scale !== undefined) scaler.state = JSON.parse(meta.loss_scale);
   return { step: Number(meta.step), bestValBpb: Number(meta.best_val_bpb ?? Infinity) };
 }
 

@@ -2,16 +2,17 @@
  * `deno task plan`: the memory a training run will allocate, by component, in GiB.
  *
  *   deno task plan --dim 1024 --depth 53 --seq-len 8192 --batch-size 1 [--recompute] [--d-state 16]
- *     [--optimizer-bits 8] [--dtype bf16]
+ *     [--optimizer-bits 8] [--dtype bf16|f16]
  *
- * --dtype bf16 rounds the matmuls' inputs on cuda's tensor cores: every buffer stays fp32 (said on
- * the first line), and cuda's workspace must also hold the largest matmul's bf16 operand copies.
+ * --dtype bf16 or f16 rounds the matmuls' inputs on cuda's tensor cores and keeps the activations
+ * they read in 16 bits (said on the first line); cuda's workspace must also hold the largest
+ * matmul's 16-bit operand copies.
  */
 import { type OptionSpec, parseOptions, runCli, usage, UsageError } from "../lib/cli_args.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { memoryPlan } from "../lib/memory_plan.ts";
 import { OPTIMIZER_BITS, type OptimizerBits } from "../lib/optim.ts";
-import { DTYPES } from "../lib/train.ts";
+import { type Dtype, DTYPES } from "../lib/train.ts";
 
 const int = (help: string, fallback?: number) => ({ kind: "int" as const, help, min: 1, default: fallback });
 const SPECS = {
@@ -33,7 +34,7 @@ const SPECS = {
     kind: "string" as const,
     choices: DTYPES,
     default: "fp32",
-    help: "matmul inputs (bf16: rounded on tensor cores; the buffers stay fp32)",
+    help: "matmul inputs (bf16, f16: rounded on tensor cores, their activations kept in 16 bits)",
   },
 } satisfies Record<string, OptionSpec>;
 
@@ -61,7 +62,7 @@ async function main(): Promise<number> {
     length: options["seq-len"]!,
     recompute,
     optimizerBits: options["optimizer-bits"] as OptimizerBits,
-    bf16: options.dtype === "bf16",
+    precision: options.dtype as Dtype,
   });
   console.log(
     `MambaByte D=${config.dim} × ${config.depth} (${(plan.parameters / 1e6).toFixed(1)} M parameters), ` +

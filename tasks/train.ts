@@ -64,9 +64,13 @@ const SPECS = {
   dtype: {
     kind: "string",
     choices: DTYPES,
-    help:
-      "matmul inputs: fp32, or bf16 on cuda's tensor cores (activations kept in bf16; sums, weights, moments fp32)",
+    help: "matmul inputs: fp32, or bf16 or f16 on cuda's tensor cores (their activations kept in 16 bits; " +
+      "sums, weights, moments fp32; f16 with dynamic loss scaling)",
   },
+  "loss-scale": num(
+    "f16: the loss scale to start from (halved on overflow, doubled after 2000 good steps)",
+    1,
+  ),
   clip: num("global gradient-norm clip, 0 = off"),
   seed: int("seed of the weights and data windows", 0),
   "log-every": int("steps per log line"),
@@ -202,8 +206,15 @@ async function main(): Promise<number> {
     parallel,
     onStep: tty ? (info) => write(`\r${progressBar(info)}\x1b[K`) : undefined,
     onLog: !root ? undefined : (record, info) => {
-      if (!tty) write(logLine(info) + moeLog(record) + "\n");
-      else if (record.val_bpb !== undefined) write(`\r${logLine(info)}${moeLog(record)}\x1b[K\n`);
+      const extra = moeLog(record) + lossScaleLog(record);
+      if (!tty) write(logLine(info) + extra + "\n");
+      else if (record.val_bpb !== undefined) write(`\r${logLine(info)}${extra}\x1b[K\n`);
+    },
+    onOverflow: !root ? undefined : (step, scale) => {
+      write(
+        `${tty ? "\r" : ""}step ${step}: f16 gradients overflowed; step skipped, loss scale now ${scale}` +
+          `${tty ? "\x1b[K" : ""}\n`,
+      );
     },
   }, resume?.file);
   Deno.removeSignalListener("SIGINT", onSigint);
@@ -239,6 +250,12 @@ function capMemory(backend: Backend, bytes: number): void {
 function moeLog(record: MetricRecord): string {
   if (record.aux_loss === undefined) return "";
   return ` aux ${record.aux_loss.toFixed(3)} dropped ${record.dropped}`;
+}
+
+/** ` loss scale 65536 (1 skipped)` for f16 runs, else "". */
+function lossScaleLog(record: MetricRecord): string {
+  if (record.loss_scale === undefined) return "";
+  return ` loss scale ${record.loss_scale}${record.skipped ? ` (${record.skipped} skipped)` : ""}`;
 }
 
 async function readResume(dir: string) {

@@ -8,7 +8,15 @@
  * (env CI set) with `requiredInCI`, where unavailability fails the run.
  */
 import assert from "node:assert/strict";
-import type { AdamWOptions, Backend, DeviceBuffer, FloatArray, IndexBuffer } from "../lib/backend.ts";
+import {
+  type AdamWOptions,
+  type Backend,
+  type DeviceBuffer,
+  type FloatArray,
+  HALF_FORMATS,
+  type HalfFormat,
+  type IndexBuffer,
+} from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { type Loss, MambaByte, type Tensor } from "../lib/model.ts";
@@ -534,75 +542,74 @@ function int8Cases(): Record<string, OpCase> {
 }
 
 /**
- * bf16 storage and matmuls that read it, for backends with packBf16: each case runs at matmul
- * precision bf16 (the reference emulates it) and puts fp32 back after.
+ * 16-bit storage (bf16 and f16) and matmuls that read it, for backends with packHalf: each case
+ * runs at that matmul precision (the reference emulates it) and puts fp32 back after.
  */
-function bf16Cases(): Record<string, OpCase> {
+function halfCases(): Record<string, OpCase> {
   const cases: Record<string, OpCase> = {}, r = new Random(707);
   const normal = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * r.normal());
-  const atBf16 = (run: OpCase["run"]): OpCase["run"] => async (be, f, i) => {
-    be.setMatmulPrecision!("bf16");
+  const at = (format: HalfFormat, run: OpCase["run"]): OpCase["run"] => async (be, f, i) => {
+    be.setMatmulPrecision!(format);
     try {
       await run(be, f, i);
     } finally {
       be.setMatmulPrecision!("fp32");
     }
   };
-  {
-    // ties to even both ways (1 + 2^-8, 1 + 3·2^-8), a value past a tie, a large one, a subnormal,
-    // and random values over a wide range; odd n (the vector kernels' tail)
-    const special = [
-      1 + 2 ** -8,
-      1 + 3 * 2 ** -8,
-      -(1 + 2 ** -8 + 2 ** -20),
-      3e38,
-      2 ** -130,
-      0,
-    ];
+  // per format: ties to even both ways, a value past a tie, a large one (f16: its largest value,
+  // and one just below the tie to infinity, which tests/half_test.ts checks), a subnormal, and
+  // random values over the format's range
+  const special: Record<HalfFormat, number[]> = {
+    bf16: [1 + 2 ** -8, 1 + 3 * 2 ** -8, -(1 + 2 ** -8 + 2 ** -20), 3e38, 2 ** -130, 0],
+    f16: [1 + 2 ** -11, 1 + 3 * 2 ** -11, -(1 + 2 ** -11 + 2 ** -20), 65519, 65504, 2 ** -20, 0],
+  };
+  const spread: Record<HalfFormat, number> = { bf16: 9, f16: 5 }; // values up to about 4^spread
+  for (const format of HALF_FORMATS) {
+    // odd n: the vector kernels' tail
     const n = 1_003;
     const x = Float32Array.from(
       { length: n },
-      (_, j) => j < special.length ? special[j] : r.normal() * 4 ** r.int(9),
+      (_, j) => j < special[format].length ? special[format][j] : r.normal() * 4 ** r.int(spread[format]),
     );
-    cases["packBf16 then unpackBf16 round to nearest even"] = {
+    cases[`packHalf then unpackHalf (${format}) round to nearest even`] = {
       floats: { x, packed: new Float32Array(Math.ceil(n / 2)), y: normal(n) },
       outputs: ["y"],
       tolerance: 0,
       run: (be, f) => {
-        be.packBf16!(f.packed, f.x, n);
-        be.unpackBf16!(f.y, f.packed, n);
+        be.packHalf!(f.packed, f.x, n, format);
+        be.unpackHalf!(f.y, f.packed, n, format);
       },
     };
-  }
-  for (
-    const [transA, transB, aBf16, bBf16] of [
-      [false, true, true, false], // x·Wᵀ with x stored as bf16 (forward)
-      [true, false, true, true], // Gᵀ·x, both stored (weight gradients)
-      [false, false, true, false], // G·W (input gradients)
-      [false, true, false, true],
-    ]
-  ) {
-    const [m, n, k] = [37, 29, 70];
-    const a = normal(m * k), b = normal(k * n);
-    cases[
-      `matmul at bf16, A ${aBf16 ? "stored as bf16" : "fp32"}, B ${bBf16 ? "stored as bf16" : "fp32"}, ` +
-      `transA=${transA} transB=${transB}`
-    ] = {
-      floats: {
-        a,
-        b,
-        a16: new Float32Array(Math.ceil(a.length / 2)),
-        b16: new Float32Array(Math.ceil(b.length / 2)),
-        c: normal(m * n),
-      },
-      outputs: ["c"],
-      run: atBf16((be, f) => {
-        be.packBf16!(f.a16, f.a, a.length);
-        be.packBf16!(f.b16, f.b, b.length);
-        const [A, B] = [aBf16 ? f.a16 : f.a, bBf16 ? f.b16 : f.b];
-        be.matmul(f.c, A, B, m, n, k, { transA, transB, accumulate: true, aBf16, bBf16 });
-      }),
-    };
+    for (
+      const [transA, transB, aHalf, bHalf] of [
+        [false, true, true, false], // x·Wᵀ with x stored in 16 bits (forward)
+        [true, false, true, true], // Gᵀ·x, both stored (weight gradients)
+        [false, false, true, false], // G·W (input gradients)
+        [false, true, false, true],
+      ]
+    ) {
+      const [m, n, k] = [37, 29, 70];
+      const a = normal(m * k), b = normal(k * n);
+      cases[
+        `matmul at ${format}, A ${aHalf ? "stored" : "fp32"}, B ${bHalf ? "stored" : "fp32"}, ` +
+        `transA=${transA} transB=${transB}`
+      ] = {
+        floats: {
+          a,
+          b,
+          a16: new Float32Array(Math.ceil(a.length / 2)),
+          b16: new Float32Array(Math.ceil(b.length / 2)),
+          c: normal(m * n),
+        },
+        outputs: ["c"],
+        run: at(format, (be, f) => {
+          be.packHalf!(f.a16, f.a, a.length, format);
+          be.packHalf!(f.b16, f.b, b.length, format);
+          const [A, B] = [aHalf ? f.a16 : f.a, bHalf ? f.b16 : f.b];
+          be.matmul(f.c, A, B, m, n, k, { transA, transB, accumulate: true, aHalf, bHalf });
+        }),
+      };
+    }
   }
   return cases;
 }
@@ -906,13 +913,13 @@ export async function conformanceSuite(
   console.log(`${label} backend: ${backend.description}`);
   const reference = new CpuBackend();
   const moe = backend.moe !== undefined;
-  const bf16 = backend.packBf16 !== undefined && backend.setMatmulPrecision !== undefined;
+  const half = backend.packHalf !== undefined && backend.setMatmulPrecision !== undefined;
   const cases = {
     ...opCases(),
     ...(moe ? moeCases() : {}),
     ...int8Cases(),
     ...gemvCases(),
-    ...(bf16 ? bf16Cases() : {}),
+    ...(half ? halfCases() : {}),
   };
   for (const [name, c] of Object.entries(cases)) {
     Deno.test(`${label}: ${name} matches the cpu reference`, () => expectSame(backend, reference, c));

@@ -176,7 +176,8 @@ Deno.test("bad options: exit 2 and a line that lists what is valid", async () =>
     2,
     /--optimizer-bits must be one of 32, 8, got "16"/,
   );
-  await fails(["tasks/train.ts", "--dtype=f16"], 2, /--dtype must be one of fp32, bf16, got "f16"/);
+  await fails(["tasks/train.ts", "--dtype=fp8"], 2, /--dtype must be one of fp32, bf16, f16, got "fp8"/);
+  await fails(["tasks/train.ts", "--loss-scale=0.5"], 2, /--loss-scale must be a number >= 1, got "0.5"/);
   await fails(
     ["tasks/plan.ts", "--dim=8", "--depth=1", "--seq-len=8", "--optimizer-bits=4"],
     2,

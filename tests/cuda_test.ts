@@ -125,7 +125,8 @@ Deno.test({
 });
 
 Deno.test({
-  name: "cuda: tf32 and bf16 matmuls round the inputs within their bounds (and do round); fp32 stays exact",
+  name:
+    "cuda: tf32, bf16 and f16 matmuls round the inputs within their bounds (and do round); fp32 stays exact",
   ignore,
   fn: async () => {
     const cpu = new CpuBackend({ precision: "f64" });
@@ -141,8 +142,13 @@ Deno.test({
       return out;
     };
     const exact = await product(cpu);
-    // [precision, at least, at most]: tf32 keeps 10 mantissa bits, bf16 7 (cuBLAS may use tf32 for it)
-    const bounds = [["fp32", 0, 1e-5], ["tf32", 1e-5, 5e-3], ["bf16", 1e-4, 2e-2]] as const;
+    // [precision, at least, at most]: tf32 and f16 keep 10 mantissa bits, bf16 7 (cuBLAS may use
+    // tf32 for it)
+    const bounds = [["fp32", 0, 1e-5], ["tf32", 1e-5, 5e-3], ["bf16", 1e-4, 2e-2], [
+      "f16",
+      1e-5,
+      5e-3,
+    ]] as const;
     try {
       for (const [precision, low, high] of bounds) {
         cuda.setMatmulPrecision(precision);
@@ -160,48 +166,53 @@ Deno.test({
   },
 });
 
-Deno.test({
-  name:
-    "cuda: training at bf16 (activations kept in bf16) gives the cpu's bf16 emulation's gradients and losses",
-  ignore,
-  fn: async () => {
-    const config = new MambaConfig({ dim: 48, depth: 2, bias: true });
-    const inputs = Array.from({ length: 3 * 70 }, (_, i) => 97 + ((i * 11) % 26));
-    const targets = inputs.map((x) => 97 + ((x - 95) % 26));
-    const run = async (be: Backend) => {
-      be.setMatmulPrecision!("bf16");
-      try {
-        const model = new MambaByte(config, { backend: be, seed: 5 });
-        assert.equal(model.activationLayout, "bf16");
-        const optimizer = new AdamW(be, model.table);
-        const losses: number[] = [];
-        let grads: Float32Array | Float64Array | null = null;
-        for (let step = 1; step <= 20; step++) {
-          model.zeroGrad();
-          losses.push((await model.lossAndBackward(inputs, targets, [3, 70])).loss);
-          grads ??= await be.read(model.grads);
-          optimizer.step(model.params, model.grads, 3e-3, step);
+for (const format of ["bf16", "f16"] as const) {
+  Deno.test({
+    name:
+      `cuda: training at ${format} (activations kept in ${format}) gives the cpu's ${format} emulation's gradients and losses`,
+    ignore,
+    fn: async () => {
+      const config = new MambaConfig({ dim: 48, depth: 2, bias: true });
+      const inputs = Array.from({ length: 3 * 70 }, (_, i) => 97 + ((i * 11) % 26));
+      const targets = inputs.map((x) => 97 + ((x - 95) % 26));
+      const run = async (be: Backend) => {
+        be.setMatmulPrecision!(format);
+        try {
+          const model = new MambaByte(config, { backend: be, seed: 5 });
+          assert.equal(model.activationLayout, "half");
+          const optimizer = new AdamW(be, model.table);
+          const losses: number[] = [];
+          let grads: Float32Array | Float64Array | null = null;
+          for (let step = 1; step <= 20; step++) {
+            model.zeroGrad();
+            losses.push((await model.lossAndBackward(inputs, targets, [3, 70])).loss);
+            grads ??= await be.read(model.grads);
+            optimizer.step(model.params, model.grads, 3e-3, step);
+          }
+          optimizer.free();
+          model.dispose();
+          return { losses, grads: grads! };
+        } finally {
+          be.setMatmulPrecision!("fp32");
         }
-        optimizer.free();
-        model.dispose();
-        return { losses, grads: grads! };
-      } finally {
-        be.setMatmulPrecision!("fp32");
-      }
-    };
-    const ours = await run(cuda), reference = await run(new CpuBackend());
-    // The same products of the same bf16 values, summed in fp32 in another order: apart by the
-    // order, and where a value lands on the other side of a bf16 rounding (2^-8 of it)
-    const gradError = maxRelativeError(ours.grads, reference.grads);
-    assert.ok(gradError <= 1e-2, `first step's gradients: max relative error ${gradError.toExponential(2)}`);
-    const lossError = maxRelativeError(ours.losses, reference.losses);
-    assert.ok(reference.losses[19] < reference.losses[0] - 0.5, "the reference learns");
-    assert.ok(
-      lossError <= 1e-3,
-      `losses ${ours.losses.map((x) => x.toFixed(4))} vs ${reference.losses.map((x) => x.toFixed(4))}`,
-    );
-  },
-});
+      };
+      const ours = await run(cuda), reference = await run(new CpuBackend());
+      // The same products of the same 16-bit values, summed in fp32 in another order: apart by the
+      // order, and where a value lands on the other side of a rounding (2^-8 of it in bf16)
+      const gradError = maxRelativeError(ours.grads, reference.grads);
+      assert.ok(
+        gradError <= 1e-2,
+        `first step's gradients: max relative error ${gradError.toExponential(2)}`,
+      );
+      const lossError = maxRelativeError(ours.losses, reference.losses);
+      assert.ok(reference.losses[19] < reference.losses[0] - 0.5, "the reference learns");
+      assert.ok(
+        lossError <= 1e-3,
+        `losses ${ours.losses.map((x) => x.toFixed(4))} vs ${reference.losses.map((x) => x.toFixed(4))}`,
+      );
+    },
+  });
+}
 
 Deno.test({
   name:

@@ -28,8 +28,8 @@ Deno.test("the memory plan counts weights, gradients, moments and activations", 
   assert.equal(plan.total, 4 * params + activations + scanWorkspace);
 });
 
-Deno.test("with bf16 matmul inputs the workspace is the largest pair of bf16 operand copies", async () => {
-  const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false, bf16: true });
+Deno.test("with 16-bit matmul inputs the workspace is the largest pair of 16-bit operand copies", async () => {
+  const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false, precision: "bf16" });
   const fp32 = await memoryPlan(config, { batch: 2, length: 5, recompute: false });
   // the lm head's dhidden (B·L, 256) · (256, D): 2 bytes × (10 · 256 + 256 · 8), above the scan's
   assert.deepEqual(plan.components[4], { name: "workspace (cuda)", bytes: 2 * (rows * 256 + 256 * D) });
@@ -40,12 +40,12 @@ Deno.test("with bf16 matmul inputs the workspace is the largest pair of bf16 ope
   );
 });
 
-Deno.test("with bf16 matmul inputs each block keeps x, rstd, dbc and bf16 copies of xn, xz and y", async () => {
-  const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false, bf16: true });
-  // bf16 values take half a float each: xn (D), xz (2ED), y (ED)
+Deno.test("with 16-bit matmul inputs each block keeps x, rstd, dbc and 16-bit copies of xn, xz and y", async () => {
+  const plan = await memoryPlan(config, { batch: 2, length: 5, recompute: false, precision: "f16" });
+  // 16-bit values take half a float each: xn (D), xz (2ED), y (ED)
   const kept = rows * (D + 1 + S) + (rows * (D + 2 * ED + ED)) / 2;
   const refilled = rows * (D + 5 * ED); // xn, xz (2ED), u, delta, y in fp32, shared by the blocks
-  const gradientCopy = (rows * 2 * ED) / 2; // one gradient as bf16, up to (B·L, 2ED)
+  const gradientCopy = (rows * 2 * ED) / 2; // one gradient in 16 bits, up to (B·L, 2ED)
   const activations = 4 * (2 * kept + refilled + rows * D + scratch + gradientCopy + lmHead);
   assert.equal(plan.components[3].bytes, activations);
 });

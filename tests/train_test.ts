@@ -104,13 +104,13 @@ Deno.test("a corpus shorter than seq-len + 1 is an error before anything is writ
   await Deno.remove(dir, { recursive: true });
 });
 
-Deno.test("dtype bf16 on a backend without bf16 matmuls is an error before anything is written", async () => {
+Deno.test("dtype bf16 on a backend without 16-bit matmuls is an error before anything is written", async () => {
   const dir = await Deno.makeTempDir();
   const fp32Only = new CpuBackend(); // as webgpu: no setMatmulPrecision
   Object.defineProperty(fp32Only, "setMatmulPrecision", { value: undefined });
   await assert.rejects(
     () => train({ ...settings(`${dir}/run`), dtype: "bf16" }, fp32Only, corpus()),
-    /dtype bf16 needs bf16 matmuls: cuda has them on tensor cores \(cpu emulates them\); cpu trains in fp32/,
+    /dtype bf16 needs 16-bit matmuls: cuda has them on tensor cores \(cpu emulates them\); cpu trains in fp32/,
   );
   assert.deepEqual([...Deno.readDirSync(dir)], []);
   await Deno.remove(dir, { recursive: true });

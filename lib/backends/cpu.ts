@@ -9,11 +9,13 @@
 import {
   type AdamWOptions,
   type Backend,
-  checkBf16Lengths,
-  checkBf16Operands,
+  checkHalfLengths,
+  checkHalfOperands,
   type ConvDims,
   type DeviceBuffer,
   type FloatArray,
+  type HalfFormat,
+  halfFormatOf,
   type IndexBuffer,
   type Int8MatmulOptions,
   type MatmulOptions,
@@ -22,7 +24,7 @@ import {
   type ScanDims,
   type ScanStepDims,
 } from "../backend.ts";
-import { bf16Bits, bf16Value, bf16Words, roundForMatmul } from "../bf16.ts";
+import { halfBitsOf, halfValue, halfWords, roundForMatmul } from "../half.ts";
 import {
   checkAdamw8bitLengths,
   codeByte,
@@ -115,7 +117,7 @@ type ArrayType = Float32ArrayConstructor | Float64ArrayConstructor | Int32ArrayC
 /** Shared memory where worker threads can be started (else the threads fall back to 1). */
 const canShare = typeof SharedArrayBuffer === "function" && typeof Worker === "function";
 
-const MATMUL_PRECISIONS: readonly MatmulPrecision[] = ["fp32", "tf32", "bf16"];
+const MATMUL_PRECISIONS: readonly MatmulPrecision[] = ["fp32", "tf32", "bf16", "f16"];
 
 export class CpuBackend implements Backend {
   readonly device = "cpu" as const;
@@ -156,7 +158,7 @@ export class CpuBackend implements Backend {
     return this.#matmulPrecision;
   }
 
-  /** Emulates tensor-core matmuls: their inputs rounded as lib/bf16.ts rounds, sums as in fp32. */
+  /** Emulates tensor-core matmuls: their inputs rounded as lib/half.ts rounds, sums as in fp32. */
   setMatmulPrecision(precision: MatmulPrecision): void {
     if (!MATMUL_PRECISIONS.includes(precision)) {
       throw new Error(`cpu: unknown matmul precision "${precision}"; choose ${MATMUL_PRECISIONS.join(", ")}`);
@@ -260,10 +262,10 @@ export class CpuBackend implements Backend {
     const lda = options.lda ?? (transA ? m : k);
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
-    checkBf16Operands("cpu", this.#matmulPrecision, options);
+    checkHalfOperands("cpu", this.#matmulPrecision, options);
     const [aRows, aCols] = transA ? [k, m] : [m, k], [bRows, bCols] = transB ? [n, k] : [k, n];
-    const a = this.#matmulInput("a", aBuf, aRows, aCols, lda, options.aBf16);
-    const b = this.#matmulInput("b", bBuf, bRows, bCols, ldb, options.bBf16);
+    const a = this.#matmulInput("a", aBuf, aRows, aCols, lda, options.aHalf);
+    const b = this.#matmulInput("b", bBuf, bRows, bCols, ldb, options.bHalf);
     const c = f(cBuf);
     const args = { c, a, b, m, n, k, transA, accumulate, lda, ldb, ldc };
     if (transB && m < 16) {
@@ -283,15 +285,16 @@ export class CpuBackend implements Backend {
 
   /**
    * A matmul operand stored (rows, cols), rows `ld` apart, as the kernels read it: the buffer
-   * itself in fp32; else a copy rounded to the matmul precision, or unpacked when stored as bf16.
+   * itself in fp32; else a copy rounded to the matmul precision, or unpacked when stored in its 16-bit format.
    */
-  #matmulInput(name: string, buffer: DeviceBuffer, rows: number, cols: number, ld: number, bf16 = false) {
+  #matmulInput(name: string, buffer: DeviceBuffer, rows: number, cols: number, ld: number, stored16 = false) {
     if (this.#matmulPrecision === "fp32") return f(buffer);
     const extent = rows > 0 && cols > 0 ? (rows - 1) * ld + cols : 0;
     const copy = this.#scratchOf(`matmul ${name}`, this.#Float, extent);
-    if (bf16) {
-      const words = bf16Words(f(buffer), extent);
-      for (let i = 0; i < extent; i++) copy[i] = bf16Value(words[i]);
+    const format = halfFormatOf(this.#matmulPrecision);
+    if (stored16 && format) {
+      const words = halfWords(f(buffer), extent);
+      for (let i = 0; i < extent; i++) copy[i] = halfValue(words[i], format);
     } else {
       const data = f(buffer), precision = this.#matmulPrecision;
       for (let i = 0; i < extent; i++) copy[i] = roundForMatmul(data[i], precision);
@@ -299,16 +302,16 @@ export class CpuBackend implements Backend {
     return copy;
   }
 
-  packBf16(dstBuf: DeviceBuffer, srcBuf: DeviceBuffer, n: number): void {
-    checkBf16Lengths("cpu packBf16", dstBuf, srcBuf, n);
-    const words = bf16Words(f(dstBuf), n), src = f(srcBuf);
-    for (let i = 0; i < n; i++) words[i] = bf16Bits(src[i]);
+  packHalf(dstBuf: DeviceBuffer, srcBuf: DeviceBuffer, n: number, format: HalfFormat): void {
+    checkHalfLengths("cpu packHalf", dstBuf, srcBuf, n, format);
+    const words = halfWords(f(dstBuf), n), src = f(srcBuf);
+    for (let i = 0; i < n; i++) words[i] = halfBitsOf(src[i], format);
   }
 
-  unpackBf16(dstBuf: DeviceBuffer, srcBuf: DeviceBuffer, n: number): void {
-    checkBf16Lengths("cpu unpackBf16", srcBuf, dstBuf, n);
-    const words = bf16Words(f(srcBuf), n), dst = f(dstBuf);
-    for (let i = 0; i < n; i++) dst[i] = bf16Value(words[i]);
+  unpackHalf(dstBuf: DeviceBuffer, srcBuf: DeviceBuffer, n: number, format: HalfFormat): void {
+    checkHalfLengths("cpu unpackHalf", srcBuf, dstBuf, n, format);
+    const words = halfWords(f(srcBuf), n), dst = f(dstBuf);
+    for (let i = 0; i < n; i++) dst[i] = halfValue(words[i], format);
   }
 
   addBias(outBuf: DeviceBuffer, biasBuf: DeviceBuffer, rows: number, cols: number): void {

@@ -8,12 +8,13 @@
 import {
   type AdamWOptions,
   type Backend,
-  checkBf16Lengths,
-  checkBf16Operands,
+  checkHalfLengths,
+  checkHalfOperands,
   checkRmsnormMatmul,
   type ConvDims,
   type DeviceBuffer,
   type FloatArray,
+  type HalfFormat,
   type IndexBuffer,
   type Int8MatmulOptions,
   type MatmulOptions,
@@ -71,7 +72,10 @@ export interface CapturedOps {
 }
 
 /** The library's code of each precision (ffi/mambabyte.h, MB_MATMUL_*). */
-const MATMUL_PRECISION_CODES: Record<MatmulPrecision, number> = { fp32: 0, tf32: 1, bf16: 2 };
+const MATMUL_PRECISION_CODES: Record<MatmulPrecision, number> = { fp32: 0, tf32: 1, bf16: 2, f16: 3 };
+
+/** The library's code of each 16-bit format (ffi/mambabyte.h, MB_HALF_*). */
+const HALF_FORMAT_CODES: Record<HalfFormat, number> = { bf16: 0, f16: 1 };
 
 export interface CudaBackendOptions {
   /**
@@ -136,7 +140,7 @@ export class CudaBackend implements Backend {
 
   setMatmulPrecision(precision: MatmulPrecision): void {
     if (!Object.hasOwn(MATMUL_PRECISION_CODES, precision)) {
-      throw new Error(`cuda: unknown matmul precision "${precision}"; choose fp32, tf32 or bf16`);
+      throw new Error(`cuda: unknown matmul precision "${precision}"; choose fp32, tf32, bf16 or f16`);
     }
     this.#matmulPrecision = precision;
   }
@@ -316,7 +320,7 @@ export class CudaBackend implements Backend {
     const lda = options.lda ?? (transA ? m : k);
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
-    checkBf16Operands("cuda", this.#matmulPrecision, options);
+    checkHalfOperands("cuda", this.#matmulPrecision, options);
     const status = this.#lib.mb_matmul(
       p(c),
       p(a),
@@ -331,17 +335,17 @@ export class CudaBackend implements Backend {
       ldb,
       ldc,
       MATMUL_PRECISION_CODES[this.#matmulPrecision],
-      (options.aBf16 ? 1 : 0) | (options.bBf16 ? 2 : 0), // MB_BF16_A | MB_BF16_B
+      (options.aHalf ? 1 : 0) | (options.bHalf ? 2 : 0), // MB_HALF_A | MB_HALF_B
     );
     this.#check(status, "matmul");
   }
-  packBf16(dst: DeviceBuffer, src: DeviceBuffer, n: number): void {
-    checkBf16Lengths("cuda packBf16", dst, src, n);
-    this.#check(this.#lib.mb_pack_bf16(p(dst), p(src), n), "packBf16");
+  packHalf(dst: DeviceBuffer, src: DeviceBuffer, n: number, format: HalfFormat): void {
+    checkHalfLengths("cuda packHalf", dst, src, n, format);
+    this.#check(this.#lib.mb_pack_half(p(dst), p(src), n, HALF_FORMAT_CODES[format]), "packHalf");
   }
-  unpackBf16(dst: DeviceBuffer, src: DeviceBuffer, n: number): void {
-    checkBf16Lengths("cuda unpackBf16", src, dst, n);
-    this.#check(this.#lib.mb_unpack_bf16(p(dst), p(src), n), "unpackBf16");
+  unpackHalf(dst: DeviceBuffer, src: DeviceBuffer, n: number, format: HalfFormat): void {
+    checkHalfLengths("cuda unpackHalf", src, dst, n, format);
+    this.#check(this.#lib.mb_unpack_half(p(dst), p(src), n, HALF_FORMAT_CODES[format]), "unpackHalf");
   }
   addBias(out: DeviceBuffer, bias: DeviceBuffer, rows: number, cols: number): void {
     this.#check(this.#lib.mb_add_bias(p(out), p(bias), rows, cols), "addBias");
