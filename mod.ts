@@ -25,6 +25,8 @@ export {
   type DeviceBuffer,
   type DeviceChoice,
   type FloatArray,
+  HALF_FORMATS,
+  type HalfFormat,
   type IndexBuffer,
   type Int8MatmulOptions,
   type MatmulOptions,

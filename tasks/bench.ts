@@ -1,6 +1,6 @@
 /**
  * `deno task bench`: a table, per backend and model size, of training bytes/s (forward +
- * backward + AdamW; again with bf16 matmul inputs where the backend has them: cuda), decode
+ * backward + AdamW; again with bf16 and with f16 matmul inputs where the backend has them: cuda), decode
  * bytes/s at batch 1 with fp32 and with int8 weights, decode bytes/s at batch 64, and matmul
  * GFLOP/s; then, per backend and size, the selective scan alone at the training shape (forward
  * and backward time, the forward's bandwidth beside a device copy's: tasks/bench_scan.ts).
@@ -21,7 +21,14 @@
  * runs the training-parity protocol instead (tasks/bench_quality.ts).
  */
 import { parseArgs } from "node:util";
-import { type Backend, createBackend, type Device, type DeviceChoice, DEVICES } from "../lib/backend.ts";
+import {
+  type Backend,
+  createBackend,
+  type Device,
+  type DeviceChoice,
+  DEVICES,
+  type HalfFormat,
+} from "../lib/backend.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { MambaByte } from "../lib/model.ts";
@@ -48,8 +55,9 @@ interface Row {
   size: string;
   model: string;
   trainBytesPerSec: number;
-  /** The same training with bf16 matmul inputs (backends with setMatmulPrecision: cuda). */
+  /** The same training with bf16, and with f16, matmul inputs (backends with setMatmulPrecision: cuda). */
   trainBf16BytesPerSec?: number;
+  trainF16BytesPerSec?: number;
   decodeModel: string;
   decodeBytesPerSec: number;
   /** The same decode with int8 Linear weights (absent for the PyTorch reference). */
@@ -81,10 +89,15 @@ async function benchTraining(backend: Backend, size: Size, steps: number): Promi
   return n / seconds;
 }
 
-/** Training bytes/s with bf16 matmul inputs, where the backend has them (else undefined). */
-async function benchTrainingBf16(backend: Backend, size: Size, steps: number): Promise<number | undefined> {
+/** Training bytes/s with 16-bit matmul inputs, where the backend has them (else undefined). */
+async function benchTrainingHalf(
+  backend: Backend,
+  size: Size,
+  steps: number,
+  format: HalfFormat,
+): Promise<number | undefined> {
   if (!backend.setMatmulPrecision) return undefined;
-  backend.setMatmulPrecision("bf16");
+  backend.setMatmulPrecision(format);
   try {
     return await benchTraining(backend, size, steps);
   } finally {
@@ -228,7 +241,8 @@ async function main() {
       if (!s) throw new Error(`unknown size ${size}; choose from ${Object.keys(SIZES)}`);
       console.error(`${name} ${size}: ${backend.description}`);
       const trainBytesPerSec = await benchTraining(backend, size, steps);
-      const trainBf16BytesPerSec = await benchTrainingBf16(backend, size, steps);
+      const trainBf16BytesPerSec = await benchTrainingHalf(backend, size, steps, "bf16");
+      const trainF16BytesPerSec = await benchTrainingHalf(backend, size, steps, "f16");
       const decode = await benchDecode(backend, size);
       rows.push({
         backend: name,
@@ -236,6 +250,7 @@ async function main() {
         model: `D=${s.dim}×${s.depth}, ${s.batch}×${s.length}`,
         trainBytesPerSec,
         trainBf16BytesPerSec,
+        trainF16BytesPerSec,
         decodeModel: `D=${s.decodeDim}×${s.decodeDepth}`,
         decodeBytesPerSec: decode.fp32,
         decodeInt8BytesPerSec: decode.int8,
@@ -249,16 +264,18 @@ async function main() {
   }
   if (values.torch) rows.push(...await benchTorch([...new Set(rows.map((r) => r.size as Size))]));
   console.log(
-    "| backend | size | training model | train bytes/s | train bf16 bytes/s | decode model (batch 1) | " +
-      `decode bytes/s | decode int8 bytes/s | decode batch ${DECODE_BATCH} bytes/s | matmul fp32 |`,
+    "| backend | size | training model | train bytes/s | train bf16 bytes/s | train f16 bytes/s | " +
+      `decode model (batch 1) | decode bytes/s | decode int8 bytes/s | decode batch ${DECODE_BATCH} bytes/s | ` +
+      "matmul fp32 |",
   );
-  console.log("|---|---|---|---|---|---|---|---|---|---|");
+  console.log("|---|---|---|---|---|---|---|---|---|---|---|");
   const against = (value: number | undefined, base: number) =>
     value === undefined ? "" : `${format(value)} (${(value / base).toFixed(2)}×)`;
   for (const r of rows) {
     console.log(
       `| ${r.backend} | ${r.size} | ${r.model} | ${format(r.trainBytesPerSec)} | ` +
-        `${against(r.trainBf16BytesPerSec, r.trainBytesPerSec)} | ${r.decodeModel} | ` +
+        `${against(r.trainBf16BytesPerSec, r.trainBytesPerSec)} | ` +
+        `${against(r.trainF16BytesPerSec, r.trainBytesPerSec)} | ${r.decodeModel} | ` +
         `${format(r.decodeBytesPerSec)} | ${against(r.decodeInt8BytesPerSec, r.decodeBytesPerSec)} | ` +
         `${r.decodeBatchBytesPerSec === undefined ? "" : format(r.decodeBatchBytesPerSec)} | ${r.matmul} |`,
     );
