@@ -86,3 +86,60 @@ fn workgroup_max(v: f32, lid: u32) -> f32 {
   workgroupBarrier();
   return total;
 }
+
+// 16-bit floats (lib/half.ts on the host): a format code, HALF_BF16 or HALF_F16; two values per
+// 32-bit word of storage, value j in the low (j even) or the high half of word j / 2.
+const HALF_BF16: u32 = 0u;
+const HALF_F16: u32 = 1u;
+
+/**
+ * The 16 bits of x in `format`, rounded to nearest, ties to even, in integer arithmetic (WGSL
+ * leaves the rounding of f32 → f16 to the implementation); NaN stays NaN, f16 beyond 65504 (from
+ * the tie at 65520 on) becomes ±infinity.
+ */
+fn half_bits(x: f32, format: u32) -> u32 {
+  let bits = bitcast<u32>(x);
+  let magnitude = bits & 0x7fffffffu;
+  if (format == HALF_BF16) {
+    if (magnitude > 0x7f800000u) {
+      return (bits >> 16u) | 0x40u; // NaN, quiet
+    }
+    return (bits + 0x7fffu + ((bits >> 16u) & 1u)) >> 16u;
+  }
+  let sign = (bits >> 16u) & 0x8000u;
+  if (magnitude > 0x7f800000u) {
+    return sign | 0x7e00u; // NaN
+  }
+  if (magnitude >= 0x477ff000u) {
+    return sign | 0x7c00u; // 65520 and beyond: infinity
+  }
+  if (magnitude >= 0x38800000u) {
+    // normal (2^-14 and up): the exponent rebased from 127 to 15, 13 mantissa bits rounded off
+    let rebased = magnitude - 0x38000000u;
+    return sign | ((rebased + 0xfffu + ((rebased >> 13u) & 1u)) >> 13u);
+  }
+  // subnormal: a whole number of 2^-24 (exact in f32), round() going to even on ties
+  return sign | u32(round(bitcast<f32>(magnitude) * 16777216.0));
+}
+
+/** The value that 16 bits `h` of `format` stand for (exactly). */
+fn half_value(h: u32, format: u32) -> f32 {
+  if (format == HALF_BF16) {
+    return bitcast<f32>(h << 16u);
+  }
+  let sign = (h & 0x8000u) << 16u;
+  let exponent = (h >> 10u) & 0x1fu;
+  let mantissa = h & 0x3ffu;
+  if (exponent == 0u) {
+    return bitcast<f32>(sign | bitcast<u32>(ldexp(f32(mantissa), -24))); // subnormal
+  }
+  if (exponent == 31u) {
+    return bitcast<f32>(sign | 0x7f800000u | (mantissa << 13u)); // infinity, NaN
+  }
+  return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
+}
+
+/** Value e of 16-bit storage whose word e / 2 is `word`. */
+fn half_in_word(word: u32, e: u32, format: u32) -> f32 {
+  return half_value((word >> (16u * (e % 2u))) & 0xffffu, format);
+}

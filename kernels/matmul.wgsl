@@ -1,7 +1,11 @@
 // Tiled matmul: C (M, N) = op(A) (M, K) · op(B) (K, N), or C += with `accumulate`.
 // op(A)[i, p] = transA ? A[p·lda + i] : A[i·lda + p];  op(B)[p, j] = transB ? B[j·ldb + p] : B[p·ldb + j].
 //
-// Defines: TM, TN (outputs per invocation along M and N; TN a multiple of 4), BK (tile depth).
+// Defines: TM, TN (outputs per invocation along M and N; TN a multiple of 4), BK (tile depth);
+// INPUTS: 0 reads A and B as they are, 1 + a format of common.wgsl (HALF_BF16, HALF_F16) rounds
+// them to it (a 16-bit matmul precision; products and sums stay f32); A_HALF, B_HALF (with
+// INPUTS > 0): 1 when that operand is stored in 16 bits of the format (half.wgsl), indices in
+// values, view offsets in words.
 // A workgroup of 16×16 invocations computes a (16·TM, 16·TN) tile of C; each k-step stages a
 // (BK, BM) slice of op(A) and a (BK, BN) slice of op(B) in workgroup memory, loaded so that
 // consecutive invocations read consecutive addresses whatever the transposition. Invocation
@@ -20,8 +24,31 @@ var<workgroup> tile_a: array<f32, BK * BM>; // [p][i]
 var<workgroup> tile_b: array<vec4<f32>, BK * BN / 4u>; // [p][j / 4][j % 4]
 
 @group(0) @binding(1) var<storage, read_write> c: array<f32>;
-@group(0) @binding(2) var<storage, read> a: array<f32>;
-@group(0) @binding(3) var<storage, read> b: array<f32>;
+@group(0) @binding(2) var<storage, read> a: array<u32>; // f32 bits, or two 16-bit values per word
+@group(0) @binding(3) var<storage, read> b: array<u32>;
+
+/** An f32 input as the matmul's precision takes it. */
+fn matmul_input(x: f32) -> f32 {
+  if (INPUTS == 0u) {
+    return x;
+  }
+  return half_value(half_bits(x, INPUTS - 1u), INPUTS - 1u);
+}
+
+/** Element e of A's view, whose offset is `o` words. */
+fn load_a(o: u32, e: u32) -> f32 {
+  if (A_HALF == 1u) {
+    return half_in_word(a[o + e / 2u], e, INPUTS - 1u);
+  }
+  return matmul_input(bitcast<f32>(a[o + e]));
+}
+
+fn load_b(o: u32, e: u32) -> f32 {
+  if (B_HALF == 1u) {
+    return half_in_word(b[o + e / 2u], e, INPUTS - 1u);
+  }
+  return matmul_input(bitcast<f32>(b[o + e]));
+}
 
 // ints: m, n, k, lda, ldb, ldc, transA, transB, accumulate, k_split.
 // Grid: (ceil(N / BN), ceil(M / BM), splits).
@@ -60,7 +87,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
       let gp = p0 + p;
       var v = 0.0;
       if (gi < M && gp < k_end) {
-        v = a[oa + select(gi * lda + gp, gp * lda + gi, trans_a)];
+        v = load_a(oa, select(gi * lda + gp, gp * lda + gi, trans_a));
       }
       tile_a[p * BM + i] = v;
     }
@@ -75,7 +102,7 @@ fn matmul(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_id) l
       let gp = p0 + p;
       var v = 0.0;
       if (gj < N && gp < k_end) {
-        v = b[ob + select(gp * ldb + gj, gj * ldb + gp, trans_b)];
+        v = load_b(ob, select(gp * ldb + gj, gj * ldb + gp, trans_b));
       }
       tile_b[(p * BN + j) / 4u][j % 4u] = v;
     }

@@ -67,7 +67,7 @@ export interface TrainSettings {
   optimizer_bits?: OptimizerBits;
   /**
    * The training matmuls' inputs: "fp32", or "bf16" or "f16" (rounded so: on cuda's tensor cores,
-   * or emulated on cpu; sums in fp32). With bf16 or f16 the activations that matmuls read are kept
+   * in webgpu's shaders, or emulated on cpu; sums in fp32). With bf16 or f16 the activations that matmuls read are kept
    * in 16 bits (ActivationLayout "half"); weights, gradients and optimizer state stay fp32. f16
    * trains with dynamic loss scaling (lib/loss_scale.ts). Absent: fp32.
    */
@@ -449,14 +449,14 @@ export async function evaluateBpb(model: MambaByte, batches: Batch[]): Promise<n
 
 /**
  * Sets the backend's matmul precision for a run's dtype; bf16 and f16 need a backend with 16-bit
- * matmuls (cuda; cpu emulates them), and say so.
+ * matmuls (cuda; webgpu and cpu round their inputs so), and say so.
  */
 export function useDtype(backend: Backend, dtype: Dtype): void {
   if (!DTYPES.includes(dtype)) throw new Error(`unknown dtype "${dtype}"; choose ${DTYPES.join(", ")}`);
   if (backend.setMatmulPrecision) backend.setMatmulPrecision(dtype);
   else if (dtype !== "fp32") {
     throw new Error(
-      `dtype ${dtype} needs 16-bit matmuls: cuda has them on tensor cores (cpu emulates them); ` +
+      `dtype ${dtype} needs 16-bit matmul inputs (cuda: on tensor cores; webgpu and cpu round them in their kernels); ` +
         `${backend.device} trains in fp32`,
     );
   }

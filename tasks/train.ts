@@ -64,8 +64,8 @@ const SPECS = {
   dtype: {
     kind: "string",
     choices: DTYPES,
-    help: "matmul inputs: fp32, or bf16 or f16 on cuda's tensor cores (their activations kept in 16 bits; " +
-      "sums, weights, moments fp32; f16 with dynamic loss scaling)",
+    help: "matmul inputs: fp32, or bf16 or f16 (cuda: on tensor cores; webgpu: rounded in its shaders), " +
+      "their activations kept in 16 bits; sums, weights, moments fp32; f16 with dynamic loss scaling",
   },
   "loss-scale": num(
     "f16: the loss scale to start from (halved on overflow, doubled after 2000 good steps)",

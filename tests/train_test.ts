@@ -106,11 +106,11 @@ Deno.test("a corpus shorter than seq-len + 1 is an error before anything is writ
 
 Deno.test("dtype bf16 on a backend without 16-bit matmuls is an error before anything is written", async () => {
   const dir = await Deno.makeTempDir();
-  const fp32Only = new CpuBackend(); // as webgpu: no setMatmulPrecision
+  const fp32Only = new CpuBackend(); // a backend without setMatmulPrecision
   Object.defineProperty(fp32Only, "setMatmulPrecision", { value: undefined });
   await assert.rejects(
     () => train({ ...settings(`${dir}/run`), dtype: "bf16" }, fp32Only, corpus()),
-    /dtype bf16 needs 16-bit matmuls: cuda has them on tensor cores \(cpu emulates them\); cpu trains in fp32/,
+    /dtype bf16 needs 16-bit matmul inputs \(cuda: on tensor cores; webgpu and cpu round them in their kernels\); cpu trains in fp32/,
   );
   assert.deepEqual([...Deno.readDirSync(dir)], []);
   await Deno.remove(dir, { recursive: true });

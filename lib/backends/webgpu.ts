@@ -4,17 +4,24 @@
  * machine) or a browser's. Ops are recorded lazily into one compute pass (webgpu_runtime.ts);
  * nothing is read back except by `read` and `sumOfSquares`.
  */
-import type {
-  AdamWOptions,
-  Backend,
-  ConvDims,
-  DeviceBuffer,
-  FloatArray,
-  IndexBuffer,
-  Int8MatmulOptions,
-  MatmulOptions,
-  ScanDims,
-  ScanStepDims,
+import {
+  type AdamWOptions,
+  type Backend,
+  checkHalfLengths,
+  checkHalfOperands,
+  type ConvDims,
+  type DeviceBuffer,
+  type FloatArray,
+  HALF_FORMATS,
+  halfFloats,
+  type HalfFormat,
+  halfFormatOf,
+  type IndexBuffer,
+  type Int8MatmulOptions,
+  type MatmulOptions,
+  type MatmulPrecision,
+  type ScanDims,
+  type ScanStepDims,
 } from "../backend.ts";
 import { checkAdamw8bitLengths } from "../quant8.ts";
 import { checkMatmulInt8 } from "../quantize.ts";
@@ -107,9 +114,17 @@ function quietHeadlessVulkan(): void {
   }
 }
 
+/** kernels/matmul.wgsl's input defines: INPUTS 0 (f32 as is) or 1 + a HALF_FORMATS index, and which operands are stored so. */
+interface HalfInputs {
+  INPUTS: number;
+  A_HALF: number;
+  B_HALF: number;
+}
+const FP32_INPUTS: HalfInputs = { INPUTS: 0, A_HALF: 0, B_HALF: 0 };
+
 /** Defines for the startup compile check of the kernels that need them. */
 const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string, number>>> = {
-  matmul: { TM: 4, TN: 4, BK: 16 },
+  matmul: { TM: 4, TN: 4, BK: 16, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1 },
   matmul_int8: { ROWS: 1 },
   scan: { NS: 16, CH: SCAN_CHANNELS, T: SCAN_BACKWARD_CHUNK },
@@ -144,7 +159,10 @@ export class WebGpuBackend implements Backend {
   /** The device's maxComputeWorkgroupStorageSize (read once: the limits getter is not free). */
   readonly #workgroupStorage: number;
 
-  constructor(runtime: GpuRuntime, readonly description: string) {
+  /** How the matmuls round their inputs (see setMatmulPrecision). */
+  #matmulPrecision: MatmulPrecision = "fp32";
+
+  constructor(runtime: GpuRuntime, readonly adapterName: string) {
     this.#rt = runtime;
     this.#workgroupStorage = runtime.device.limits.maxComputeWorkgroupStorageSize;
     this.moe = new WebGpuMoeOps((d) => this.#run(d), (length) => this.#work(length), gv);
@@ -152,6 +170,28 @@ export class WebGpuBackend implements Backend {
 
   get #gpu(): GPUDevice {
     return this.#rt.device;
+  }
+
+  get description(): string {
+    const inputs = this.#matmulPrecision === "fp32" ? "" : `, ${this.#matmulPrecision} matmul inputs`;
+    return `${this.adapterName}${inputs}`;
+  }
+
+  get matmulPrecision(): MatmulPrecision {
+    return this.#matmulPrecision;
+  }
+
+  /**
+   * "bf16" or "f16": the matmuls round their inputs so in the shaders (products and sums in f32,
+   * as the cpu backend emulates it; no faster without tensor cores), and packHalf's 16-bit
+   * storage halves what training keeps of those inputs; decode's few-row products stay exact.
+   * No tf32.
+   */
+  setMatmulPrecision(precision: MatmulPrecision): void {
+    if (precision !== "fp32" && !halfFormatOf(precision)) {
+      throw new Error(`webgpu: unsupported matmul precision "${precision}"; choose fp32, bf16 or f16`);
+    }
+    this.#matmulPrecision = precision;
   }
 
   #buffer(bytes: number): GPUBuffer {
@@ -300,10 +340,12 @@ export class WebGpuBackend implements Backend {
     const lda = options.lda ?? (transA ? m : k);
     const ldb = options.ldb ?? (transB ? k : n);
     const ldc = options.ldc ?? n;
+    checkHalfOperands("webgpu", this.#matmulPrecision, options);
     const [cv, av, bv] = [gv(c), gv(a), gv(b)];
+    const half = this.#halfInputs(options);
     const aligned = k % 4 === 0 && n % 4 === 0 && [lda, ldb, ldc].every((ld) => ld % 4 === 0) &&
       [cv, av, bv].every((v) => this.#vec4Bindable(v));
-    if (aligned && m <= MAX_GEMV_ROWS && !transA && transB) {
+    if (aligned && m <= MAX_GEMV_ROWS && !transA && transB && !half?.A_HALF && !half?.B_HALF) {
       this.#run({
         file: "matmul_vec4",
         entry: "gemv_vec4",
@@ -314,7 +356,7 @@ export class WebGpuBackend implements Backend {
       });
       return;
     }
-    const kernel = this.#matmulKernel(aligned, m, n, k, lda, ldb, transA, transB);
+    const kernel = this.#matmulKernel(aligned && !half, m, n, k, lda, ldb, transA, transB, half);
     const grid = [Math.ceil(n / kernel.tileN), Math.ceil(m / kernel.tileM)] as const;
     // Few output tiles over a long k (weight gradients: k = B·L) split k across workgroups.
     const splits = Math.min(
@@ -350,6 +392,35 @@ export class WebGpuBackend implements Backend {
     });
   }
 
+  /** The matmul's defines for a 16-bit precision (general kernel only); null at fp32. */
+  #halfInputs(options: MatmulOptions): HalfInputs | null {
+    const format = halfFormatOf(this.#matmulPrecision);
+    if (!format) return null;
+    return { INPUTS: 1 + HALF_FORMATS.indexOf(format), A_HALF: +!!options.aHalf, B_HALF: +!!options.bHalf };
+  }
+
+  packHalf(dst: DeviceBuffer, src: DeviceBuffer, n: number, format: HalfFormat): void {
+    checkHalfLengths("webgpu packHalf", dst, src, n, format);
+    this.#run({
+      file: "half",
+      entry: "pack_half",
+      bindings: [gv(dst), gv(src)],
+      ints: [n, HALF_FORMATS.indexOf(format)],
+      groups: per256(halfFloats(n)),
+    });
+  }
+
+  unpackHalf(dst: DeviceBuffer, src: DeviceBuffer, n: number, format: HalfFormat): void {
+    checkHalfLengths("webgpu unpackHalf", src, dst, n, format);
+    this.#run({
+      file: "half",
+      entry: "unpack_half",
+      bindings: [undefined, undefined, gv(dst), gv(src)],
+      ints: [n, HALF_FORMATS.indexOf(format)],
+      groups: per256(n),
+    });
+  }
+
   /**
    * The matmul kernel for a shape: the vec4 kernel (128×128 tiles) when every operand allows
    * 16-byte loads (`aligned`: K, N, strides and view offsets multiples of 4; M too for transA), else the general one (128×128 tiles for big outputs, 64×64 for small ones).
@@ -363,6 +434,7 @@ export class WebGpuBackend implements Backend {
     ldb: number,
     transA: boolean,
     transB: boolean,
+    half: HalfInputs | null,
   ) {
     const dims = [m, n, k];
     if (aligned && (!transA || m % 4 === 0) && m >= MIN_VEC4_ROWS) {
@@ -380,7 +452,11 @@ export class WebGpuBackend implements Backend {
     }
     const tile = m >= 1024 && n >= 1024 ? { TM: 8, TN: 8, BK: 8 } : { TM: 4, TN: 4, BK: 16 };
     return {
-      base: { file: "matmul" as const, entry: "matmul", defines: tile },
+      base: {
+        file: "matmul" as const,
+        entry: "matmul",
+        defines: { ...tile, ...(half ?? FP32_INPUTS) } as Record<string, number>,
+      },
       tileM: 16 * tile.TM,
       tileN: 16 * tile.TN,
       depth: tile.BK,

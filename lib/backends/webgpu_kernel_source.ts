@@ -11,6 +11,7 @@ export const KERNEL_FILES = [
   "matmul",
   "matmul_vec4",
   "matmul_int8",
+  "half",
   "bias",
   "embedding",
   "rmsnorm",
