@@ -37,6 +37,55 @@ export function maxRelativeError(actual: ArrayLike<number>, expected: ArrayLike<
 }
 
 /**
+ * Trains `config` at a 16-bit matmul precision on `backend` and on the cpu's emulation of it
+ * (same seed, `steps` AdamW steps on one batch of shape [B, L], the half activation layout on
+ * both), and checks the first step's gradients to 1e-2 and the losses to 1e-3: the same 16-bit
+ * products, summed in f32 in another order, some values landing on the other side of a rounding.
+ */
+export async function expectHalfTrainingMatchesCpu(
+  backend: Backend,
+  format: HalfFormat,
+  config: MambaConfig,
+  shape: [number, number],
+  steps: number,
+  lr: number,
+): Promise<void> {
+  const n = shape[0] * shape[1];
+  const inputs = Array.from({ length: n }, (_, i) => 97 + ((i * 11) % 26));
+  const targets = inputs.map((x) => 97 + ((x - 95) % 26));
+  const run = async (be: Backend) => {
+    be.setMatmulPrecision!(format);
+    try {
+      const model = new MambaByte(config, { backend: be, seed: 5 });
+      assert.equal(model.activationLayout, "half");
+      const optimizer = new AdamW(be, model.table);
+      const losses: number[] = [];
+      let grads: FloatArray | null = null;
+      for (let step = 1; step <= steps; step++) {
+        model.zeroGrad();
+        losses.push((await model.lossAndBackward(inputs, targets, shape)).loss);
+        grads ??= await be.read(model.grads);
+        optimizer.step(model.params, model.grads, lr, step);
+      }
+      optimizer.free();
+      model.dispose();
+      return { losses, grads: grads! };
+    } finally {
+      be.setMatmulPrecision!("fp32");
+    }
+  };
+  const ours = await run(backend), reference = await run(new CpuBackend({ threads: 1 }));
+  const gradError = maxRelativeError(ours.grads, reference.grads);
+  assert.ok(gradError <= 1e-2, `first step's gradients: max relative error ${gradError.toExponential(2)}`);
+  assert.ok(reference.losses[steps - 1] < reference.losses[0], "the reference learns");
+  const lossError = maxRelativeError(ours.losses, reference.losses);
+  assert.ok(
+    lossError <= 1e-3,
+    `losses ${ours.losses.map((x) => x.toFixed(4))} vs ${reference.losses.map((x) => x.toFixed(4))}`,
+  );
+}
+
+/**
  * Decodes the two sequences of `inputs` (2, 23) byte by byte and checks every step's logits
  * against the forward pass's `logits` (2, 23, 256), to 1e-4 relative.
  */

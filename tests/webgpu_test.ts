@@ -13,10 +13,8 @@ import { createWebGpuBackend } from "../lib/backends/webgpu.ts";
 import { loadKernelSources } from "../lib/backends/webgpu_kernel_source.ts";
 import { GpuRuntime } from "../lib/backends/webgpu_runtime.ts";
 import { MambaConfig } from "../lib/config.ts";
-import { MambaByte } from "../lib/model.ts";
-import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
-import { conformanceSuite, maxRelativeError } from "./backend_conformance.ts";
+import { conformanceSuite, expectHalfTrainingMatchesCpu } from "./backend_conformance.ts";
 
 const TOLERANCE = 1e-4;
 
@@ -407,44 +405,22 @@ Deno.test({ name: "webgpu: a WGSL error names the kernel file, line and column",
 });
 
 for (const format of ["bf16", "f16"] as const) {
-  Deno.test({
-    name:
-      `webgpu: training at ${format} (16-bit activations) gives the cpu's ${format} emulation's gradients and losses`,
-    ignore,
-  }, async () => {
-    const config = new MambaConfig({ dim: 16, depth: 2, d_state: 4, bias: true });
-    const inputs = Array.from({ length: 2 * 40 }, (_, i) => 97 + ((i * 11) % 26));
-    const targets = inputs.map((x) => 97 + ((x - 95) % 26));
-    const run = async (be: Backend) => {
-      be.setMatmulPrecision!(format);
-      try {
-        const model = new MambaByte(config, { backend: be, seed: 5 });
-        assert.equal(model.activationLayout, "half");
-        const optimizer = new AdamW(be, model.table);
-        const losses: number[] = [];
-        let grads: Float32Array | Float64Array | null = null;
-        for (let step = 1; step <= 5; step++) {
-          model.zeroGrad();
-          losses.push((await model.lossAndBackward(inputs, targets, [2, 40])).loss);
-          grads ??= await be.read(model.grads);
-          optimizer.step(model.params, model.grads, 1e-2, step);
-        }
-        optimizer.free();
-        model.dispose();
-        return { losses, grads: grads! };
-      } finally {
-        be.setMatmulPrecision!("fp32");
-      }
-    };
-    const ours = await run(gpu!), reference = await run(new CpuBackend({ threads: 1 }));
-    // the same 16-bit products summed in f32 in another order, some values landing on the other
-    // side of a rounding
-    const gradError = maxRelativeError(ours.grads, reference.grads);
-    assert.ok(gradError <= 1e-2, `first step's gradients: max relative error ${gradError.toExponential(2)}`);
-    assert.ok(reference.losses[4] < reference.losses[0], "the reference learns");
-    const lossError = maxRelativeError(ours.losses, reference.losses);
-    assert.ok(lossError <= 1e-3, `losses ${ours.losses} vs ${reference.losses}`);
-  });
+  Deno.test(
+    {
+      name:
+        `webgpu: training at ${format} (16-bit activations) gives the cpu's ${format} emulation's gradients and losses`,
+      ignore,
+    },
+    () =>
+      expectHalfTrainingMatchesCpu(
+        gpu!,
+        format,
+        new MambaConfig({ dim: 16, depth: 2, d_state: 4, bias: true }),
+        [2, 40],
+        5,
+        1e-2,
+      ),
+  );
 }
 
 Deno.test({ name: "webgpu: tf32 is refused, naming the precisions it has", ignore }, () => {
