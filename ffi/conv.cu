@@ -6,6 +6,7 @@
 // the current step backwards (hx[j] = x[t - j]) and padded to kK ≥ K with zero weights, so every
 // register index is a compile-time constant.
 #include "common.cuh"
+#include "conv_step.cuh"
 
 namespace {
 
@@ -146,15 +147,8 @@ __global__ void conv_step_kernel(float* out, float* state, const float* x, const
   mb_grid_wait();
   int64_t n = (int64_t)batch * channels;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    int c = i % channels, b = i / channels, S = width - 1;
-    float* st = state + i * S;
-    float xv = x[(int64_t)b * x_stride + c];
-    float acc = bias ? bias[c] : 0.0f;
-    for (int k = 0; k < S; k++) acc += w[c * width + k] * st[k];
-    acc += w[c * width + S] * xv;
-    out[i] = acc * mb_sigmoid(acc);
-    for (int k = 0; k + 1 < S; k++) st[k] = st[k + 1];
-    if (S > 0) st[S - 1] = xv;
+    int c = i % channels, b = i / channels;
+    out[i] = conv_step(state + i * (width - 1), w, bias, c, width, x[(int64_t)b * x_stride + c]);
   }
 }
 
