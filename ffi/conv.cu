@@ -157,15 +157,13 @@ dim3 conv_grid(const ConvShape& s) {
   return dim3((s.channels + kChannels - 1) / kChannels, (unsigned)((runs + kRunsY - 1) / kRunsY));
 }
 
-constexpr int kMaxWidth = 8;
-
 }  // namespace
 
 extern "C" {
 
 int mb_conv1d_silu(uint64_t out, uint64_t x, uint64_t weight, uint64_t bias, int batch, int length, int channels,
                    int width, int x_stride) {
-  if (width > kMaxWidth) return mb_fail("conv1d_silu: d_conv %d is above the supported %d", width, kMaxWidth);
+  if (width > kConvMaxWidth) return mb_fail("conv1d_silu: d_conv %d is above the supported %d", width, kConvMaxWidth);
   if ((int64_t)batch * length * channels <= 0) return 0;
   ConvShape s{batch, length, channels, width, x_stride};
   dim3 block(kChannels, kRunsY);
@@ -174,7 +172,7 @@ int mb_conv1d_silu(uint64_t out, uint64_t x, uint64_t weight, uint64_t bias, int
   if (width <= 4) {
     conv_kernel<4><<<conv_grid(s), block, 0, mb_stream()>>>(o, xp, wp, bp, s);
   } else {
-    conv_kernel<kMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(o, xp, wp, bp, s);
+    conv_kernel<kConvMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(o, xp, wp, bp, s);
   }
   MB_LAUNCHED("conv1d_silu");
   return 0;
@@ -183,7 +181,9 @@ int mb_conv1d_silu(uint64_t out, uint64_t x, uint64_t weight, uint64_t bias, int
 int mb_conv1d_silu_backward(uint64_t dx, uint64_t dweight, uint64_t dbias, uint64_t dout, uint64_t x,
                             uint64_t weight, uint64_t bias, int batch, int length, int channels, int width,
                             int x_stride) {
-  if (width > kMaxWidth) return mb_fail("conv1d_silu_backward: d_conv %d is above the supported %d", width, kMaxWidth);
+  if (width > kConvMaxWidth) {
+    return mb_fail("conv1d_silu_backward: d_conv %d is above the supported %d", width, kConvMaxWidth);
+  }
   if ((int64_t)batch * length * channels <= 0) return 0;
   ConvShape s{batch, length, channels, width, x_stride};
   dim3 block(kChannels, kRunsY);
@@ -193,7 +193,7 @@ int mb_conv1d_silu_backward(uint64_t dx, uint64_t dweight, uint64_t dbias, uint6
   if (width <= 4) {
     conv_backward_kernel<4><<<conv_grid(s), block, 0, mb_stream()>>>(dxp, dwp, dbp, dop, xp, wp, bp, s);
   } else {
-    conv_backward_kernel<kMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(dxp, dwp, dbp, dop, xp, wp, bp, s);
+    conv_backward_kernel<kConvMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(dxp, dwp, dbp, dop, xp, wp, bp, s);
   }
   MB_LAUNCHED("conv1d_silu_backward");
   return 0;

@@ -4,6 +4,10 @@
 
 #include "common.cuh"
 
+// The widest conv (d_conv) the library takes: the forward and backward kernels keep their windows
+// in registers.
+constexpr int kConvMaxWidth = 8;
+
 // Channel c of one sequence at one position x: returns silu(bias[c] + Σ_k w[c, k] · state[k] +
 // w[c, K-1] · x) with weight (C, K), bias (C) or null and state the channel's K-1 previous
 // inputs, oldest first; then state shifts left and takes x.
