@@ -20,6 +20,7 @@ export {
 } from "./lib/model.ts";
 export {
   type Backend,
+  type ConvStepOperands,
   createBackend,
   type Device,
   type DeviceBuffer,

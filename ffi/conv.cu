@@ -6,6 +6,7 @@
 // the current step backwards (hx[j] = x[t - j]) and padded to kK ≥ K with zero weights, so every
 // register index is a compile-time constant.
 #include "common.cuh"
+#include "conv_step.cuh"
 
 namespace {
 
@@ -146,15 +147,8 @@ __global__ void conv_step_kernel(float* out, float* state, const float* x, const
   mb_grid_wait();
   int64_t n = (int64_t)batch * channels;
   for (int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x; i < n; i += (int64_t)gridDim.x * blockDim.x) {
-    int c = i % channels, b = i / channels, S = width - 1;
-    float* st = state + i * S;
-    float xv = x[(int64_t)b * x_stride + c];
-    float acc = bias ? bias[c] : 0.0f;
-    for (int k = 0; k < S; k++) acc += w[c * width + k] * st[k];
-    acc += w[c * width + S] * xv;
-    out[i] = acc * mb_sigmoid(acc);
-    for (int k = 0; k + 1 < S; k++) st[k] = st[k + 1];
-    if (S > 0) st[S - 1] = xv;
+    int c = i % channels, b = i / channels;
+    out[i] = conv_step(state + i * (width - 1), w, bias, c, width, x[(int64_t)b * x_stride + c]);
   }
 }
 
@@ -163,15 +157,13 @@ dim3 conv_grid(const ConvShape& s) {
   return dim3((s.channels + kChannels - 1) / kChannels, (unsigned)((runs + kRunsY - 1) / kRunsY));
 }
 
-constexpr int kMaxWidth = 8;
-
 }  // namespace
 
 extern "C" {
 
 int mb_conv1d_silu(uint64_t out, uint64_t x, uint64_t weight, uint64_t bias, int batch, int length, int channels,
                    int width, int x_stride) {
-  if (width > kMaxWidth) return mb_fail("conv1d_silu: d_conv %d is above the supported %d", width, kMaxWidth);
+  if (width > kConvMaxWidth) return mb_fail("conv1d_silu: d_conv %d is above the supported %d", width, kConvMaxWidth);
   if ((int64_t)batch * length * channels <= 0) return 0;
   ConvShape s{batch, length, channels, width, x_stride};
   dim3 block(kChannels, kRunsY);
@@ -180,7 +172,7 @@ int mb_conv1d_silu(uint64_t out, uint64_t x, uint64_t weight, uint64_t bias, int
   if (width <= 4) {
     conv_kernel<4><<<conv_grid(s), block, 0, mb_stream()>>>(o, xp, wp, bp, s);
   } else {
-    conv_kernel<kMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(o, xp, wp, bp, s);
+    conv_kernel<kConvMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(o, xp, wp, bp, s);
   }
   MB_LAUNCHED("conv1d_silu");
   return 0;
@@ -189,7 +181,9 @@ int mb_conv1d_silu(uint64_t out, uint64_t x, uint64_t weight, uint64_t bias, int
 int mb_conv1d_silu_backward(uint64_t dx, uint64_t dweight, uint64_t dbias, uint64_t dout, uint64_t x,
                             uint64_t weight, uint64_t bias, int batch, int length, int channels, int width,
                             int x_stride) {
-  if (width > kMaxWidth) return mb_fail("conv1d_silu_backward: d_conv %d is above the supported %d", width, kMaxWidth);
+  if (width > kConvMaxWidth) {
+    return mb_fail("conv1d_silu_backward: d_conv %d is above the supported %d", width, kConvMaxWidth);
+  }
   if ((int64_t)batch * length * channels <= 0) return 0;
   ConvShape s{batch, length, channels, width, x_stride};
   dim3 block(kChannels, kRunsY);
@@ -199,7 +193,7 @@ int mb_conv1d_silu_backward(uint64_t dx, uint64_t dweight, uint64_t dbias, uint6
   if (width <= 4) {
     conv_backward_kernel<4><<<conv_grid(s), block, 0, mb_stream()>>>(dxp, dwp, dbp, dop, xp, wp, bp, s);
   } else {
-    conv_backward_kernel<kMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(dxp, dwp, dbp, dop, xp, wp, bp, s);
+    conv_backward_kernel<kConvMaxWidth><<<conv_grid(s), block, 0, mb_stream()>>>(dxp, dwp, dbp, dop, xp, wp, bp, s);
   }
   MB_LAUNCHED("conv1d_silu_backward");
   return 0;

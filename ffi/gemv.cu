@@ -7,11 +7,12 @@
 namespace {
 
 // V: floats per load (4: float4, 1: scalar). C[m, n] = Σ_k A[m, k] · B[n, k] (+ C[m, n]); with
-// kNorm, C[m, n] = rstd[m] · Σ_k A[m, k] · norm[k] · B[n, k], rmsnorm(A) · Bᵀ.
+// kNorm, C[m, n] = rstd[m] · Σ_k A[m, k] · norm[k] · B[n, k], rmsnorm(A) · Bᵀ; then the conv step,
+// if any (gemv_store).
 template <int kM, int V, int kSplit, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(float* c, const float* a, const float* b, int n, int k,
                                                             int lda, int ldb, int ldc, bool accumulate,
-                                                            const float* norm, float eps) {
+                                                            const float* norm, float eps, GemvConv conv) {
   using Vec = typename std::conditional<V == 4, float4, float>::type;
   gemv_prefetch_then_wait<kSplit>(b, n, (int64_t)ldb * sizeof(float), (int64_t)k * sizeof(float));
   float rstd[kM];
@@ -39,39 +40,35 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_kernel(float* c, const floa
   if (t.row >= n || t.part != 0) return;
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    if (t.lane == m) {
-      float* out = c + (int64_t)m * ldc + t.row;
-      float value = kNorm ? rstd[m] * acc[m] : acc[m];
-      *out = accumulate ? *out + value : value;
-    }
+    if (t.lane == m) gemv_store(c, ldc, m, t.row, kNorm ? rstd[m] * acc[m] : acc[m], accumulate, conv);
   }
 }
 
 template <int kM, int V, bool kNorm>
 void launch_vec(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate,
-                const float* norm, float eps) {
+                const float* norm, float eps, const GemvConv& conv) {
   const int split = gemv_split(n, k / V);
   auto kernel = split == 1   ? gemv_kernel<kM, V, 1, kNorm>
                 : split == 2 ? gemv_kernel<kM, V, 2, kNorm>
                 : split == 4 ? gemv_kernel<kM, V, 4, kNorm>
                              : gemv_kernel<kM, V, 8, kNorm>;
   mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, b, n, k, lda, ldb, ldc, accumulate, norm,
-                      eps);
+                      eps, conv);
 }
 
 template <int kM>
 void launch(float* c, const float* a, const float* b, int n, int k, int lda, int ldb, int ldc, bool accumulate,
-            bool vec, const float* norm, float eps) {
+            bool vec, const float* norm, float eps, const GemvConv& conv) {
   if (norm) {
     if (vec) {
-      launch_vec<kM, 4, true>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
+      launch_vec<kM, 4, true>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps, conv);
     } else {
-      launch_vec<kM, 1, true>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
+      launch_vec<kM, 1, true>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps, conv);
     }
   } else if (vec) {
-    launch_vec<kM, 4, false>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
+    launch_vec<kM, 4, false>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps, conv);
   } else {
-    launch_vec<kM, 1, false>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps);
+    launch_vec<kM, 1, false>(c, a, b, n, k, lda, ldb, ldc, accumulate, norm, eps, conv);
   }
 }
 
@@ -80,26 +77,32 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 }  // namespace
 
 int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool trans_a, bool trans_b,
-            bool accumulate, int lda, int ldb, int ldc, const float* norm, float eps) {
+            bool accumulate, int lda, int ldb, int ldc, const float* norm, float eps, GemvConv conv) {
   if (trans_a || !trans_b || m < 1 || m > kGemvMaxRows || k < 1) return -1;
   if (lda < k || ldb < k || ldc < n) return -1;  // let cuBLAS report bad leading dimensions
   bool vec = k % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(norm);
   switch (m) {
-    case 1: launch<1>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
-    case 2: launch<2>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
-    case 3: launch<3>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
-    case 4: launch<4>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
-    case 5: launch<5>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
-    case 6: launch<6>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
-    case 7: launch<7>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
-    default: launch<8>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps); break;
+    case 1: launch<1>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
+    case 2: launch<2>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
+    case 3: launch<3>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
+    case 4: launch<4>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
+    case 5: launch<5>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
+    case 6: launch<6>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
+    case 7: launch<7>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
+    default: launch<8>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;
   }
   MB_LAUNCHED(norm ? "rmsnorm_matmul (gemv)" : "matmul (gemv)");
   return 0;
 }
 
-extern "C" int mb_rmsnorm_matmul(uint64_t c, uint64_t a, uint64_t norm, uint64_t w, int m, int n, int k, float eps) {
-  if (gemv_check_decode_shape("rmsnorm_matmul", m, n, k)) return 1;
+extern "C" int mb_rmsnorm_matmul(uint64_t c, uint64_t a, uint64_t norm, uint64_t w, int m, int n, int k, float eps,
+                                 uint64_t conv_out, uint64_t conv_state, uint64_t conv_weight, uint64_t conv_bias,
+                                 int conv_channels, int conv_width) {
+  GemvConv conv;
+  if (gemv_check_decode("rmsnorm_matmul", m, n, k, conv_out, conv_state, conv_weight, conv_bias, conv_channels,
+                        conv_width, &conv)) {
+    return 1;
+  }
   return mb_gemv(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const float>(w), m, n, k, false, true, false, k, k,
-                 n, mb_ptr<const float>(norm), eps);
+                 n, mb_ptr<const float>(norm), eps, conv);
 }

@@ -6,24 +6,50 @@
 #pragma once
 
 #include "common.cuh"
+#include "conv_step.cuh"
 
 constexpr int kGemvMaxRows = 8;
 constexpr int kGemvThreads = 256;
 constexpr int kGemvWarps = kGemvThreads / 32;
 
+// The decode conv step fused into the GEMV in front of it (in_proj): the columns
+// 0 .. channels-1 of each row m of C are the step's inputs, out (M, channels) = silu(conv over
+// [state (M, channels, width-1), C[m, :channels]]) and the state shifts (conv_step.cuh). The lane
+// that stores C[m, c] takes channel c of row m, the only one to touch its state. out null: no conv.
+struct GemvConv {
+  float* out;
+  float* state;
+  const float* weight;  // (channels, width)
+  const float* bias;    // (channels) or null
+  int channels, width;
+};
+
 // Enqueues the product when it has the shape above; returns 0 when done, -1 when the shape is
 // not one for this kernel (the caller uses cuBLAS), 1 on a launch failure.
-// With `norm` (K values, else null), A's rows are taken through rmsnorm first (rmsnorm_matmul).
+// With `norm` (K values, else null), A's rows are taken through rmsnorm first (rmsnorm_matmul);
+// with `conv`, the conv step follows in the same kernel.
 int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool trans_a, bool trans_b,
-            bool accumulate, int lda, int ldb, int ldc, const float* norm = nullptr, float eps = 0.0f);
+            bool accumulate, int lda, int ldb, int ldc, const float* norm = nullptr, float eps = 0.0f,
+            GemvConv conv = {});
 
 // The checks of the rmsnorm-fused GEMVs' entry points (`op` names the one in the message): 0 when
-// M, N and K make a decode step, 1 with the library's error set otherwise.
-inline int gemv_check_decode_shape(const char* op, int m, int n, int k) {
+// M, N and K make a decode step and the conv operands (out 0: none) fit its N columns, with `conv`
+// set from them; 1 with the library's error set otherwise.
+inline int gemv_check_decode(const char* op, int m, int n, int k, uint64_t conv_out, uint64_t conv_state,
+                             uint64_t conv_weight, uint64_t conv_bias, int channels, int width, GemvConv* conv) {
   if (mb_require_init()) return 1;
   if (m < 1 || m > kGemvMaxRows || n < 1 || k < 1) {
     return mb_fail("%s: M=%d N=%d K=%d (need 1 <= M <= %d, N and K >= 1: a decode step)", op, m, n, k, kGemvMaxRows);
   }
+  *conv = {};
+  if (!conv_out) return 0;
+  if (channels < 1 || channels > n || width < 1 || width > kConvMaxWidth) {
+    return mb_fail("%s: conv step of %d channels, width %d (need 1 <= channels <= N=%d and 1 <= width <= %d)", op,
+                   channels, width, n, kConvMaxWidth);
+  }
+  if (!conv_state || !conv_weight) return mb_fail("%s: conv step without its state or weight", op);
+  *conv = {mb_ptr<float>(conv_out), mb_ptr<float>(conv_state), mb_ptr<const float>(conv_weight),
+           mb_ptr<const float>(conv_bias), channels, width};
   return 0;
 }
 
@@ -92,6 +118,19 @@ __device__ inline void gemv_sum(float (&acc)[kM]) {
         acc[m] = total;
       }
     }
+  }
+}
+
+// C[m, row] (rows ldc apart) = value, or += with accumulate; with a conv, a column below its
+// channels then takes the conv step of row m.
+__device__ inline void gemv_store(float* c, int64_t ldc, int m, int row, float value, bool accumulate,
+                                  const GemvConv& conv) {
+  float* out = c + m * ldc + row;
+  value = accumulate ? *out + value : value;
+  *out = value;
+  if (conv.out && row < conv.channels) {
+    const int64_t i = (int64_t)m * conv.channels + row;
+    conv.out[i] = conv_step(conv.state + i * (conv.width - 1), conv.weight, conv.bias, row, conv.width, value);
   }
 }
 

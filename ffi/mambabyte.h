@@ -83,10 +83,17 @@ MB_API int mb_add_bias_backward(uint64_t dbias, uint64_t dout, int rows, int col
  * At most 8 rows: a GEMV kernel; more: a tiled kernel. No host synchronisation (graph-capturable). */
 MB_API int mb_matmul_int8(uint64_t c, uint64_t a, uint64_t codes, uint64_t scales, int m, int n, int k, int lda,
                           int accumulate);
-/* Decode (1 <= m <= 8): c (m, n) = rmsnorm(a (m, k), norm) · wᵀ, w (n, k) fp32 or int8 as above. */
-MB_API int mb_rmsnorm_matmul(uint64_t c, uint64_t a, uint64_t norm, uint64_t w, int m, int n, int k, float eps);
+/* Decode (1 <= m <= 8): c (m, n) = rmsnorm(a (m, k), norm) · wᵀ, w (n, k) fp32 or int8 as above.
+ * With conv_out (else 0), mb_conv1d_silu_step follows in the same kernel on c's first conv_channels
+ * columns (x_stride n; 1 <= conv_channels <= n, 1 <= conv_width <= 8): conv_out (m, conv_channels),
+ * conv_state (m, conv_channels, conv_width - 1) updated, conv_weight (conv_channels, conv_width),
+ * conv_bias (conv_channels) or 0. */
+MB_API int mb_rmsnorm_matmul(uint64_t c, uint64_t a, uint64_t norm, uint64_t w, int m, int n, int k, float eps,
+                             uint64_t conv_out, uint64_t conv_state, uint64_t conv_weight, uint64_t conv_bias,
+                             int conv_channels, int conv_width);
 MB_API int mb_rmsnorm_matmul_int8(uint64_t c, uint64_t a, uint64_t norm, uint64_t codes, uint64_t scales, int m,
-                                  int n, int k, float eps);
+                                  int n, int k, float eps, uint64_t conv_out, uint64_t conv_state,
+                                  uint64_t conv_weight, uint64_t conv_bias, int conv_channels, int conv_width);
 
 /* ---- embedding ---- */
 MB_API int mb_embedding(uint64_t out, uint64_t table, uint64_t tokens, int rows, int dim);

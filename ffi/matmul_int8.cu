@@ -36,10 +36,12 @@ __device__ inline void store_c(float* out, float value, bool accumulate) { *out 
 // V: floats per load of A and norm (4: float4, needing K % 4 == 0, lda % 4 == 0 and 16-byte
 // aligned A and norm; 1: scalar loads, zeros past K). kSplit warps per row of W.
 // With kNorm, A's rows go through rmsnorm first: the codes are scaled by norm, the sums by rstd.
+// Then the conv step, if any (gemv_store).
 template <int kM, int V, int kSplit, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_int8_kernel(float* c, const float* a, const int* codes,
                                                                  const float* scales, int n, int k, int lda,
-                                                                 bool accumulate, const float* norm, float eps) {
+                                                                 bool accumulate, const float* norm, float eps,
+                                                                 GemvConv conv) {
   const int kw = (k + 3) / 4, stride = 32 * kSplit;
   gemv_prefetch_then_wait<kSplit>(codes, n, (int64_t)kw * sizeof(int), (int64_t)kw * sizeof(int));
   float rstd[kM];
@@ -71,35 +73,35 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_int8_kernel(float* c, const
   const float scale = scales[t.row];
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    if (t.lane == m) store_c(c + (int64_t)m * n + t.row, scale * (kNorm ? rstd[m] * acc[m] : acc[m]), accumulate);
+    if (t.lane == m) gemv_store(c, n, m, t.row, scale * (kNorm ? rstd[m] * acc[m] : acc[m]), accumulate, conv);
   }
 }
 
 template <int kM, int V, bool kNorm>
 void launch_split(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
-                  bool accumulate, const float* norm, float eps) {
+                  bool accumulate, const float* norm, float eps, const GemvConv& conv) {
   const int kw = (k + 3) / 4, split = gemv_split(n, kw);
   auto kernel = split == 1   ? gemv_int8_kernel<kM, V, 1, kNorm>
                 : split == 2 ? gemv_int8_kernel<kM, V, 2, kNorm>
                 : split == 4 ? gemv_int8_kernel<kM, V, 4, kNorm>
                              : gemv_int8_kernel<kM, V, 8, kNorm>;
   mb_launch_dependent(kernel, gemv_blocks(n, split), kGemvThreads, c, a, codes, scales, n, k, lda, accumulate, norm,
-                      eps);
+                      eps, conv);
 }
 
 template <int kM>
 void launch_gemv(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
-                 bool accumulate, bool vec, const float* norm, float eps) {
+                 bool accumulate, bool vec, const float* norm, float eps, const GemvConv& conv) {
   if (norm) {
     if (vec) {
-      launch_split<kM, 4, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
+      launch_split<kM, 4, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps, conv);
     } else {
-      launch_split<kM, 1, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
+      launch_split<kM, 1, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps, conv);
     }
   } else if (vec) {
-    launch_split<kM, 4, false>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
+    launch_split<kM, 4, false>(c, a, codes, scales, n, k, lda, accumulate, norm, eps, conv);
   } else {
-    launch_split<kM, 1, false>(c, a, codes, scales, n, k, lda, accumulate, norm, eps);
+    launch_split<kM, 1, false>(c, a, codes, scales, n, k, lda, accumulate, norm, eps, conv);
   }
 }
 
@@ -156,19 +158,20 @@ __global__ void __launch_bounds__(256) matmul_int8_kernel(float* c, const float*
 
 bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 0; }
 
-// The decode GEMV (M ≤ kGemvMaxRows), rmsnorm fused in when `norm` is given.
+// The decode GEMV (M ≤ kGemvMaxRows), rmsnorm fused in when `norm` is given, the conv step after
+// it when `conv` has one.
 int gemv_int8(float* c, const float* a, const int* codes, const float* scales, int m, int n, int k, int lda,
-              bool accumulate, const float* norm, float eps) {
+              bool accumulate, const float* norm, float eps, const GemvConv& conv) {
   bool vec = k % 4 == 0 && lda % 4 == 0 && aligned16(a) && aligned16(norm);
   switch (m) {
-    case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
-    case 2: launch_gemv<2>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
-    case 3: launch_gemv<3>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
-    case 4: launch_gemv<4>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
-    case 5: launch_gemv<5>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
-    case 6: launch_gemv<6>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
-    case 7: launch_gemv<7>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
-    default: launch_gemv<8>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps); break;
+    case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    case 2: launch_gemv<2>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    case 3: launch_gemv<3>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    case 4: launch_gemv<4>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    case 5: launch_gemv<5>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    case 6: launch_gemv<6>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    case 7: launch_gemv<7>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    default: launch_gemv<8>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
   }
   MB_LAUNCHED(norm ? "rmsnorm_matmul_int8 (gemv)" : "matmul_int8 (gemv)");
   return 0;
@@ -193,12 +196,17 @@ extern "C" int mb_matmul_int8(uint64_t c_ptr, uint64_t a_ptr, uint64_t codes_ptr
     MB_LAUNCHED("matmul_int8");
     return 0;
   }
-  return gemv_int8(c, a, codes, scales, m, n, k, lda, accumulate, nullptr, 0.0f);
+  return gemv_int8(c, a, codes, scales, m, n, k, lda, accumulate, nullptr, 0.0f, GemvConv{});
 }
 
 extern "C" int mb_rmsnorm_matmul_int8(uint64_t c, uint64_t a, uint64_t norm, uint64_t codes, uint64_t scales, int m,
-                                      int n, int k, float eps) {
-  if (gemv_check_decode_shape("rmsnorm_matmul_int8", m, n, k)) return 1;
+                                      int n, int k, float eps, uint64_t conv_out, uint64_t conv_state,
+                                      uint64_t conv_weight, uint64_t conv_bias, int conv_channels, int conv_width) {
+  GemvConv conv;
+  if (gemv_check_decode("rmsnorm_matmul_int8", m, n, k, conv_out, conv_state, conv_weight, conv_bias, conv_channels,
+                        conv_width, &conv)) {
+    return 1;
+  }
   return gemv_int8(mb_ptr<float>(c), mb_ptr<const float>(a), mb_ptr<const int>(codes), mb_ptr<const float>(scales),
-                   m, n, k, k, false, mb_ptr<const float>(norm), eps);
+                   m, n, k, k, false, mb_ptr<const float>(norm), eps, conv);
 }

@@ -131,9 +131,35 @@ export function checkHalfOperands(device: string, precision: MatmulPrecision, op
 export const NORMED_MATMUL_MAX_ROWS = 8;
 
 /**
+ * The decode conv step fused into rmsnormMatmul(Int8): after the product, columns 0..channels-1 of
+ * each row of C (M, N) (row stride N) take conv1dSiluStep(out, state, C, weight, bias, M, channels,
+ * width, N): out (M, channels) = silu(conv over [state, C[:, :channels]]), then the state shifts
+ * left and takes those columns. C itself is written as without it. Decode is bound by launches,
+ * and this saves one per layer.
+ */
+export interface ConvStepOperands {
+  /** (M, channels), overwritten. */
+  out: DeviceBuffer;
+  /** (M, channels, width - 1): each channel's last width - 1 inputs, oldest first; updated. */
+  state: DeviceBuffer;
+  /** (channels, width). */
+  weight: DeviceBuffer;
+  /** (channels), or null for none. */
+  bias: DeviceBuffer | null;
+  /** 1 ≤ channels ≤ N. */
+  channels: number;
+  /** d_conv: 1 ≤ width ≤ CONV_STEP_MAX_WIDTH. */
+  width: number;
+}
+
+/** The widest conv (d_conv) that rmsnormMatmul and rmsnormMatmulInt8 fuse (ConvStepOperands). */
+export const CONV_STEP_MAX_WIDTH = 8;
+
+/**
  * Throws a RangeError unless rmsnormMatmul's operands fit (M, N) = rmsnorm(A (M, K)) · W (N, K)ᵀ
  * with M ≤ NORMED_MATMUL_MAX_ROWS; `weights` names W's buffers with the values each needs (fp32:
- * W, N·K floats; int8: codes, ⌈K/4⌉·N words, and scales, N floats).
+ * W, N·K floats; int8: codes, ⌈K/4⌉·N words, and scales, N floats); `conv`, if given, must fit
+ * its M rows and N columns.
  */
 export function checkRmsnormMatmul(
   op: string,
@@ -144,6 +170,7 @@ export function checkRmsnormMatmul(
   m: number,
   n: number,
   k: number,
+  conv?: ConvStepOperands,
 ): void {
   const shape = `${op} (M=${m}, N=${n}, K=${k})`;
   if (![m, n, k].every((d) => Number.isInteger(d) && d >= 1) || m > NORMED_MATMUL_MAX_ROWS) {
@@ -155,6 +182,21 @@ export function checkRmsnormMatmul(
     ...weights.map(([name, buffer, needed]): [string, number, number] => [name, buffer.length, needed]),
     ["C", c.length, m * n],
   ];
+  if (conv) {
+    const { channels: C, width: K } = conv;
+    if (!Number.isInteger(C) || C < 1 || C > n || !Number.isInteger(K) || K < 1 || K > CONV_STEP_MAX_WIDTH) {
+      throw new RangeError(
+        `${shape}: conv step of ${C} channels, width ${K} (needs integers 1 <= channels <= N ` +
+          `and 1 <= width <= ${CONV_STEP_MAX_WIDTH})`,
+      );
+    }
+    needs.push(
+      ["conv out", conv.out.length, m * C],
+      ["conv state", conv.state.length, m * C * (K - 1)],
+      ["conv weight", conv.weight.length, C * K],
+    );
+    if (conv.bias) needs.push(["conv bias", conv.bias.length, C]);
+  }
   for (const [name, has, needed] of needs) {
     if (has < needed) throw new RangeError(`${shape}: ${name} holds ${has} values, needs ${needed}`);
   }
@@ -543,7 +585,8 @@ export interface Backend {
    * Optional: C (M, N) = rmsnorm(A, norm) · Wᵀ in one op, for decode (M ≤ NORMED_MATMUL_MAX_ROWS):
    * A (M, K) packed, norm (K), W (N, K) fp32; rmsnorm(A)[i] = A[i] · norm / √(mean(A[i]²) + eps),
    * as the rmsnorm op. Decode is bound by launches, and this saves one per layer; without it the
-   * model runs rmsnorm, then the matmul.
+   * model runs rmsnorm, then the matmul. With `conv`, the conv step on C's first columns follows
+   * in the same op (ConvStepOperands).
    */
   rmsnormMatmul?(
     c: DeviceBuffer,
@@ -554,6 +597,7 @@ export interface Backend {
     n: number,
     k: number,
     eps: number,
+    conv?: ConvStepOperands,
   ): void;
   /** Optional: rmsnormMatmul with W in int8, codes and scales as matmulInt8's. */
   rmsnormMatmulInt8?(
@@ -566,6 +610,7 @@ export interface Backend {
     n: number,
     k: number,
     eps: number,
+    conv?: ConvStepOperands,
   ): void;
   /**
    * out (B, C) = silu(conv over [state, x]); then state (B, C, K-1) shifts left and takes x.

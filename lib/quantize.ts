@@ -17,6 +17,7 @@
  */
 import {
   type Backend,
+  type ConvStepOperands,
   type DeviceBuffer,
   type IndexBuffer,
   type Int8MatmulOptions,
@@ -153,7 +154,8 @@ export class LinearWeights {
 
   /**
    * out (rows, n) = rmsnorm(x, norm) · Wᵀ in one op, where the backend fuses the two for these
-   * rows (decode); false, with nothing done, where it does not.
+   * rows (decode), followed by the conv step on out's first columns when `conv` is given
+   * (ConvStepOperands); false, with nothing done, where it does not.
    */
   applyNormed(
     out: DeviceBuffer,
@@ -164,15 +166,16 @@ export class LinearWeights {
     rows: number,
     n: number,
     k: number,
+    conv?: ConvStepOperands,
   ): boolean {
     const be = this.backend, q = this.#int8.get(weight);
     if (rows > NORMED_MATMUL_MAX_ROWS) return false;
     if (q) {
       if (!be.rmsnormMatmulInt8) return false;
-      be.rmsnormMatmulInt8(out, x, norm, q.codes, q.scales, rows, n, k, eps);
+      be.rmsnormMatmulInt8(out, x, norm, q.codes, q.scales, rows, n, k, eps, conv);
     } else {
       if (!be.rmsnormMatmul) return false;
-      be.rmsnormMatmul(out, x, norm, weight, rows, n, k, eps);
+      be.rmsnormMatmul(out, x, norm, weight, rows, n, k, eps, conv);
     }
     return true;
   }

@@ -10,7 +10,9 @@
  */
 import {
   type Backend,
+  CONV_STEP_MAX_WIDTH,
   type ConvDims,
+  type ConvStepOperands,
   type DeviceBuffer,
   halfFloats,
   type HalfFormat,
@@ -598,12 +600,20 @@ export class ResidualStack {
         this.#moe!.scatter(x, moe!, batch, batch); // (B, D) +=
         continue;
       }
-      if (!linear.applyNormed(xz, x, p.norm, RMS_EPS, p.inProj, batch, 2 * ED, D)) {
+      // in_proj with rmsnorm fused in where the backend can, and the conv step of its x half too
+      // when no bias comes between them: xz (B, 2ED) and u (B, ED) in one op
+      const conv: ConvStepOperands | undefined = !p.inProjBias && K <= CONV_STEP_MAX_WIDTH
+        ? { out: u, state: c!.conv, weight: p.convWeight, bias: p.convBias, channels: ED, width: K }
+        : undefined;
+      const fused = linear.applyNormed(xz, x, p.norm, RMS_EPS, p.inProj, batch, 2 * ED, D, conv);
+      if (!fused) {
         be.rmsnorm(xn, rstd, x, p.norm, batch, D, RMS_EPS);
         linear.apply(xz, xn, p.inProj, batch, 2 * ED, D); // (B, 2ED)
       }
       if (p.inProjBias) be.addBias(xz, p.inProjBias, batch, 2 * ED);
-      be.conv1dSiluStep(u, c!.conv, s.u, p.convWeight, p.convBias, batch, ED, K, 2 * ED); // (B, ED)
+      if (!(fused && conv)) {
+        be.conv1dSiluStep(u, c!.conv, s.u, p.convWeight, p.convBias, batch, ED, K, 2 * ED); // (B, ED)
+      }
       linear.apply(dbc, u, p.xProj, batch, R + 2 * N, ED); // (B, R + 2N)
       // dt_proj of δr happens inside the step (B, ED)
       be.selectiveScanStep(y, c!.h, u, s.dtIn, p.dtProj, p.dtBias, p.aLog, s.b, s.c, p.d, s.z, scanDims);

@@ -11,6 +11,7 @@ import assert from "node:assert/strict";
 import {
   type AdamWOptions,
   type Backend,
+  type ConvStepOperands,
   type DeviceBuffer,
   type FloatArray,
   HALF_FORMATS,
@@ -591,6 +592,81 @@ function int8Cases(): Record<string, OpCase> {
 }
 
 /**
+ * The conv step fused after the rmsnorm-fused matmuls (decode's in_proj, then conv1d on its x
+ * half): C, the step's output and the conv state after two steps (the second reads the state the
+ * first left), fp32 and int8 weights, channels < N, widths 4 and 2, with and without a conv bias;
+ * K = 13 takes the scalar paths, 64 and 4096 the vector ones. Backends without the fused ops run
+ * rmsnorm, the matmul, then conv1dSiluStep, as the model does. Their own generator.
+ */
+function convStepCases(): Record<string, OpCase> {
+  const cases: Record<string, OpCase> = {}, r = new Random(606);
+  const normal = (n: number, scale = 1) => Float32Array.from({ length: n }, () => scale * r.normal());
+  const shapes = [
+    { m: 1, n: 70, k: 64, channels: 29, width: 4, withBias: true },
+    { m: 3, n: 37, k: 13, channels: 17, width: 2, withBias: false },
+    { m: 3, n: 9, k: 4096, channels: 5, width: 4, withBias: false },
+    { m: 1, n: 45, k: 13, channels: 22, width: 2, withBias: true },
+  ];
+  for (const { m, n, k, channels, width, withBias } of shapes) {
+    const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
+    const floats = () => ({
+      a: normal(m * k, 3),
+      norm: Float32Array.from({ length: k }, () => 0.5 + r.next()),
+      w: normal(n * k, 0.2),
+      scales,
+      c: normal(m * n),
+      xn: new Float32Array(m * k),
+      rstd: new Float32Array(m),
+      out: normal(m * channels),
+      state: normal(m * channels * (width - 1)),
+      convWeight: normal(channels * width, 0.5),
+      convBias: normal(channels),
+    });
+    const conv = (f: Buffers): ConvStepOperands => ({
+      out: f.out,
+      state: f.state,
+      weight: f.convWeight,
+      bias: withBias ? f.convBias : null,
+      channels,
+      width,
+    });
+    // rmsnorm, `matmul` into C, then the conv step on C's first columns
+    const unfused = (be: Backend, f: Buffers, matmul: () => void) => {
+      be.rmsnorm(f.xn, f.rstd, f.a, f.norm, m, k, 1e-5);
+      matmul();
+      const { out, state, weight, bias } = conv(f);
+      be.conv1dSiluStep(out, state, f.c, weight, bias, m, channels, width, n);
+    };
+    const tag = `M=${m} N=${n} K=${k} with the conv step (${channels} channels, width ${width}${
+      withBias ? ", bias" : ""
+    })`;
+    cases[`rmsnormMatmul ${tag}`] = {
+      floats: floats(),
+      outputs: ["c", "out", "state"],
+      run: (be, f) => {
+        for (let step = 0; step < 2; step++) {
+          if (be.rmsnormMatmul) be.rmsnormMatmul(f.c, f.a, f.norm, f.w, m, n, k, 1e-5, conv(f));
+          else unfused(be, f, () => be.matmul(f.c, f.xn, f.w, m, n, k, { transB: true }));
+        }
+      },
+    };
+    cases[`rmsnormMatmulInt8 ${tag}`] = {
+      floats: floats(),
+      indices: { codes },
+      outputs: ["c", "out", "state"],
+      run: (be, f, i) => {
+        for (let step = 0; step < 2; step++) {
+          if (be.rmsnormMatmulInt8) {
+            be.rmsnormMatmulInt8(f.c, f.a, f.norm, i.codes, f.scales, m, n, k, 1e-5, conv(f));
+          } else unfused(be, f, () => be.matmulInt8(f.c, f.xn, i.codes, f.scales, m, n, k));
+        }
+      },
+    };
+  }
+  return cases;
+}
+
+/**
  * 16-bit storage (bf16 and f16) and matmuls that read it, for backends with packHalf: each case
  * runs at that matmul precision (the reference emulates it) and puts fp32 back after.
  */
@@ -967,6 +1043,7 @@ export async function conformanceSuite(
     ...opCases(),
     ...(moe ? moeCases() : {}),
     ...int8Cases(),
+    ...convStepCases(),
     ...gemvCases(),
     ...(half ? halfCases() : {}),
   };

@@ -5,7 +5,7 @@
  * fp32 model, refuses training). Codes are unpacked here with a DataView, not the code under test.
  */
 import assert from "node:assert/strict";
-import { type Backend, checkRmsnormMatmul } from "../lib/backend.ts";
+import { type Backend, checkRmsnormMatmul, type ConvStepOperands } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
 import { MambaConfig } from "../lib/config.ts";
 import { MambaByte } from "../lib/model.ts";
@@ -159,6 +159,26 @@ Deno.test("checkRmsnormMatmul: decode rows only (1 to 8), and buffers that fit t
     () => checkRmsnormMatmul("op", be.alloc(5), a, norm, [["W", w, n * k]], m, n, k),
     /C holds 5 values/,
   );
+  // the conv step on C's first 2 of N = 3 columns, width 4
+  const conv: ConvStepOperands = {
+    out: be.alloc(m * 2),
+    state: be.alloc(m * 2 * 3),
+    weight: be.alloc(2 * 4),
+    bias: be.alloc(2),
+    channels: 2,
+    width: 4,
+  };
+  const withConv = (changes: Partial<ConvStepOperands>) =>
+    checkRmsnormMatmul("op", c, a, norm, [["W", w, n * k]], m, n, k, { ...conv, ...changes });
+  withConv({});
+  withConv({ bias: null });
+  assert.throws(() => withConv({ channels: 4 }), /conv step of 4 channels, width 4 .*channels <= N/);
+  assert.throws(() => withConv({ width: 9 }), /conv step of 2 channels, width 9 .*width <= 8/);
+  assert.throws(() => withConv({ width: 0 }), /width 0/);
+  assert.throws(() => withConv({ out: be.alloc(3) }), /conv out holds 3 values, needs 4/);
+  assert.throws(() => withConv({ state: be.alloc(11) }), /conv state holds 11 values, needs 12/);
+  assert.throws(() => withConv({ weight: be.alloc(7) }), /conv weight holds 7 values, needs 8/);
+  assert.throws(() => withConv({ bias: be.alloc(1) }), /conv bias holds 1 values, needs 2/);
 });
 
 Deno.test("LinearWeights.applyNormed: the fused op for the weight's form, within decode's rows; false otherwise", () => {
@@ -170,24 +190,34 @@ Deno.test("LinearWeights.applyNormed: the fused op for the weight's form, within
     new LinearWeights(cpu).applyNormed(cpu.alloc(3), cpu.alloc(2), cpu.alloc(2), 1e-5, cpu.alloc(6), 1, 3, 2),
     false,
   );
-  // a backend that has both fused ops, recording which one each call reaches
+  // a backend that has both fused ops, recording which one each call reaches, and whether with a conv step
   const fused = new class extends CpuBackend {
-    rmsnormMatmul() {
-      calls.push("fp32");
+    rmsnormMatmul(...args: unknown[]) {
+      calls.push(args[8] ? "fp32 + conv" : "fp32");
     }
-    rmsnormMatmulInt8() {
-      calls.push("int8");
+    rmsnormMatmulInt8(...args: unknown[]) {
+      calls.push(args[9] ? "int8 + conv" : "int8");
     }
   }();
   const linears = new LinearWeights(fused),
     w = cpu.alloc(4 * 16),
     x = cpu.alloc(9 * 16),
     norm = cpu.alloc(16);
+  const conv = {
+    out: cpu.alloc(2),
+    state: cpu.alloc(2 * 3),
+    weight: cpu.alloc(2 * 4),
+    bias: null,
+    channels: 2,
+    width: 4,
+  };
   assert.equal(linears.applyNormed(cpu.alloc(8 * 4), x, norm, 1e-5, w, 8, 4, 16), true);
   assert.equal(linears.applyNormed(cpu.alloc(9 * 4), x, norm, 1e-5, w, 9, 4, 16), false);
+  assert.equal(linears.applyNormed(cpu.alloc(4), x, norm, 1e-5, w, 1, 4, 16, conv), true);
   linears.quantize("int8", [{ weight: w, values: new Float32Array(4 * 16), rows: 4, cols: 16 }]);
   assert.equal(linears.applyNormed(cpu.alloc(4), x, norm, 1e-5, w, 1, 4, 16), true);
-  assert.deepEqual(calls, ["fp32", "int8"]);
+  assert.equal(linears.applyNormed(cpu.alloc(4), x, norm, 1e-5, w, 1, 4, 16, conv), true);
+  assert.deepEqual(calls, ["fp32", "fp32 + conv", "int8", "int8 + conv"]);
 });
 
 /** Index of the largest value. */

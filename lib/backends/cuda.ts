@@ -12,6 +12,7 @@ import {
   checkHalfOperands,
   checkRmsnormMatmul,
   type ConvDims,
+  type ConvStepOperands,
   type DeviceBuffer,
   type FloatArray,
   type HalfFormat,
@@ -39,6 +40,11 @@ class CudaBuffer implements DeviceBuffer, IndexBuffer {
 
 const p = (buffer: DeviceBuffer | IndexBuffer): bigint => (buffer as CudaBuffer).ptr;
 const pOrNull = (buffer: DeviceBuffer | null): bigint => (buffer ? p(buffer) : 0n);
+/** ConvStepOperands as the rmsnorm-fused GEMVs take them (zeros: no conv step). */
+const convStepArgs = (conv?: ConvStepOperands): [bigint, bigint, bigint, bigint, number, number] =>
+  conv
+    ? [p(conv.out), p(conv.state), p(conv.weight), pOrNull(conv.bias), conv.channels, conv.width]
+    : [0n, 0n, 0n, 0n, 0, 0];
 
 let library: CudaLibrary | null = null;
 
@@ -635,9 +641,21 @@ export class CudaBackend implements Backend {
     n: number,
     k: number,
     eps: number,
+    conv?: ConvStepOperands,
   ): void {
-    checkRmsnormMatmul("rmsnormMatmul", c, a, norm, [["W", w, n * k]], m, n, k);
-    this.#check(this.#lib.mb_rmsnorm_matmul(p(c), p(a), p(norm), p(w), m, n, k, eps), "rmsnormMatmul");
+    checkRmsnormMatmul("rmsnormMatmul", c, a, norm, [["W", w, n * k]], m, n, k, conv);
+    const status = this.#lib.mb_rmsnorm_matmul(
+      p(c),
+      p(a),
+      p(norm),
+      p(w),
+      m,
+      n,
+      k,
+      eps,
+      ...convStepArgs(conv),
+    );
+    this.#check(status, "rmsnormMatmul");
   }
   rmsnormMatmulInt8(
     c: DeviceBuffer,
@@ -649,13 +667,25 @@ export class CudaBackend implements Backend {
     n: number,
     k: number,
     eps: number,
+    conv?: ConvStepOperands,
   ): void {
     const weights: [string, { length: number }, number][] = [
       ["codes", codes, n * int8WordsPerRow(k)],
       ["scales", scales, n],
     ];
-    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, weights, m, n, k);
-    const status = this.#lib.mb_rmsnorm_matmul_int8(p(c), p(a), p(norm), p(codes), p(scales), m, n, k, eps);
+    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, weights, m, n, k, conv);
+    const status = this.#lib.mb_rmsnorm_matmul_int8(
+      p(c),
+      p(a),
+      p(norm),
+      p(codes),
+      p(scales),
+      m,
+      n,
+      k,
+      eps,
+      ...convStepArgs(conv),
+    );
     this.#check(status, "rmsnormMatmulInt8");
   }
   conv1dSiluStep(

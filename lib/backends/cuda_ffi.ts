@@ -10,6 +10,8 @@ const I32 = "i32";
 const status = (...parameters: Deno.NativeType[]) => ({ parameters, result: I32 } as const);
 /** MoeDims as the MoE ops take them: rows, experts, top_k, capacity, dim. */
 const MOE_DIMS: Deno.NativeType[] = [I32, I32, I32, I32, I32];
+/** ConvStepOperands as the rmsnorm-fused GEMVs take them: out, state, weight, bias, channels, width. */
+const CONV_STEP: Deno.NativeType[] = [PTR, PTR, PTR, PTR, I32, I32];
 
 /** Every exported function of ffi/mambabyte.h with its Deno FFI signature. */
 export const CUDA_SYMBOLS = {
@@ -36,8 +38,8 @@ export const CUDA_SYMBOLS = {
   mb_pack_half: status(PTR, PTR, "i64", "i32"),
   mb_unpack_half: status(PTR, PTR, "i64", "i32"),
   mb_matmul_int8: status(PTR, PTR, PTR, PTR, I32, I32, I32, I32, I32),
-  mb_rmsnorm_matmul: status(PTR, PTR, PTR, PTR, I32, I32, I32, "f32"),
-  mb_rmsnorm_matmul_int8: status(PTR, PTR, PTR, PTR, PTR, I32, I32, I32, "f32"),
+  mb_rmsnorm_matmul: status(PTR, PTR, PTR, PTR, I32, I32, I32, "f32", ...CONV_STEP),
+  mb_rmsnorm_matmul_int8: status(PTR, PTR, PTR, PTR, PTR, I32, I32, I32, "f32", ...CONV_STEP),
   mb_add_bias: status(PTR, PTR, I32, I32),
   mb_add_bias_backward: status(PTR, PTR, I32, I32),
   mb_embedding: status(PTR, PTR, PTR, I32, I32),
