@@ -139,6 +139,11 @@ fn half_value(h: u32, format: u32) -> f32 {
   return bitcast<f32>(sign | ((exponent + 112u) << 23u) | (mantissa << 13u));
 }
 
+/** x rounded to `format` (to nearest, ties to even), as an f32. */
+fn round_to_half(x: f32, format: u32) -> f32 {
+  return half_value(half_bits(x, format), format);
+}
+
 /** Value e of 16-bit storage whose word e / 2 is `word`. */
 fn half_in_word(word: u32, e: u32, format: u32) -> f32 {
   return half_value((word >> (16u * (e % 2u))) & 0xffffu, format);

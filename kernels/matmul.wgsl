@@ -32,7 +32,7 @@ fn matmul_input(x: f32) -> f32 {
   if (INPUTS == 0u) {
     return x;
   }
-  return half_value(half_bits(x, INPUTS - 1u), INPUTS - 1u);
+  return round_to_half(x, INPUTS - 1u);
 }
 
 /** Element e of A's view, whose offset is `o` words. */

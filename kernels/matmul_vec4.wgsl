@@ -3,7 +3,9 @@
 // M too when A is transposed, and every row stride and view offset a multiple of 4 (the host
 // checks; other shapes take matmul.wgsl).
 //
-// Defines: TRANS_A, TRANS_B (0 or 1). A workgroup of 16×16 invocations computes a 128×128 tile
+// Defines: TRANS_A, TRANS_B (0 or 1); INPUTS, A_HALF, B_HALF as in matmul.wgsl (a 16-bit
+// precision rounds fp32 operands as they are staged; a 16-bit-stored one is read four values, two
+// words, at a time: its view offset counts words, its ld values). A workgroup of 16×16 invocations computes a 128×128 tile
 // of C, 8×8 per invocation: rows 4·ty + i and 64 + 4·ty + i, columns 4·tx + j and 64 + 4·tx + j
 // (i, j < 4), so that the workgroup-memory reads of a k-step are four vec4 per invocation for
 // 64 FMAs. Each k-step of 16 stages op(A) and op(B) as [k][128] tiles of vec4; the next step's
@@ -60,11 +62,32 @@ fn load_tile(which: u32, k_major: bool, base: u32, ld: u32, mn0: u32, extent: u3
   if (!ok) {
     return vec4<f32>(0.0);
   }
-  let i = (base + row * ld + col) / 4u;
-  if (which == 0u) {
-    return a[i];
+  let e = row * ld + col; // a multiple of 4
+  if ((which == 0u && A_HALF == 1u) || (which == 1u && B_HALF == 1u)) {
+    let w = base + e / 2u; // even: two words of one vec4
+    var v: vec4<f32>;
+    if (which == 0u) {
+      v = a[w / 4u];
+    } else {
+      v = b[w / 4u];
+    }
+    let words = bitcast<vec2<u32>>(select(v.xy, v.zw, w % 4u == 2u));
+    let format = INPUTS - 1u;
+    return vec4<f32>(half_in_word(words.x, 0u, format), half_in_word(words.x, 1u, format),
+                     half_in_word(words.y, 0u, format), half_in_word(words.y, 1u, format));
   }
-  return b[i];
+  var v: vec4<f32>;
+  if (which == 0u) {
+    v = a[(base + e) / 4u];
+  } else {
+    v = b[(base + e) / 4u];
+  }
+  if (INPUTS == 0u) {
+    return v;
+  }
+  let format = INPUTS - 1u;
+  return vec4<f32>(round_to_half(v.x, format), round_to_half(v.y, format), round_to_half(v.z, format),
+                   round_to_half(v.w, format));
 }
 
 /** Writes a staged vec4 into a [k][128] tile (transposing the K-contiguous layout). */

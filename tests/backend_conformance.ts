@@ -713,27 +713,29 @@ function halfCases(): Record<string, OpCase> {
         [false, true, false, true],
       ]
     ) {
-      const [m, n, k] = [37, 29, 70];
-      const a = normal(m * k), b = normal(k * n);
-      cases[
-        `matmul at ${format}, A ${aHalf ? "stored" : "fp32"}, B ${bHalf ? "stored" : "fp32"}, ` +
-        `transA=${transA} transB=${transB}`
-      ] = {
-        floats: {
-          a,
-          b,
-          a16: new Float32Array(Math.ceil(a.length / 2)),
-          b16: new Float32Array(Math.ceil(b.length / 2)),
-          c: normal(m * n),
-        },
-        outputs: ["c"],
-        run: at(format, (be, f) => {
-          be.packHalf!(f.a16, f.a, a.length, format);
-          be.packHalf!(f.b16, f.b, b.length, format);
-          const [A, B] = [aHalf ? f.a16 : f.a, bHalf ? f.b16 : f.b];
-          be.matmul(f.c, A, B, m, n, k, { transA, transB, accumulate: true, aHalf, bHalf });
-        }),
-      };
+      // 37×29×70: any shape; 40×36×68: shapes that allow 16-byte loads (webgpu's vec4 kernel)
+      for (const [m, n, k] of [[37, 29, 70], [40, 36, 68]]) {
+        const a = normal(m * k), b = normal(k * n);
+        cases[
+          `matmul at ${format}, A ${aHalf ? "stored" : "fp32"}, B ${bHalf ? "stored" : "fp32"}, ` +
+          `transA=${transA} transB=${transB}, M=${m} N=${n} K=${k}`
+        ] = {
+          floats: {
+            a,
+            b,
+            a16: new Float32Array(Math.ceil(a.length / 2)),
+            b16: new Float32Array(Math.ceil(b.length / 2)),
+            c: normal(m * n),
+          },
+          outputs: ["c"],
+          run: at(format, (be, f) => {
+            be.packHalf!(f.a16, f.a, a.length, format);
+            be.packHalf!(f.b16, f.b, b.length, format);
+            const [A, B] = [aHalf ? f.a16 : f.a, bHalf ? f.b16 : f.b];
+            be.matmul(f.c, A, B, m, n, k, { transA, transB, accumulate: true, aHalf, bHalf });
+          }),
+        };
+      }
     }
   }
   return cases;

@@ -114,7 +114,7 @@ function quietHeadlessVulkan(): void {
   }
 }
 
-/** kernels/matmul.wgsl's input defines: INPUTS 0 (f32 as is) or 1 + a HALF_FORMATS index, and which operands are stored so. */
+/** The input defines of kernels/matmul.wgsl and matmul_vec4.wgsl: INPUTS 0 (f32 as is) or 1 + a HALF_FORMATS index, and which operands are stored so. */
 interface HalfInputs {
   INPUTS: number;
   A_HALF: number;
@@ -125,7 +125,7 @@ const FP32_INPUTS: HalfInputs = { INPUTS: 0, A_HALF: 0, B_HALF: 0 };
 /** Defines for the startup compile check of the kernels that need them. */
 const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string, number>>> = {
   matmul: { TM: 4, TN: 4, BK: 16, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
-  matmul_vec4: { TRANS_A: 0, TRANS_B: 1 },
+  matmul_vec4: { TRANS_A: 0, TRANS_B: 1, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_int8: { ROWS: 1 },
   scan: { NS: 16, CH: SCAN_CHANNELS, T: SCAN_BACKWARD_CHUNK },
 };
@@ -356,7 +356,7 @@ export class WebGpuBackend implements Backend {
       });
       return;
     }
-    const kernel = this.#matmulKernel(aligned && !half, m, n, k, lda, ldb, transA, transB, half);
+    const kernel = this.#matmulKernel(aligned, m, n, k, lda, ldb, transA, transB, half);
     const grid = [Math.ceil(n / kernel.tileN), Math.ceil(m / kernel.tileM)] as const;
     // Few output tiles over a long k (weight gradients: k = B·L) split k across workgroups.
     const splits = Math.min(
@@ -392,7 +392,7 @@ export class WebGpuBackend implements Backend {
     });
   }
 
-  /** The matmul's defines for a 16-bit precision (general kernel only); null at fp32. */
+  /** The matmul kernels' defines for a 16-bit precision; null at fp32. */
   #halfInputs(options: MatmulOptions): HalfInputs | null {
     const format = halfFormatOf(this.#matmulPrecision);
     if (!format) return null;
@@ -442,7 +442,7 @@ export class WebGpuBackend implements Backend {
         base: {
           file: "matmul_vec4" as const,
           entry: "matmul_vec4",
-          defines: { TRANS_A: +transA, TRANS_B: +transB },
+          defines: { TRANS_A: +transA, TRANS_B: +transB, ...(half ?? FP32_INPUTS) } as Record<string, number>,
         },
         tileM: 128,
         tileN: 128,
