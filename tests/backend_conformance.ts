@@ -557,15 +557,7 @@ function int8Cases(): Record<string, OpCase> {
   // backends without the fused ops run rmsnorm, then the matmul, as the model does
   for (const [m, n, k] of [[1, 37, 13], [3, 70, 64], [8, 2053, 64], [2, 9, 4096]]) {
     const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
-    const floats = () => ({
-      a: normal(m * k, 3),
-      norm: Float32Array.from({ length: k }, () => 0.5 + r.next()),
-      w: normal(n * k, 0.2),
-      scales,
-      c: normal(m * n),
-      xn: new Float32Array(m * k),
-      rstd: new Float32Array(m),
-    });
+    const floats = () => normedMatmulFloats(r, m, n, k, scales);
     cases[`rmsnormMatmul M=${m} N=${n} K=${k}`] = {
       floats: floats(),
       outputs: ["c"],
@@ -592,6 +584,23 @@ function int8Cases(): Record<string, OpCase> {
 }
 
 /**
+ * The operands of an rmsnorm-fused matmul case, C (M, N) = rmsnorm(A (M, K)) · W (N, K)ᵀ (fp32 W,
+ * or int8 with `scales`), plus the scratch of the unfused path (xn, rstd).
+ */
+function normedMatmulFloats(r: Random, m: number, n: number, k: number, scales: Float32Array) {
+  const normal = (count: number, scale = 1) => Float32Array.from({ length: count }, () => scale * r.normal());
+  return {
+    a: normal(m * k, 3),
+    norm: Float32Array.from({ length: k }, () => 0.5 + r.next()),
+    w: normal(n * k, 0.2),
+    scales,
+    c: normal(m * n),
+    xn: new Float32Array(m * k),
+    rstd: new Float32Array(m),
+  };
+}
+
+/**
  * The conv step fused after the rmsnorm-fused matmuls (decode's in_proj, then conv1d on its x
  * half): C, the step's output and the conv state after two steps (the second reads the state the
  * first left), fp32 and int8 weights, channels < N, widths 4 and 2, with and without a conv bias;
@@ -610,13 +619,7 @@ function convStepCases(): Record<string, OpCase> {
   for (const { m, n, k, channels, width, withBias } of shapes) {
     const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
     const floats = () => ({
-      a: normal(m * k, 3),
-      norm: Float32Array.from({ length: k }, () => 0.5 + r.next()),
-      w: normal(n * k, 0.2),
-      scales,
-      c: normal(m * n),
-      xn: new Float32Array(m * k),
-      rstd: new Float32Array(m),
+      ...normedMatmulFloats(r, m, n, k, scales),
       out: normal(m * channels),
       state: normal(m * channels * (width - 1)),
       convWeight: normal(channels * width, 0.5),
