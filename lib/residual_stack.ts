@@ -124,8 +124,7 @@ function splitViews(
  * What forward keeps per Mamba block for backward. "full": every fp32 intermediate. "half" (for
  * bf16 or f16 matmul inputs): x, rstd and dbc in fp32, and 16-bit copies of xn, xz and y in the
  * matmuls' format; backward unpacks xz and recomputes u and delta, and the matmuls read the 16-bit
- * copies as they are. "recompute":
- * only x; backward recomputes the block. The intermediates that are not kept share one set of
+ * copies as they are. "recompute": only x; backward recomputes the block. The intermediates that are not kept share one set of
  * buffers for all blocks. MoE blocks keep everything unless "recompute".
  */
 export type ActivationLayout = "full" | "half" | "recompute";

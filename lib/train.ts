@@ -67,9 +67,9 @@ export interface TrainSettings {
   optimizer_bits?: OptimizerBits;
   /**
    * The training matmuls' inputs: "fp32", or "bf16" or "f16" (rounded so: on cuda's tensor cores,
-   * in webgpu's shaders, or emulated on cpu; sums in fp32). With bf16 or f16 the activations that matmuls read are kept
-   * in 16 bits (ActivationLayout "half"); weights, gradients and optimizer state stay fp32. f16
-   * trains with dynamic loss scaling (lib/loss_scale.ts). Absent: fp32.
+   * in webgpu's shaders, or emulated on cpu; sums in fp32). With bf16 or f16 the activations that
+   * matmuls read are kept in 16 bits (ActivationLayout "half"); weights, gradients and optimizer
+   * state stay fp32. f16 trains with dynamic loss scaling (lib/loss_scale.ts). Absent: fp32.
    */
   dtype?: Dtype;
   /** f16: the loss scale to start from (halved on overflow, doubled after 2000 good steps); absent: 2^16. */
@@ -456,7 +456,8 @@ export function useDtype(backend: Backend, dtype: Dtype): void {
   if (backend.setMatmulPrecision) backend.setMatmulPrecision(dtype);
   else if (dtype !== "fp32") {
     throw new Error(
-      `dtype ${dtype} needs 16-bit matmul inputs (cuda: on tensor cores; webgpu and cpu round them in their kernels); ` +
+      `dtype ${dtype} needs 16-bit matmul inputs ` +
+        `(cuda: on tensor cores; webgpu and cpu round them in their kernels); ` +
         `${backend.device} trains in fp32`,
     );
   }

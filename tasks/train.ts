@@ -11,6 +11,7 @@ import { type OptionSpec, parseOptions, parseSize, runCli, usage, UsageError } f
 import { openCorpus } from "../lib/data.ts";
 import { DataParallel, gradAccumForWorld } from "../lib/distributed/data_parallel.ts";
 import { joinGroup, type WorkerInfo, workerInfo } from "../lib/distributed/worker.ts";
+import { LOSS_SCALE_GROWTH_INTERVAL } from "../lib/loss_scale.ts";
 import { OPTIMIZER_BITS } from "../lib/optim.ts";
 import { logLine, progressBar } from "../lib/progress.ts";
 import {
@@ -68,7 +69,7 @@ const SPECS = {
       "their activations kept in 16 bits; sums, weights, moments fp32; f16 with dynamic loss scaling",
   },
   "loss-scale": num(
-    "f16: the loss scale to start from (halved on overflow, doubled after 2000 good steps)",
+    `f16: the loss scale to start from (halved on overflow, doubled after ${LOSS_SCALE_GROWTH_INTERVAL} good steps)`,
     1,
   ),
   clip: num("global gradient-norm clip, 0 = off"),

@@ -285,7 +285,8 @@ export class CpuBackend implements Backend {
 
   /**
    * A matmul operand stored (rows, cols), rows `ld` apart, as the kernels read it: the buffer
-   * itself in fp32; else a copy rounded to the matmul precision, or unpacked when stored in its 16-bit format.
+   * itself in fp32; else a copy rounded to the matmul precision, or unpacked when stored in its
+   * 16-bit format.
    */
   #matmulInput(name: string, buffer: DeviceBuffer, rows: number, cols: number, ld: number, stored16 = false) {
     if (this.#matmulPrecision === "fp32") return f(buffer);

@@ -12,7 +12,6 @@ import {
   type ConvDims,
   type DeviceBuffer,
   type FloatArray,
-  HALF_FORMATS,
   halfFloats,
   type HalfFormat,
   halfFormatOf,
@@ -114,13 +113,18 @@ function quietHeadlessVulkan(): void {
   }
 }
 
-/** The input defines of kernels/matmul.wgsl and matmul_vec4.wgsl: INPUTS 0 (f32 as is) or 1 + a HALF_FORMATS index, and which operands are stored so. */
-interface HalfInputs {
+/** kernels/common.wgsl's code of each 16-bit format (HALF_BF16, HALF_F16). */
+const WGSL_HALF_CODES: Record<HalfFormat, number> = { bf16: 0, f16: 1 };
+
+/**
+ * The input defines of kernels/matmul.wgsl and matmul_vec4.wgsl: INPUTS 0 (f32 as is) or 1 + a
+ * WGSL_HALF_CODES code, and which operands are stored in 16 bits.
+ */
+interface MatmulInputs {
   INPUTS: number;
   A_HALF: number;
   B_HALF: number;
 }
-const FP32_INPUTS: HalfInputs = { INPUTS: 0, A_HALF: 0, B_HALF: 0 };
 
 /** Defines for the startup compile check of the kernels that need them. */
 const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string, number>>> = {
@@ -342,10 +346,10 @@ export class WebGpuBackend implements Backend {
     const ldc = options.ldc ?? n;
     checkHalfOperands("webgpu", this.#matmulPrecision, options);
     const [cv, av, bv] = [gv(c), gv(a), gv(b)];
-    const half = this.#halfInputs(options);
+    const inputs = this.#matmulInputs(options);
     const aligned = k % 4 === 0 && n % 4 === 0 && [lda, ldb, ldc].every((ld) => ld % 4 === 0) &&
       [cv, av, bv].every((v) => this.#vec4Bindable(v));
-    if (aligned && m <= MAX_GEMV_ROWS && !transA && transB && !half?.A_HALF && !half?.B_HALF) {
+    if (aligned && m <= MAX_GEMV_ROWS && !transA && transB && !inputs.A_HALF && !inputs.B_HALF) {
       this.#run({
         file: "matmul_vec4",
         entry: "gemv_vec4",
@@ -356,7 +360,7 @@ export class WebGpuBackend implements Backend {
       });
       return;
     }
-    const kernel = this.#matmulKernel(aligned, m, n, k, lda, ldb, transA, transB, half);
+    const kernel = this.#matmulKernel(aligned, m, n, k, lda, ldb, transA, transB, inputs);
     const grid = [Math.ceil(n / kernel.tileN), Math.ceil(m / kernel.tileM)] as const;
     // Few output tiles over a long k (weight gradients: k = B·L) split k across workgroups.
     const splits = Math.min(
@@ -392,11 +396,14 @@ export class WebGpuBackend implements Backend {
     });
   }
 
-  /** The matmul kernels' defines for a 16-bit precision; null at fp32. */
-  #halfInputs(options: MatmulOptions): HalfInputs | null {
+  /** The matmul kernels' input defines at the current precision. */
+  #matmulInputs(options: MatmulOptions): MatmulInputs {
     const format = halfFormatOf(this.#matmulPrecision);
-    if (!format) return null;
-    return { INPUTS: 1 + HALF_FORMATS.indexOf(format), A_HALF: +!!options.aHalf, B_HALF: +!!options.bHalf };
+    return {
+      INPUTS: format ? 1 + WGSL_HALF_CODES[format] : 0,
+      A_HALF: +!!options.aHalf,
+      B_HALF: +!!options.bHalf,
+    };
   }
 
   packHalf(dst: DeviceBuffer, src: DeviceBuffer, n: number, format: HalfFormat): void {
@@ -405,7 +412,7 @@ export class WebGpuBackend implements Backend {
       file: "half",
       entry: "pack_half",
       bindings: [gv(dst), gv(src)],
-      ints: [n, HALF_FORMATS.indexOf(format)],
+      ints: [n, WGSL_HALF_CODES[format]],
       groups: per256(halfFloats(n)),
     });
   }
@@ -416,7 +423,7 @@ export class WebGpuBackend implements Backend {
       file: "half",
       entry: "unpack_half",
       bindings: [undefined, undefined, gv(dst), gv(src)],
-      ints: [n, HALF_FORMATS.indexOf(format)],
+      ints: [n, WGSL_HALF_CODES[format]],
       groups: per256(n),
     });
   }
@@ -434,7 +441,7 @@ export class WebGpuBackend implements Backend {
     ldb: number,
     transA: boolean,
     transB: boolean,
-    half: HalfInputs | null,
+    inputs: MatmulInputs,
   ) {
     const dims = [m, n, k];
     if (aligned && (!transA || m % 4 === 0) && m >= MIN_VEC4_ROWS) {
@@ -442,7 +449,7 @@ export class WebGpuBackend implements Backend {
         base: {
           file: "matmul_vec4" as const,
           entry: "matmul_vec4",
-          defines: { TRANS_A: +transA, TRANS_B: +transB, ...(half ?? FP32_INPUTS) } as Record<string, number>,
+          defines: { TRANS_A: +transA, TRANS_B: +transB, ...inputs } as Record<string, number>,
         },
         tileM: 128,
         tileN: 128,
@@ -455,7 +462,7 @@ export class WebGpuBackend implements Backend {
       base: {
         file: "matmul" as const,
         entry: "matmul",
-        defines: { ...tile, ...(half ?? FP32_INPUTS) } as Record<string, number>,
+        defines: { ...tile, ...inputs } as Record<string, number>,
       },
       tileM: 16 * tile.TM,
       tileN: 16 * tile.TN,
