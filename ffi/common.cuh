@@ -42,8 +42,8 @@ int mb_workspace(uint64_t bytes, void** ptr);
 // while the kernel ahead of it still runs, so that launching it and reading its weights overlap
 // that kernel. Every kernel launched so calls mb_grid_launch_dependents() (the next one may
 // start) and mb_grid_wait() (the kernel ahead has finished and its writes are visible) before it
-// reads anything an earlier kernel wrote or writes anything; before the wait it only prefetches
-// weights. Elsewhere both are no-ops and the launch is a plain one.
+// reads anything an earlier kernel wrote or writes anything; before the wait it only reads (or
+// prefetches) weights. Elsewhere both are no-ops and the launch is a plain one.
 
 // Whether the device has programmatic dependent launch (compute capability 9.0 or later).
 bool mb_dependent_launch(void);
@@ -63,20 +63,28 @@ __device__ inline void mb_grid_launch_dependents() {
 // Brings the 128-byte line holding p into L2.
 __device__ inline void mb_prefetch_l2(const void* p) { asm volatile("prefetch.global.L2 [%0];" ::"l"(p)); }
 
-// kernel<<<grid, block>>>(args…) on the library's stream, as a dependent launch where the device
-// has them. Launch errors are left for MB_LAUNCHED.
+// kernel<<<grid, block, shared_bytes>>>(args…) on the library's stream, as a dependent launch where
+// the device has them. Launch errors are left for MB_LAUNCHED.
 template <typename... Params, typename... Args>
-void mb_launch_dependent(void (*kernel)(Params...), unsigned grid, unsigned block, Args... args) {
+void mb_launch_dependent_shared(void (*kernel)(Params...), unsigned grid, unsigned block, size_t shared_bytes,
+                                Args... args) {
   cudaLaunchAttribute attribute{};
   attribute.id = cudaLaunchAttributeProgrammaticStreamSerialization;
   attribute.val.programmaticStreamSerializationAllowed = 1;
   cudaLaunchConfig_t config{};
   config.gridDim = dim3(grid);
   config.blockDim = dim3(block);
+  config.dynamicSmemBytes = shared_bytes;
   config.stream = mb_stream();
   config.attrs = &attribute;
   config.numAttrs = mb_dependent_launch() ? 1 : 0;
   cudaLaunchKernelEx(&config, kernel, static_cast<Params>(args)...);
+}
+
+// The same without dynamic shared memory.
+template <typename... Params, typename... Args>
+void mb_launch_dependent(void (*kernel)(Params...), unsigned grid, unsigned block, Args... args) {
+  mb_launch_dependent_shared(kernel, grid, block, 0, args...);
 }
 // cudaMalloc with an out-of-memory message that says how much was asked and how much is free.
 int mb_device_malloc(uint64_t bytes, void** ptr);

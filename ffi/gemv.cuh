@@ -138,22 +138,16 @@ __device__ inline void gemv_store(float* c, int64_t ldc, int m, int row, float v
 __device__ inline float4 times(float4 a, float4 b) { return make_float4(a.x * b.x, a.y * b.y, a.z * b.z, a.w * b.w); }
 __device__ inline float times(float a, float b) { return a * b; }
 
-// 1 / √(mean(A[m]²) + eps) of each of the kM rows of A (K values, lda apart), for every thread of
-// the block (all must call it, after the wait): rmsnorm's scale, for the GEMVs that fuse rmsnorm.
-// Each block reads the rows itself (a few KB, from L2) instead of waiting for an rmsnorm launch.
+// 1 / √(mean(A[m]²) + eps) of each of kM rows of K values, for every thread of the block (all must
+// call it), from each thread's partial sums of squares `ss`: rmsnorm's scale.
 template <int kM>
-__device__ inline void gemv_rstd(const float* a, int k, int lda, float eps, float (&rstd)[kM]) {
+__device__ inline void gemv_block_rstd(const float (&ss)[kM], int k, float eps, float (&rstd)[kM]) {
   __shared__ float partial[kGemvWarps][kM];
   const int warp = threadIdx.x / 32;
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    float ss = 0.0f;
-    for (int i = threadIdx.x; i < k; i += kGemvThreads) {
-      float v = a[(int64_t)m * lda + i];
-      ss += v * v;
-    }
-    ss = mb_warp_sum(ss);
-    if (threadIdx.x % 32 == 0) partial[warp][m] = ss;
+    float sum = mb_warp_sum(ss[m]);
+    if (threadIdx.x % 32 == 0) partial[warp][m] = sum;
   }
   __syncthreads();
 #pragma unroll
@@ -163,4 +157,20 @@ __device__ inline void gemv_rstd(const float* a, int k, int lda, float eps, floa
     for (int w = 0; w < kGemvWarps; w++) total += partial[w][m];
     rstd[m] = rsqrtf(total / k + eps);
   }
+}
+
+// gemv_block_rstd of the kM rows of A (K values, lda apart), every thread of the block calling it
+// after the wait: the GEMVs that fuse rmsnorm have each block read the rows itself (a few KB, from
+// L2) instead of waiting for an rmsnorm launch.
+template <int kM>
+__device__ inline void gemv_rstd(const float* a, int k, int lda, float eps, float (&rstd)[kM]) {
+  float ss[kM] = {};
+#pragma unroll
+  for (int m = 0; m < kM; m++) {
+    for (int i = threadIdx.x; i < k; i += kGemvThreads) {
+      float v = a[(int64_t)m * lda + i];
+      ss[m] += v * v;
+    }
+  }
+  gemv_block_rstd<kM>(ss, k, eps, rstd);
 }
