@@ -3,21 +3,28 @@
 // code p of row o in byte p % 4 of word o·KW + p / 4 (little-endian, zero-padded rows);
 // dequant(W)[o, p] = scales[o] · code. Each output is scales[o] · Σ_p A[i, p] · code[o, p].
 //
-// Decode (M ≤ kGemvMaxRows) takes the GEMV of gemv.cuh's shape: `split` warps per row of W, their
-// lanes on consecutive words of the row (float4 loads of A where the operands allow), the codes
-// dequantized in registers, warp-shuffle sums; every word of W is read once for all M rows of A.
-// dp4a does not apply: A is fp32. Larger M (a prompt, evaluation) takes a shared-memory tiled
-// kernel. Both run on the library's stream (the GEMV as a dependent launch, common.cuh), so both
+// Decode (M ≤ kGemvMaxRows) takes the GEMV of gemv.cuh's shape: `split` warps per row of W, the
+// codes dequantized in registers, warp-shuffle sums; every word of W is read once for all M rows
+// of A. Tall products with short rows (in_proj) take a warp per row, the row's codes read into
+// registers ahead of the wait and A staged in shared memory (gemv_int8_staged_kernel); the rest, a
+// word per lane at a time and A from global memory. dp4a does not apply: A is fp32. Larger M (a
+// prompt, evaluation) takes a shared-memory tiled kernel. Both run on the library's stream (the GEMV as a dependent launch, common.cuh), so both
 // can be captured in a CUDA graph.
 #include "common.cuh"
 #include "gemv.cuh"
 
 namespace {
 
-// The four codes of a word as floats (byte 0 first).
+// The four codes of a word as floats (byte 0 first), without int-to-float conversions (they issue
+// at a fraction of the FP32 rate): each byte, offset by 128, becomes the low byte of the float
+// 2²³ + byte, and 2²³ + 128 comes off exactly.
 __device__ inline float4 unpack_codes(int word) {
-  char4 q = *reinterpret_cast<char4*>(&word);
-  return make_float4(q.x, q.y, q.z, q.w);
+  const unsigned biased = static_cast<unsigned>(word) ^ 0x80808080u, exponent = 0x4B000000u;
+  const float offset = 8388608.0f + 128.0f;
+  return make_float4(__uint_as_float(__byte_perm(biased, exponent, 0x7540)) - offset,
+                     __uint_as_float(__byte_perm(biased, exponent, 0x7541)) - offset,
+                     __uint_as_float(__byte_perm(biased, exponent, 0x7542)) - offset,
+                     __uint_as_float(__byte_perm(biased, exponent, 0x7543)) - offset);
 }
 
 __device__ inline float dot4(float4 x, float4 w) { return x.x * w.x + x.y * w.y + x.z * w.z + x.w * w.w; }
@@ -77,6 +84,87 @@ __global__ void __launch_bounds__(kGemvThreads) gemv_int8_kernel(float* c, const
   }
 }
 
+// The staged GEMV's order of A's quads (4 floats) in shared memory: lane j of a warp takes the 16
+// codes of int4 j of a row of W, so quads 4j .. 4j+3 of A; quad q is kept at (q % 4) · K/16 + q / 4,
+// so that the warp's reads of each of the four are consecutive float4 (no bank conflicts).
+__device__ inline int staged_quad(int q, int k16) { return (q % 4) * k16 + q / 4; }
+
+// The staged GEMV's bounds: int4 of codes per lane (a whole row of W in registers: K ≤ 2048; on
+// the H200, reading longer rows in several rounds measured slower than the word-per-lane kernel for
+// the 972M model's out_proj and x_proj), rows of W (a warp each: with fewer rows much of the GPU
+// idles, where the word-per-lane kernel spreads a row over several warps; a bound not tuned) and
+// dynamic shared memory (48 KiB less room for gemv_block_rstd's static partial sums; more would
+// need an opt-in and cost blocks per SM).
+constexpr int kStagedLoads = 4;
+constexpr int kStagedMaxK = 32 * kStagedLoads * 16;
+constexpr int kStagedMinRows = 4096;
+constexpr size_t kStagedMaxBytes = 47 * 1024;
+
+// K % 16 == 0 and K ≤ kStagedMaxK, codes 16-byte aligned (rows of K bytes: int4 j of row o is codes
+// 16j .. 16j+15), dynamic shared memory of M · K floats; one warp per row of W. Its lanes load the
+// row's codes before the wait — the weights are no earlier kernel's output, so that read overlaps
+// the kernel ahead — then the block stages A's rows (times norm with kNorm, their sums of squares
+// taken on the way for rstd) and each int4 meets 16 staged values of each row of A. The scales, rstd
+// and the conv step as gemv_int8_kernel.
+template <int kM, bool kNorm>
+__global__ void __launch_bounds__(kGemvThreads) gemv_int8_staged_kernel(float* c, const float* a, const int4* codes,
+                                                                        const float* scales, int n, int k, int lda,
+                                                                        bool accumulate, const float* norm, float eps,
+                                                                        GemvConv conv) {
+  extern __shared__ float4 staged[];  // (kM, K/4) quads of A (times norm), in staged_quad's order
+  const int k16 = k / 16, quads = k / 4, lane = threadIdx.x % 32;
+  const int row = blockIdx.x * kGemvWarps + threadIdx.x / 32;
+  mb_grid_launch_dependents();
+  int4 w[kStagedLoads];
+#pragma unroll
+  for (int i = 0; i < kStagedLoads; i++) {
+    const int j = lane + 32 * i;
+    w[i] = row < n && j < k16 ? __ldg(codes + (int64_t)row * k16 + j) : make_int4(0, 0, 0, 0);
+  }
+  mb_grid_wait();
+  float* staged_floats = reinterpret_cast<float*>(staged);
+  float ss[kM] = {};
+#pragma unroll
+  for (int m = 0; m < kM; m++) {
+    for (int p = threadIdx.x; p < k; p += kGemvThreads) {
+      float x = a[(int64_t)m * lda + p];
+      ss[m] += x * x;
+      staged_floats[4 * (m * quads + staged_quad(p / 4, k16)) + p % 4] = kNorm ? x * norm[p] : x;
+    }
+  }
+  float rstd[kM];
+  if constexpr (kNorm) gemv_block_rstd<kM>(ss, k, eps, rstd);
+  __syncthreads();
+  float acc[kM] = {};
+#pragma unroll
+  for (int i = 0; i < kStagedLoads; i++) {
+    const int j = lane + 32 * i;
+    if (j >= k16) break;
+    const float4 w0 = unpack_codes(w[i].x), w1 = unpack_codes(w[i].y), w2 = unpack_codes(w[i].z),
+                 w3 = unpack_codes(w[i].w);
+#pragma unroll
+    for (int m = 0; m < kM; m++) {
+      const float4* x = staged + m * quads + j;
+      acc[m] += dot4(x[0], w0) + dot4(x[k16], w1) + dot4(x[2 * k16], w2) + dot4(x[3 * k16], w3);
+    }
+  }
+  gemv_sum<kM, 1>(acc);
+  if (row >= n) return;
+  const float scale = scales[row];
+#pragma unroll
+  for (int m = 0; m < kM; m++) {
+    if (lane == m) gemv_store(c, n, m, row, scale * (kNorm ? rstd[m] * acc[m] : acc[m]), accumulate, conv);
+  }
+}
+
+template <int kM, bool kNorm>
+void launch_staged(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
+                   bool accumulate, const float* norm, float eps, const GemvConv& conv) {
+  mb_launch_dependent_shared(gemv_int8_staged_kernel<kM, kNorm>, (n + kGemvWarps - 1) / kGemvWarps, kGemvThreads,
+                             (size_t)kM * k * sizeof(float), c, a, reinterpret_cast<const int4*>(codes), scales, n,
+                             k, lda, accumulate, norm, eps, conv);
+}
+
 template <int kM, int V, bool kNorm>
 void launch_split(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
                   bool accumulate, const float* norm, float eps, const GemvConv& conv) {
@@ -91,8 +179,14 @@ void launch_split(float* c, const float* a, const int* codes, const float* scale
 
 template <int kM>
 void launch_gemv(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
-                 bool accumulate, bool vec, const float* norm, float eps, const GemvConv& conv) {
-  if (norm) {
+                 bool accumulate, bool vec, bool staged, const float* norm, float eps, const GemvConv& conv) {
+  if (staged) {
+    if (norm) {
+      launch_staged<kM, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps, conv);
+    } else {
+      launch_staged<kM, false>(c, a, codes, scales, n, k, lda, accumulate, norm, eps, conv);
+    }
+  } else if (norm) {
     if (vec) {
       launch_split<kM, 4, true>(c, a, codes, scales, n, k, lda, accumulate, norm, eps, conv);
     } else {
@@ -163,15 +257,17 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 int gemv_int8(float* c, const float* a, const int* codes, const float* scales, int m, int n, int k, int lda,
               bool accumulate, const float* norm, float eps, const GemvConv& conv) {
   bool vec = k % 4 == 0 && lda % 4 == 0 && aligned16(a) && aligned16(norm);
+  bool staged = k % 16 == 0 && k <= kStagedMaxK && n >= kStagedMinRows && aligned16(codes) &&
+                (size_t)m * k * sizeof(float) <= kStagedMaxBytes;
   switch (m) {
-    case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
-    case 2: launch_gemv<2>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
-    case 3: launch_gemv<3>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
-    case 4: launch_gemv<4>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
-    case 5: launch_gemv<5>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
-    case 6: launch_gemv<6>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
-    case 7: launch_gemv<7>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
-    default: launch_gemv<8>(c, a, codes, scales, n, k, lda, accumulate, vec, norm, eps, conv); break;
+    case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
+    case 2: launch_gemv<2>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
+    case 3: launch_gemv<3>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
+    case 4: launch_gemv<4>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
+    case 5: launch_gemv<5>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
+    case 6: launch_gemv<6>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
+    case 7: launch_gemv<7>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
+    default: launch_gemv<8>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;
   }
   MB_LAUNCHED(norm ? "rmsnorm_matmul_int8 (gemv)" : "matmul_int8 (gemv)");
   return 0;

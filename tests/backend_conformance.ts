@@ -522,6 +522,7 @@ function int8Cases(): Record<string, OpCase> {
     [64, 130, 150],
     [2, 11, 2051],
     [1, 2050, 45], // a GEMV over many rows of W
+    [2, 4097, 32], // tall, K % 16 == 0: CUDA's staged GEMV
   ];
   for (const [m, n, k] of shapes) {
     for (const accumulate of [false, true]) {
@@ -541,8 +542,22 @@ function int8Cases(): Record<string, OpCase> {
   }
   {
     // packed A, 16-byte aligned: the vectorized GEMV paths, with 1 and 4 warps per row of W, and
-    // a GEMV over many rows of W
-    for (const [m, n, k] of [[2, 40, 64], [3, 9, 4096], [3, 2053, 64]]) {
+    // a GEMV over many rows of W; tall ones with K % 16 == 0, up to CUDA's staged GEMV's longest
+    // rows (2048), past them, and with more of A (M = 8) than it stages
+    const shapes = [
+      [2, 40, 64],
+      [3, 9, 4096],
+      [3, 2053, 64],
+      [3, 4099, 48],
+      [5, 4096, 2048],
+      [1, 4096, 2064],
+      [
+        8,
+        4098,
+        1536,
+      ],
+    ];
+    for (const [m, n, k] of shapes) {
       const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
       cases[`matmulInt8 M=${m} N=${n} K=${k}, A packed`] = {
         floats: { a: normal(m * k), scales, c: normal(m * n) },
@@ -555,7 +570,7 @@ function int8Cases(): Record<string, OpCase> {
   // rmsnorm fused into the matmul after it (decode's in_proj and lm_head), fp32 and int8 weights:
   // K = 13 takes the scalar paths, 64 and 4096 the vector ones (4096: several warps per row of W);
   // backends without the fused ops run rmsnorm, then the matmul, as the model does
-  for (const [m, n, k] of [[1, 37, 13], [3, 70, 64], [8, 2053, 64], [2, 9, 4096]]) {
+  for (const [m, n, k] of [[1, 37, 13], [3, 70, 64], [8, 2053, 64], [2, 9, 4096], [2, 4101, 96]]) {
     const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
     const floats = () => normedMatmulFloats(r, m, n, k, scales);
     cases[`rmsnormMatmul M=${m} N=${n} K=${k}`] = {
@@ -615,6 +630,7 @@ function convStepCases(): Record<string, OpCase> {
     { m: 3, n: 37, k: 13, channels: 17, width: 2, withBias: false },
     { m: 3, n: 9, k: 4096, channels: 5, width: 4, withBias: false },
     { m: 1, n: 45, k: 13, channels: 22, width: 2, withBias: true },
+    { m: 2, n: 4103, k: 64, channels: 2050, width: 4, withBias: true },
   ];
   for (const { m, n, k, channels, width, withBias } of shapes) {
     const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
