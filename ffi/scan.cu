@@ -400,8 +400,11 @@ __global__ void reduce_bc(float* db, float* dc, const float* bc_part, int parts,
 // channel, so every load is independent and sums over a channel are 16-lane shuffles: h (B, ED, N)
 // updated in place. dt_proj is fused in: δ = δr · dt_proj[e] (R terms, split over the channel's
 // lanes) comes from dt_in (B, R; rows bc_stride apart) and dt_proj (ED, R); s.delta is unused.
-// The parameters (A_log, the δ bias, D, dt_proj) do not change during decode: they are read, or
-// prefetched into L2, while the kernel ahead still runs; the activations only after the wait.
+// The parameters (A_log, the δ bias, D, dt_proj) do not change during decode: they are read (the
+// first kStepRankLoads terms of dt_proj's row per lane, into registers) or prefetched into L2 (any
+// beyond) while the kernel ahead still runs; the activations only after the wait.
+constexpr int kStepRankLoads = 8;  // dt_rank ≤ 128 (d_model ≤ 2048) is read ahead whole
+
 __global__ void scan_step(float* y, float* h, ScanArgs s, const float* dt_in, const float* dt_proj, int rank) {
   mb_grid_launch_dependents();
   int64_t i = blockIdx.x * (int64_t)blockDim.x + threadIdx.x, be = i / kN;
@@ -409,11 +412,13 @@ __global__ void scan_step(float* y, float* h, ScanArgs s, const float* dt_in, co
   // lanes past the end still shuffle
   bool channel = be < (int64_t)s.batch * s.channels, state = channel && n < s.state;
   const float* w = dt_proj + (int64_t)e * rank;
-  float bias = 0.0f, skip = 0.0f, a2 = 0.0f;
+  float bias = 0.0f, skip = 0.0f, a2 = 0.0f, w_ahead[kStepRankLoads];
+#pragma unroll
+  for (int q = 0; q < kStepRankLoads; q++) w_ahead[q] = channel && n + kN * q < rank ? w[n + kN * q] : 0.0f;
   if (channel) {
     bias = s.dt_bias[e];
     skip = s.d[e];
-    for (int r = 32 * n; r < rank; r += 32 * kN) mb_prefetch_l2(w + r);  // 128-byte lines
+    for (int r = kN * kStepRankLoads + 32 * n; r < rank; r += 32 * kN) mb_prefetch_l2(w + r);  // 128-byte lines
   }
   if (state) a2 = kLog2e * -expf(s.a_log[e * s.state + n]);  // A·log2(e), what decay takes
   mb_grid_wait();
@@ -421,8 +426,12 @@ __global__ void scan_step(float* y, float* h, ScanArgs s, const float* dt_in, co
   if (channel) {
     uu = s.u[be];
     const float* x = dt_in + (int64_t)b * s.bc_stride;
+#pragma unroll
+    for (int q = 0; q < kStepRankLoads; q++) {
+      if (n + kN * q < rank) delta += x[n + kN * q] * w_ahead[q];
+    }
 #pragma unroll 4
-    for (int r = n; r < rank; r += kN) delta += x[r] * w[r];
+    for (int r = n + kN * kStepRankLoads; r < rank; r += kN) delta += x[r] * w[r];
   }
   if (state) {
     hv = h[be * s.state + n];
