@@ -5,9 +5,10 @@
 //
 // Decode (M ≤ kGemvMaxRows) takes the GEMV of gemv.cuh's shape: `split` warps per row of W, the
 // codes dequantized in registers, warp-shuffle sums; every word of W is read once for all M rows
-// of A. Tall products with short rows (in_proj) take a warp per row, the row's codes read into
-// registers ahead of the wait and A staged in shared memory (gemv_int8_staged_kernel); the rest, a
-// word per lane at a time and A from global memory. dp4a does not apply: A is fp32. Larger M (a
+// of A. Tall products with short rows (in_proj) take a warp per row at a time, the row's codes read
+// into registers ahead of the wait (the next row's during the one before) and A staged in shared
+// memory once per block (gemv_int8_staged_kernel); the rest, a word per lane at a time and A from
+// global memory. dp4a does not apply: A is fp32. Larger M (a
 // prompt, evaluation) takes a shared-memory tiled kernel. Both run on the library's stream (the
 // GEMV as a dependent launch, common.cuh), so both can be captured in a CUDA graph.
 #include "common.cuh"
@@ -100,69 +101,97 @@ constexpr int kStagedMaxK = 32 * kStagedLoads * 16;
 constexpr int kStagedMinRows = 4096;
 constexpr size_t kStagedMaxBytes = 47 * 1024;
 
-// K % 16 == 0 and K ≤ kStagedMaxK, codes 16-byte aligned (rows of K bytes: int4 j of row o is codes
-// 16j .. 16j+15), dynamic shared memory of M · K floats; one warp per row of W. Its lanes load the
-// row's codes before the wait — the weights are no earlier kernel's output, so that read overlaps
-// the kernel ahead — then the block stages A's rows (times norm with kNorm, their sums of squares
-// taken on the way for rstd) and each int4 meets 16 staged values of each row of A. The scales, rstd
-// and the conv step as gemv_int8_kernel.
+// A row of W's codes for lane `lane` of its warp: int4 lane + 32i of the row (zeros past the row
+// and for rows from N on).
+__device__ inline void load_staged_row(int4 (&w)[kStagedLoads], const int4* codes, int row, int n, int k16, int lane) {
+#pragma unroll
+  for (int i = 0; i < kStagedLoads; i++) {
+    const int j = lane + 32 * i;
+    w[i] = row < n && j < k16 ? __ldg(codes + (int64_t)row * k16 + j) : make_int4(0, 0, 0, 0);
+  }
+}
+
+// K % 16 == 0 and K ≤ kStagedMaxK, A and norm read as float4 (lda % 4 == 0, 16-byte aligned), codes
+// 16-byte aligned (rows of K bytes: int4 j of row o is codes 16j .. 16j+15), dynamic shared memory
+// of M · K floats. Each warp takes rows row0, row0 + S, row0 + 2S, … (S: the grid's warps), its
+// lanes holding a whole row's codes in registers: the first row's are loaded before the wait — the
+// weights are no earlier kernel's output, so that read overlaps the kernel ahead — and each next
+// row's while the warp works on the one before. The block stages A's rows once for all its rows
+// (times norm with kNorm, their sums of squares taken on the way for rstd); each int4 meets 16
+// staged values of each row of A. The scales, rstd and the conv step as gemv_int8_kernel.
 template <int kM, bool kNorm>
 __global__ void __launch_bounds__(kGemvThreads) gemv_int8_staged_kernel(float* c, const float* a, const int4* codes,
                                                                         const float* scales, int n, int k, int lda,
                                                                         bool accumulate, const float* norm, float eps,
                                                                         GemvConv conv) {
   extern __shared__ float4 staged[];  // (kM, K/4) quads of A (times norm), in staged_quad's order
-  const int k16 = k / 16, quads = k / 4, lane = threadIdx.x % 32;
-  const int row = blockIdx.x * kGemvWarps + threadIdx.x / 32;
+  const int k16 = k / 16, quads = k / 4, lane = threadIdx.x % 32, stride = gridDim.x * kGemvWarps;
+  int row = blockIdx.x * kGemvWarps + threadIdx.x / 32;
   mb_grid_launch_dependents();
   int4 w[kStagedLoads];
-#pragma unroll
-  for (int i = 0; i < kStagedLoads; i++) {
-    const int j = lane + 32 * i;
-    w[i] = row < n && j < k16 ? __ldg(codes + (int64_t)row * k16 + j) : make_int4(0, 0, 0, 0);
-  }
+  load_staged_row(w, codes, row, n, k16, lane);
   mb_grid_wait();
-  float* staged_floats = reinterpret_cast<float*>(staged);
   float ss[kM] = {};
 #pragma unroll
   for (int m = 0; m < kM; m++) {
-    for (int p = threadIdx.x; p < k; p += kGemvThreads) {
-      float x = a[(int64_t)m * lda + p];
-      ss[m] += x * x;
-      staged_floats[4 * (m * quads + staged_quad(p / 4, k16)) + p % 4] = kNorm ? x * norm[p] : x;
+    const float4* a_row = reinterpret_cast<const float4*>(a + (int64_t)m * lda);
+    for (int q = threadIdx.x; q < quads; q += kGemvThreads) {
+      const float4 x = a_row[q];
+      ss[m] += dot4(x, x);
+      staged[m * quads + staged_quad(q, k16)] = kNorm ? times(x, __ldg(reinterpret_cast<const float4*>(norm) + q))
+                                                      : x;
     }
   }
   float rstd[kM];
   if constexpr (kNorm) gemv_block_rstd<kM>(ss, k, eps, rstd);
   __syncthreads();
-  float acc[kM] = {};
+  for (; row < n; row += stride) {  // the same trip count across a warp
+    int4 next[kStagedLoads];
+    load_staged_row(next, codes, row + stride, n, k16, lane);
+    float acc[kM] = {};
 #pragma unroll
-  for (int i = 0; i < kStagedLoads; i++) {
-    const int j = lane + 32 * i;
-    if (j >= k16) break;
-    const float4 w0 = unpack_codes(w[i].x), w1 = unpack_codes(w[i].y), w2 = unpack_codes(w[i].z),
-                 w3 = unpack_codes(w[i].w);
+    for (int i = 0; i < kStagedLoads; i++) {
+      const int j = lane + 32 * i;
+      if (j >= k16) break;
+      const float4 w0 = unpack_codes(w[i].x), w1 = unpack_codes(w[i].y), w2 = unpack_codes(w[i].z),
+                   w3 = unpack_codes(w[i].w);
+#pragma unroll
+      for (int m = 0; m < kM; m++) {
+        const float4* x = staged + m * quads + j;
+        acc[m] += dot4(x[0], w0) + dot4(x[k16], w1) + dot4(x[2 * k16], w2) + dot4(x[3 * k16], w3);
+      }
+    }
+    gemv_sum<kM, 1>(acc);
+    const float scale = scales[row];
 #pragma unroll
     for (int m = 0; m < kM; m++) {
-      const float4* x = staged + m * quads + j;
-      acc[m] += dot4(x[0], w0) + dot4(x[k16], w1) + dot4(x[2 * k16], w2) + dot4(x[3 * k16], w3);
+      if (lane == m) gemv_store(c, n, m, row, scale * (kNorm ? rstd[m] * acc[m] : acc[m]), accumulate, conv);
     }
-  }
-  gemv_sum<kM, 1>(acc);
-  if (row >= n) return;
-  const float scale = scales[row];
 #pragma unroll
-  for (int m = 0; m < kM; m++) {
-    if (lane == m) gemv_store(c, n, m, row, scale * (kNorm ? rstd[m] * acc[m] : acc[m]), accumulate, conv);
+    for (int i = 0; i < kStagedLoads; i++) w[i] = next[i];
   }
+}
+
+// The staged GEMV's grid: as few blocks as give every warp the same number of rows while all of
+// them fit on the device at once (every block stages A; a second wave would wait on the first).
+template <typename Kernel>
+unsigned staged_blocks(Kernel kernel, int n, size_t shared_bytes) {
+  static int sms = 0;
+  if (!sms) cudaDeviceGetAttribute(&sms, cudaDevAttrMultiProcessorCount, 0);
+  int per_sm = 0;
+  cudaOccupancyMaxActiveBlocksPerMultiprocessor(&per_sm, kernel, kGemvThreads, shared_bytes);
+  const int64_t resident_warps = (int64_t)std::max(per_sm * sms, 1) * kGemvWarps;
+  const int64_t rows_per_warp = (n + resident_warps - 1) / resident_warps;
+  return (unsigned)((n + kGemvWarps * rows_per_warp - 1) / (kGemvWarps * rows_per_warp));
 }
 
 template <int kM, bool kNorm>
 void launch_staged(float* c, const float* a, const int* codes, const float* scales, int n, int k, int lda,
                    bool accumulate, const float* norm, float eps, const GemvConv& conv) {
-  mb_launch_dependent_shared(gemv_int8_staged_kernel<kM, kNorm>, (n + kGemvWarps - 1) / kGemvWarps, kGemvThreads,
-                             (size_t)kM * k * sizeof(float), c, a, reinterpret_cast<const int4*>(codes), scales, n,
-                             k, lda, accumulate, norm, eps, conv);
+  auto kernel = gemv_int8_staged_kernel<kM, kNorm>;
+  const size_t shared_bytes = (size_t)kM * k * sizeof(float);
+  mb_launch_dependent_shared(kernel, staged_blocks(kernel, n, shared_bytes), kGemvThreads, shared_bytes, c, a,
+                             reinterpret_cast<const int4*>(codes), scales, n, k, lda, accumulate, norm, eps, conv);
 }
 
 template <int kM, int V, bool kNorm>
@@ -257,7 +286,7 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 int gemv_int8(float* c, const float* a, const int* codes, const float* scales, int m, int n, int k, int lda,
               bool accumulate, const float* norm, float eps, const GemvConv& conv) {
   bool vec = k % 4 == 0 && lda % 4 == 0 && aligned16(a) && aligned16(norm);
-  bool staged = k % 16 == 0 && k <= kStagedMaxK && n >= kStagedMinRows && aligned16(codes) &&
+  bool staged = vec && k % 16 == 0 && k <= kStagedMaxK && n >= kStagedMinRows && aligned16(codes) &&
                 (size_t)m * k * sizeof(float) <= kStagedMaxBytes;
   switch (m) {
     case 1: launch_gemv<1>(c, a, codes, scales, n, k, lda, accumulate, vec, staged, norm, eps, conv); break;

@@ -522,7 +522,7 @@ function int8Cases(): Record<string, OpCase> {
     [64, 130, 150],
     [2, 11, 2051],
     [1, 2050, 45], // a GEMV over many rows of W
-    [2, 4097, 32], // tall, K % 16 == 0: CUDA's staged GEMV
+    [2, 4097, 32], // tall, K % 16 == 0, A strided: not for CUDA's staged GEMV, which reads A as float4
   ];
   for (const [m, n, k] of shapes) {
     for (const accumulate of [false, true]) {
@@ -543,8 +543,10 @@ function int8Cases(): Record<string, OpCase> {
   {
     // packed A, 16-byte aligned: the vectorized GEMV paths, with 1 and 4 warps per row of W, and
     // a GEMV over many rows of W; tall ones with K % 16 == 0, up to CUDA's staged GEMV's longest
-    // rows (2048), past them, and with more of A (M = 8) than it stages
+    // rows (2048), past them, with more of A (M = 8) than it stages, and with more rows than a
+    // GPU of up to 132 SMs holds warps (its warps take several rows each)
     const shapes = [
+      [1, 20011, 64],
       [2, 40, 64],
       [3, 9, 4096],
       [3, 2053, 64],
@@ -568,9 +570,11 @@ function int8Cases(): Record<string, OpCase> {
     }
   }
   // rmsnorm fused into the matmul after it (decode's in_proj and lm_head), fp32 and int8 weights:
-  // K = 13 takes the scalar paths, 64 and 4096 the vector ones (4096: several warps per row of W);
-  // backends without the fused ops run rmsnorm, then the matmul, as the model does
-  for (const [m, n, k] of [[1, 37, 13], [3, 70, 64], [8, 2053, 64], [2, 9, 4096], [2, 4101, 96]]) {
+  // K = 13 takes the scalar paths, 64 and 4096 the vector ones (4096: several warps per row of W;
+  // N = 20011: several rows per warp of CUDA's staged GEMV); backends without the fused ops run
+  // rmsnorm, then the matmul, as the model does
+  const normedShapes = [[1, 37, 13], [3, 70, 64], [8, 2053, 64], [2, 9, 4096], [2, 4101, 96], [1, 20011, 64]];
+  for (const [m, n, k] of normedShapes) {
     const { codes, scales } = quantizeInt8(normal(n * k, 0.2), n, k);
     const floats = () => normedMatmulFloats(r, m, n, k, scales);
     cases[`rmsnormMatmul M=${m} N=${n} K=${k}`] = {
