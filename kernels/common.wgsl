@@ -55,6 +55,15 @@ fn softplus(x: f32) -> f32 {
   return log(1.0 + e);
 }
 
+/**
+ * The four int8 codes of a word (lib/quantize.ts: byte 0 first), as floats: each byte shifted to
+ * the top, then an arithmetic shift right sign-extends it (core WGSL, no language extension).
+ */
+fn codes4(word: u32) -> vec4<f32> {
+  let w = vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u);
+  return vec4<f32>(w >> vec4<u32>(24u));
+}
+
 var<workgroup> reduce_scratch: array<f32, 256>;
 
 /** Σ of `v` over a workgroup of 256 invocations (call from uniform control flow). */

@@ -1,8 +1,8 @@
 // int8 weight-only matmul: C (M, N) = A (M, K) · dequant(W)ᵀ, or C += with `accumulate`, fp32
 // accumulation. W (N, K) is a Linear weight quantized per output channel (lib/quantize.ts):
 // codes (N, KW) u32 words, KW = ceil(K / 4), code p of row o in byte p % 4 of word o·KW + p / 4
-// (little-endian, zero-padded rows), unpacked by shifts with sign extension (core WGSL, no
-// language extension needed); dequant(W)[o, p] = scales[o] · code.
+// (little-endian, zero-padded rows), unpacked by common.wgsl's codes4; dequant(W)[o, p] =
+// scales[o] · code.
 // A's rows are lda apart (a strided view such as x_proj's δr columns); C is packed (ldc = N).
 // Each output is scales[o] · Σ_p A[i, p] · code[o, p]: the scale is applied once, at the end.
 //
@@ -15,13 +15,6 @@
 
 /** Columns of C (rows of W) per gemv_int8 workgroup. */
 const GEMV_COLS: u32 = 4u;
-
-/** The four int8 codes of a word, byte 0 first, as floats. */
-fn codes4(word: u32) -> vec4<f32> {
-  // shift each byte to the top, then an arithmetic shift right sign-extends it
-  let w = vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u);
-  return vec4<f32>(w >> vec4<u32>(24u));
-}
 
 /** A[row, p .. p+3] (A's offset `base`, row stride lda) with zeros from K on. */
 fn a_word(base: u32, p: u32, k: u32) -> vec4<f32> {

@@ -35,6 +35,16 @@ export function int8WordsPerRow(k: number): number {
   return Math.ceil(k / 4);
 }
 
+/** An int8 weight's buffers with the values N rows of K need, named, in checkRmsnormMatmul's form. */
+export function int8WeightBuffers(
+  codes: { length: number },
+  scales: { length: number },
+  n: number,
+  k: number,
+): [string, { length: number }, number][] {
+  return [["codes", codes, n * int8WordsPerRow(k)], ["scales", scales, n]];
+}
+
 /**
  * Throws a RangeError saying what is wrong when matmulInt8's buffers cannot hold its shape
  * (every backend checks before it launches anything).

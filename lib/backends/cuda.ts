@@ -25,7 +25,7 @@ import {
   type ScanStepDims,
 } from "../backend.ts";
 import { checkAdamw8bitLengths } from "../quant8.ts";
-import { checkMatmulInt8, int8WordsPerRow } from "../quantize.ts";
+import { checkMatmulInt8, int8WeightBuffers } from "../quantize.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { BUILD_HINT, type CudaLibrary, cudaLibraryPath, openCudaLibrary } from "./cuda_ffi.ts";
 import { CudaMoeOps } from "./cuda_moe.ts";
@@ -669,11 +669,17 @@ export class CudaBackend implements Backend {
     eps: number,
     conv?: ConvStepOperands,
   ): void {
-    const weights: [string, { length: number }, number][] = [
-      ["codes", codes, n * int8WordsPerRow(k)],
-      ["scales", scales, n],
-    ];
-    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, weights, m, n, k, conv);
+    checkRmsnormMatmul(
+      "rmsnormMatmulInt8",
+      c,
+      a,
+      norm,
+      int8WeightBuffers(codes, scales, n, k),
+      m,
+      n,
+      k,
+      conv,
+    );
     const status = this.#lib.mb_rmsnorm_matmul_int8(
       p(c),
       p(a),

@@ -9,7 +9,9 @@ import {
   type Backend,
   checkHalfLengths,
   checkHalfOperands,
+  checkRmsnormMatmul,
   type ConvDims,
+  type ConvStepOperands,
   type DeviceBuffer,
   type FloatArray,
   halfFloats,
@@ -23,7 +25,7 @@ import {
   type ScanStepDims,
 } from "../backend.ts";
 import { checkAdamw8bitLengths } from "../quant8.ts";
-import { checkMatmulInt8 } from "../quantize.ts";
+import { checkMatmulInt8, int8WeightBuffers } from "../quantize.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { KERNEL_FILES, loadKernelSources } from "./webgpu_kernel_source.ts";
 import { WebGpuMoeOps } from "./webgpu_moe.ts";
@@ -116,6 +118,18 @@ function quietHeadlessVulkan(): void {
 /** kernels/common.wgsl's code of each 16-bit format (HALF_BF16, HALF_F16). */
 const WGSL_HALF_CODES: Record<HalfFormat, number> = { bf16: 0, f16: 1 };
 
+/** The operands of an rmsnorm-fused decode matmul: C (M, N) = rmsnorm(A (M, K), norm) · Wᵀ, then the conv step. */
+interface NormedProduct {
+  c: DeviceBuffer;
+  a: DeviceBuffer;
+  norm: DeviceBuffer;
+  m: number;
+  n: number;
+  k: number;
+  eps: number;
+  conv?: ConvStepOperands;
+}
+
 /**
  * The input defines of kernels/matmul.wgsl and matmul_vec4.wgsl: INPUTS 0 (f32 as is) or 1 + a
  * WGSL_HALF_CODES code, and which operands are stored in 16 bits.
@@ -158,8 +172,11 @@ export class WebGpuBackend implements Backend {
   /** Mixture-of-experts ops (kernels/moe.wgsl). */
   readonly moe: WebGpuMoeOps;
   readonly #rt: GpuRuntime;
-  /** Scratch for partial sums and the scan's chunk states, grown on demand. */
-  #scratch: GpuView | null = null;
+  /**
+   * Scratch, grown on demand: slot 0 for partial sums and the scan's chunk states; slot 1 for what
+   * must outlive an op that uses slot 0 (the unfused rmsnormMatmul's normalized rows).
+   */
+  #scratch: [GpuView | null, GpuView | null] = [null, null];
   /** The device's maxComputeWorkgroupStorageSize (read once: the limits getter is not free). */
   readonly #workgroupStorage: number;
 
@@ -212,12 +229,11 @@ export class WebGpuBackend implements Backend {
   }
 
   /** A scratch view of at least `length` floats (contents undefined; reused by later ops). */
-  #work(length: number): GpuView {
-    if (!this.#scratch || this.#scratch.length < length) {
-      if (this.#scratch) this.#rt.release(this.#scratch.root);
-      this.#scratch = new GpuView(this.#buffer(length * 4), 0, length);
-    }
-    return this.#scratch;
+  #work(length: number, slot: 0 | 1 = 0): GpuView {
+    const current = this.#scratch[slot];
+    if (current && current.length >= length) return current;
+    if (current) this.#rt.release(current.root);
+    return this.#scratch[slot] = new GpuView(this.#buffer(length * 4), 0, length);
   }
 
   #run(d: Dispatch): void {
@@ -325,8 +341,8 @@ export class WebGpuBackend implements Backend {
 
   dispose(): void {
     this.#rt.dispose();
-    this.#scratch?.root.destroy();
-    this.#scratch = null;
+    for (const scratch of this.#scratch) scratch?.root.destroy();
+    this.#scratch = [null, null];
     this.#gpu.destroy();
   }
 
@@ -911,6 +927,84 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- single-step decode ----
+  rmsnormMatmul(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    norm: DeviceBuffer,
+    w: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    eps: number,
+    conv?: ConvStepOperands,
+  ): void {
+    checkRmsnormMatmul("rmsnormMatmul", c, a, norm, [["W", w, n * k]], m, n, k, conv);
+    const unfused = (xn: DeviceBuffer) => this.matmul(c, xn, w, m, n, k, { transB: true });
+    this.#normedMatmul("rmsnorm_gemv", { c, a, norm, m, n, k, eps, conv }, [gv(w)], [gv(w)], unfused);
+  }
+
+  rmsnormMatmulInt8(
+    c: DeviceBuffer,
+    a: DeviceBuffer,
+    norm: DeviceBuffer,
+    codes: IndexBuffer,
+    scales: DeviceBuffer,
+    m: number,
+    n: number,
+    k: number,
+    eps: number,
+    conv?: ConvStepOperands,
+  ): void {
+    const weights = int8WeightBuffers(codes, scales, n, k);
+    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, weights, m, n, k, conv);
+    const unfused = (xn: DeviceBuffer) => this.matmulInt8(c, xn, codes, scales, m, n, k);
+    this.#normedMatmul(
+      "rmsnorm_gemv_int8",
+      { c, a, norm, m, n, k, eps, conv },
+      [gv(codes), gv(scales)],
+      [],
+      unfused,
+    );
+  }
+
+  /**
+   * One dispatch of kernels/rmsnorm_matmul.wgsl (`entry`, or its _conv version), the weight's
+   * views bound after C, A and norm; `unfused(xn)` (the plain matmul of normalized rows) with
+   * rmsnorm before it and the conv step after where the kernel cannot take the operands: K % 4
+   * ≠ 0, or A, norm or `vec4Weights` not readable a vec4 at a time.
+   */
+  #normedMatmul(
+    entry: string,
+    p: NormedProduct,
+    weights: GpuView[],
+    vec4Weights: GpuView[],
+    unfused: (xn: DeviceBuffer) => void,
+  ): void {
+    const { c, a, norm, m, n, k, eps, conv } = p;
+    if (k % 4 !== 0 || ![gv(a), gv(norm), ...vec4Weights].every((v) => this.#vec4Bindable(v))) {
+      const work = this.#work(m * k + m, 1);
+      const xn = this.view(work, 0, m * k), rstd = this.view(work, m * k, m);
+      this.rmsnorm(xn, rstd, a, norm, m, k, eps);
+      unfused(xn);
+      if (conv) {
+        this.conv1dSiluStep(conv.out, conv.state, c, conv.weight, conv.bias, m, conv.channels, conv.width, n);
+      }
+      return;
+    }
+    const operands = [gv(c), gv(a), gv(norm), ...weights];
+    const convBindings = conv
+      ? [gv(conv.out), gv(conv.state), gv(conv.weight), gv(conv.bias ?? conv.weight)]
+      : [];
+    this.#run({
+      file: "rmsnorm_matmul",
+      entry: conv ? `${entry}_conv` : entry,
+      bindings: [...operands, ...Array(5 - operands.length).fill(undefined), ...convBindings],
+      ints: [m, n, k, conv?.channels ?? 0, conv?.width ?? 0, conv?.bias ? 1 : 0],
+      floats: [eps],
+      groups: Math.ceil(n / 4),
+    });
+  }
+
   conv1dSiluStep(
     out: DeviceBuffer,
     state: DeviceBuffer,

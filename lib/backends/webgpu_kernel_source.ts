@@ -15,6 +15,7 @@ export const KERNEL_FILES = [
   "bias",
   "embedding",
   "rmsnorm",
+  "rmsnorm_matmul",
   "conv1d",
   "scan",
   "cross_entropy",
