@@ -527,35 +527,60 @@ fn scan_reduce_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
   }
 }
 
-// The decode step: h (B, ED, N) updated in place. One invocation per (b, e). dt_proj is fused
-// in: δ = δr · dt_proj[e], δr (B, R) bound as `delta` with rows bc_stride apart, dt_proj (ED, R)
-// at binding 12. ints 0..4 as scan_forward's (L = 1), 5: R.
+// The decode step: h (B, ED, N) updated in place. A workgroup takes STEP_CHANNELS channels of one
+// sequence, STEP_LANES invocations each (a few channels' worth of invocations could not fill the
+// GPU), its lanes splitting dt_proj's row and the states between them: dt_proj is fused in, δ =
+// δr · dt_proj[e], δr (B, R) bound as `delta` with rows bc_stride apart, dt_proj (ED, R) at
+// binding 12. ints 0..4 as scan_forward's (L = 1), 5: R. Grid: (ceil(ED / STEP_CHANNELS), B).
+const STEP_LANES: u32 = 16u;
+const STEP_CHANNELS: u32 = 4u;
+
+var<workgroup> step_parts: array<f32, STEP_LANES * STEP_CHANNELS>;
+
+/** Σ of `part` over the invocations of this invocation's channel, in each of them (uniform control flow). */
+fn channel_sum(part: f32, lid: u32) -> f32 {
+  step_parts[lid] = part;
+  workgroupBarrier();
+  let first = lid - lid % STEP_LANES;
+  var total = 0.0;
+  for (var i = 0u; i < STEP_LANES; i++) {
+    total += step_parts[first + i];
+  }
+  workgroupBarrier();
+  return total;
+}
+
 @compute @workgroup_size(64)
 fn scan_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
   let rank = arg_u(5u);
   let b = wid.y;
-  let e = wid.x * 64u + lid;
-  if (e >= d.channels) {
-    return;
-  }
+  let lane = lid % STEP_LANES;
+  let channel = wid.x * STEP_CHANNELS + lid / STEP_LANES;
+  let live = channel < d.channels;
+  let e = min(channel, d.channels - 1u); // lanes past ED compute channel ED-1 and store nothing
   let ox = view_offset(3u) + b * d.bc_stride;
   let ow = view_offset(12u) + e * rank;
-  var raw = 0.0; // δ before bias and softplus
-  for (var k = 0u; k < rank; k++) {
+  var raw = 0.0; // this lane's part of δ before bias and softplus
+  for (var k = lane; k < rank; k += STEP_LANES) {
     raw += delta[ox + k] * dt_proj[ow + k];
   }
-  let dt = softplus(raw + dt_bias[view_offset(4u) + e]);
+  let dt = softplus(channel_sum(raw, lid) + dt_bias[view_offset(4u) + e]);
   let ut = u[view_offset(2u) + b * d.channels + e];
   let ob = view_offset(6u) + b * d.bc_stride;
   let oc = view_offset(7u) + b * d.bc_stride;
   let oh = view_offset(10u) + (b * d.channels + e) * NS;
   var s = 0.0;
-  for (var n = 0u; n < NS; n++) {
+  for (var n = lane; n < NS; n += STEP_LANES) {
     let h = exp(dt * minus_exp_a_log(e, n)) * h_state[oh + n] + dt * bmat[ob + n] * ut;
-    h_state[oh + n] = h;
+    if (live) {
+      h_state[oh + n] = h;
+    }
     s += h * cmat[oc + n];
   }
-  let zv = z[view_offset(9u) + b * d.z_stride + e];
-  y[view_offset(1u) + b * d.channels + e] = (s + dskip[view_offset(8u) + e] * ut) * gate(zv);
+  let total = channel_sum(s, lid);
+  if (live && lane == 0u) {
+    let zv = z[view_offset(9u) + b * d.z_stride + e];
+    y[view_offset(1u) + b * d.channels + e] = (total + dskip[view_offset(8u) + e] * ut) * gate(zv);
+  }
 }

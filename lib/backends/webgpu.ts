@@ -40,6 +40,8 @@ const SCAN_BACKWARD_CHUNK = 8;
 const SCAN_MAX_STATE = 16;
 /** Channels per workgroup of the scan (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
 const SCAN_CHANNELS = 32;
+/** Channels per workgroup of the decode step (kernels/scan.wgsl: STEP_CHANNELS). */
+const SCAN_STEP_CHANNELS = 4;
 /**
  * Workgroup memory of scan.wgsl's passes: the forward stages δ, u, z, the rows of B and C and each
  * lane's h·C of a chunk; the backward's also dy, δ after softplus, the chunk's states and one
@@ -1058,7 +1060,7 @@ export class WebGpuBackend implements Backend {
       // bindings 1..10 as scan_forward's (δr where δ was, h at 10), dt_proj at 12
       bindings: [...[y, u, deltaLowRank, dtBias, aLog, b, c, d, z, h].map(gv), undefined, gv(dtProj)],
       ints: [...this.#scanInts({ ...dims, length: 1 }), dims.rank],
-      groups: [Math.ceil(dims.channels / 64), dims.batch],
+      groups: [Math.ceil(dims.channels / SCAN_STEP_CHANNELS), dims.batch],
     });
   }
 
