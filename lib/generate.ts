@@ -2,7 +2,9 @@
  * Text generation with the constant-memory recurrent `step` path: the prompt is fed one byte
  * at a time into the decode cache, then bytes are sampled on the device and fed back, never
  * re-running the prompt. The host reads the sampled bytes back once per block of steps (one
- * upload of the block's uniform draws, one read of its bytes), not once per byte.
+ * upload of the block's uniform draws, one read of its bytes), not once per byte, and records the
+ * next block before it waits for a block's bytes: a read-back's latency (WebGPU's mapAsync takes
+ * milliseconds, whatever the size) overlaps the device's work.
  */
 import type { MambaByte } from "./model.ts";
 import { Random } from "./random.ts";
@@ -54,16 +56,28 @@ export async function* generate(
   const B = o.numSamples;
   const rng = new Random(o.seed);
   const cache = model.createCache(B);
+  let pending: Promise<Uint8Array> | null = null; // the block recorded, not yet read
   try {
     for (const byte of bytes) model.stepLogits(new Uint8Array(B).fill(byte), cache);
-    for (let n = 0; n < o.maxBytes; n += o.blockSize) {
-      const steps = Math.min(o.blockSize, o.maxBytes - n);
+    let started = 0; // bytes per sample of the blocks recorded so far
+    const startBlock = () => {
+      const steps = Math.min(o.blockSize, o.maxBytes - started);
       const uniforms = new Float32Array(steps * B); // (steps, B); greedy draws nothing
       if (o.temperature > 0) { for (let i = 0; i < uniforms.length; i++) uniforms[i] = drawUniform(rng); }
-      const block = await model.sampleSteps(cache, uniforms, o, n + steps < o.maxBytes); // (steps, B)
-      for (let k = 0; k < steps; k++) yield block.slice(k * B, (k + 1) * B);
+      started += steps;
+      const block = model.sampleSteps(cache, uniforms, o, started < o.maxBytes); // (steps, B)
+      block.catch(() => {}); // a failure is thrown where the block is awaited, not as an unhandled rejection
+      return block;
+    };
+    pending = o.maxBytes > 0 ? startBlock() : null;
+    while (pending) {
+      const current = pending;
+      pending = started < o.maxBytes ? startBlock() : null;
+      const block = await current;
+      for (let k = 0; k < block.length / B; k++) yield block.slice(k * B, (k + 1) * B);
     }
   } finally {
+    await pending?.catch(() => {}); // a consumer that stops early: the block in flight ends first
     cache.free();
   }
 }

@@ -314,6 +314,12 @@ class LmActivations {
   }
 }
 
+/** A block's device buffers: uniforms (K, B) in, sampled bytes (K, B) out. */
+interface BlockBuffers {
+  uniforms: DeviceBuffer;
+  history: DeviceBuffer;
+}
+
 /** Decode state of MambaByte for `batch` sequences. */
 export class ByteCache {
   readonly stack: StackCache;
@@ -326,8 +332,13 @@ export class ByteCache {
   graph: RecordedOps | null = null;
   /** The model's LinearWeights.version when `graph` was recorded (it holds those weight buffers). */
   graphWeights = -1;
-  /** (K, B) uniforms and sampled bytes of a block of device-sampled steps (grown on demand). */
-  #block: { uniforms: DeviceBuffer; history: DeviceBuffer } | null = null;
+  /**
+   * Two sets of (K, B) uniforms and sampled bytes of a block of device-sampled steps (grown on
+   * demand), used in turn, so that one block's bytes can be read back while the next is recorded.
+   */
+  #blocks: [BlockBuffers | null, BlockBuffers | null] = [null, null];
+  /** The set the next block takes. */
+  #nextBlock: 0 | 1 = 0;
 
   constructor(readonly backend: Backend, config: MambaConfig, readonly batch: number) {
     this.stack = new StackCache(backend, config, batch);
@@ -343,26 +354,35 @@ export class ByteCache {
     this.stack.reset();
   }
 
-  /** Views of `steps` rows (steps, B) of the block buffers: uniforms in, sampled bytes out. */
-  blockBuffers(steps: number): { uniforms: DeviceBuffer; history: DeviceBuffer } {
-    const n = steps * this.batch;
-    if (!this.#block || this.#block.uniforms.length < n) {
-      this.#freeBlock();
-      this.#block = { uniforms: this.backend.alloc(n), history: this.backend.alloc(n) };
+  /**
+   * Views of `steps` rows (steps, B) of a block's buffers: uniforms in, sampled bytes out. Each
+   * call takes the other of two sets, so a block's buffers stay untouched until the next call but one.
+   */
+  blockBuffers(steps: number): BlockBuffers {
+    const n = steps * this.batch, slot = this.#nextBlock;
+    this.#nextBlock = slot === 0 ? 1 : 0;
+    let block = this.#blocks[slot];
+    if (!block || block.uniforms.length < n) {
+      this.#freeBlock(slot);
+      block = this.#blocks[slot] = { uniforms: this.backend.alloc(n), history: this.backend.alloc(n) };
     }
-    const { uniforms, history } = this.#block;
-    return { uniforms: this.backend.view(uniforms, 0, n), history: this.backend.view(history, 0, n) };
+    return {
+      uniforms: this.backend.view(block.uniforms, 0, n),
+      history: this.backend.view(block.history, 0, n),
+    };
   }
 
-  #freeBlock(): void {
-    if (this.#block) { for (const x of [this.#block.uniforms, this.#block.history]) this.backend.free(x); }
-    this.#block = null;
+  #freeBlock(slot: 0 | 1): void {
+    const block = this.#blocks[slot];
+    if (block) { for (const x of [block.uniforms, block.history]) this.backend.free(x); }
+    this.#blocks[slot] = null;
   }
 
   free(): void {
     this.graph?.free();
     this.graph = null;
-    this.#freeBlock();
+    this.#freeBlock(0);
+    this.#freeBlock(1);
     this.stack.free();
     for (const x of [this.tokens, this.x, this.hidden, this.rstd, this.logits]) this.backend.free(x);
   }
@@ -514,6 +534,8 @@ export class MambaByte extends FlatModel {
    * with uniforms[k·B + b] (Backend.sampleTokens: lib/sample.ts's sampleWithUniform), then feeds
    * them through the model — after the last step only when `feedLast` (at the end of a text
    * nothing needs the next logits). Returns the sampled bytes (steps, B), read back at once.
+   * The steps are recorded before this returns its promise, so a caller may start the next
+   * block before awaiting this one (lib/generate.ts): at most two calls in flight per cache.
    */
   async sampleSteps(
     cache: ByteCache,
