@@ -1,7 +1,8 @@
 /**
  * The machinery under the WebGPU backend: buffers and views, the pipeline cache, and a lazy
  * recorder that puts every dispatch of a step into ONE compute pass and submits only when the
- * host needs a result (`read`), writes memory, or the uniform ring is full.
+ * host needs a result (`read`) or writes memory, and after a number of dispatches that grows from
+ * FIRST_SUBMIT_SLOTS to the uniform ring's size (so that the device starts early on long work).
  *
  * Kernel conventions (kernels/common.wgsl): binding 0 is a 256-byte uniform block of 64 words;
  * words 0..15 hold the element offset of the view bound at binding 1..16, then come the integer
@@ -21,8 +22,14 @@ export class GpuView implements DeviceBuffer, IndexBuffer {
 const OFFSET_WORDS = 16;
 /** Bytes of one dispatch's uniform block (and the stride of the ring: every alignment divides it). */
 const UNIFORM_BYTES = 256;
-/** Dispatches recorded before a forced submit. */
+/** Dispatches recorded before a forced submit, at most. */
 const RING_SLOTS = 1024;
+/**
+ * Dispatches recorded before the first forced submit after any other (a read, a write): the
+ * device, likely idle then, starts on them while the host records more; each forced submit
+ * doubles the count, up to RING_SLOTS.
+ */
+const FIRST_SUBMIT_SLOTS = 64;
 /** Bind groups kept for reuse before the cache is cleared (a step's dispatches reuse theirs). */
 const MAX_BIND_GROUPS = 8192;
 /** Workgroups per grid dimension that every adapter supports. */
@@ -86,6 +93,8 @@ export class GpuRuntime {
   /** The uniform block's dynamic offset, passed to setBindGroup. */
   readonly #dynamicOffset = new Uint32Array(1);
   #slots = 0;
+  /** Dispatches that force the next submit (FIRST_SUBMIT_SLOTS, doubling up to RING_SLOTS). */
+  #submitAt = FIRST_SUBMIT_SLOTS;
   #nextBufferId = 0;
   #encoder: GPUCommandEncoder | null = null;
   #pass: GPUComputePassEncoder | null = null;
@@ -218,7 +227,11 @@ export class GpuRuntime {
   dispatch(d: Dispatch): void {
     const [gx, gy, gz = 1] = typeof d.groups === "number" ? this.#grid(d.groups) : d.groups;
     if (gx === 0 || gy === 0 || gz === 0) return;
-    if (this.#slots === RING_SLOTS) this.flush();
+    if (this.#slots === this.#submitAt) {
+      const next = Math.min(2 * this.#submitAt, RING_SLOTS);
+      this.flush();
+      this.#submitAt = next;
+    }
     const modes = this.#modes.get(d.file)!;
     const widen = aliases(d.bindings, modes);
     const ints = d.ints ?? [], fl = d.floats ?? [];
@@ -318,6 +331,7 @@ export class GpuRuntime {
 
   /** Submits what was recorded (uniforms first). */
   flush(): void {
+    this.#submitAt = FIRST_SUBMIT_SLOTS;
     if (!this.#encoder) return;
     this.#pass?.end();
     this.device.queue.writeBuffer(this.#uniforms, 0, this.#staging, 0, this.#slots * UNIFORM_BYTES);
