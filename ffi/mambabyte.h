@@ -122,6 +122,9 @@ MB_API int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt
                                       uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
                                       uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int length,
                                       int channels, int state, int bc_stride, int z_stride);
+/* Bytes of the library's workspace that mb_selective_scan_backward needs at these dimensions (host
+   only: no device or mb_init needed); lib/memory_plan.ts plans with the same formula. */
+MB_API uint64_t mb_scan_backward_workspace_bytes(int batch, int length, int channels, int state);
 /* The decode step with dt_proj fused: δ = dt_in (B, R; rows bc_stride apart) · dt_projᵀ, dt_proj (ED, R). */
 MB_API int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t dt_in, uint64_t dt_proj,
                                   uint64_t dt_bias, uint64_t a_log, uint64_t b, uint64_t c, uint64_t d,

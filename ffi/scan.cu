@@ -477,6 +477,19 @@ ScanArgs make_args(uint64_t u, uint64_t delta, uint64_t dt_bias, uint64_t a_log,
 
 dim3 scan_grid(const ScanArgs& s) { return dim3((s.channels + kCh - 1) / kCh, s.batch); }
 
+// Floats of each part of mb_selective_scan_backward's workspace, in its order: the state entering
+// every chunk (B, chunks, ED, N), each sequence's dA_log (B, ED, N), its ddt_bias and dD (B, ED
+// each), and each channel block's dB, dC per row (blocks, B·L, 2·kN).
+struct BackwardWorkspace {
+  int64_t starts, per_state, per_channel, bc_parts;
+  int64_t floats() const { return starts + per_state + 2 * per_channel + bc_parts; }
+};
+
+BackwardWorkspace backward_workspace(const ScanArgs& s) {
+  return {(int64_t)s.batch * s.chunks * s.channels * s.state, (int64_t)s.batch * s.channels * s.state,
+          (int64_t)s.batch * s.channels, (int64_t)scan_grid(s).x * s.batch * s.length * 2 * kN};
+}
+
 int scan_backward_passes(ScanArgs s, BackwardOut o, float* ddt_bias, float* da_log, float* dd) {
   cudaStream_t stream = mb_stream();
   scan_forward<true><<<scan_grid(s), kThreads, 0, stream>>>(s, nullptr);
@@ -514,6 +527,12 @@ int mb_selective_scan(uint64_t y, uint64_t u, uint64_t delta, uint64_t dt_bias, 
   return 0;
 }
 
+uint64_t mb_scan_backward_workspace_bytes(int batch, int length, int channels, int state) {
+  if (batch <= 0 || length <= 0 || channels <= 0 || state <= 0) return 0;
+  return backward_workspace(make_args(0, 0, 0, 0, 0, 0, 0, 0, batch, length, channels, state, 0, 0)).floats() *
+         sizeof(float);
+}
+
 int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, uint64_t da_log, uint64_t db,
                                uint64_t dc, uint64_t dd, uint64_t dz, uint64_t dy, uint64_t u, uint64_t delta,
                                uint64_t dt_bias, uint64_t a_log, uint64_t b, uint64_t c, uint64_t d, uint64_t z,
@@ -522,16 +541,15 @@ int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt_bias, 
   if (state > kN) return mb_fail("selective scan: d_state %d is above the supported %d", state, kN);
   if (batch <= 0 || length <= 0 || channels <= 0) return 0;
   ScanArgs s = make_args(u, delta, dt_bias, a_log, b, c, d, z, batch, length, channels, state, bc_stride, z_stride);
-  int64_t starts = (int64_t)batch * s.chunks * channels * state, per_state = (int64_t)batch * channels * state;
-  int64_t per_channel = (int64_t)batch * channels, bc_parts = (int64_t)scan_grid(s).x * batch * length * 2 * kN;
+  const BackwardWorkspace w = backward_workspace(s);
   void* ws = nullptr;
-  if (mb_workspace((starts + per_state + 2 * per_channel + bc_parts) * sizeof(float), &ws)) return 1;
+  if (mb_workspace(w.floats() * sizeof(float), &ws)) return 1;
   s.hs = static_cast<float*>(ws);
-  float* da_part = s.hs + starts;
-  float* dbias_part = da_part + per_state;
+  float* da_part = s.hs + w.starts;
+  float* dbias_part = da_part + w.per_state;
   BackwardOut o{mb_ptr<float>(du),  mb_ptr<float>(ddelta), mb_ptr<float>(db),         mb_ptr<float>(dc),
                 mb_ptr<float>(dz),  mb_ptr<float>(dy),     da_part,                   dbias_part,
-                dbias_part + per_channel, dbias_part + 2 * per_channel};
+                dbias_part + w.per_channel, dbias_part + 2 * w.per_channel};
   return scan_backward_passes(s, o, mb_ptr<float>(ddt_bias), mb_ptr<float>(da_log), mb_ptr<float>(dd));
 }
 

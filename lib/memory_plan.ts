@@ -6,7 +6,8 @@
  *
  * The CUDA library also holds one workspace buffer, grown to the largest need of any call: that
  * is the one component computed by formulas, which mirror ffi/scan.cu (the scan backward's
- * scratch) and ffi/matmul.cu (16-bit copies of the matmul operands) and change with them.
+ * scratch; tests/cuda_build_test.ts checks it against the library's own) and ffi/matmul.cu (16-bit
+ * copies of the matmul operands) and change with them.
  * Not included: cuBLAS's own workspace, library handles and the driver's context.
  */
 import {
@@ -39,7 +40,7 @@ const CUDA_GEMV_MAX_ROWS = 8;
  * Bytes of the CUDA scan backward's workspace (mb_selective_scan_backward): the state at every
  * chunk start, each sequence's dA_log, ddt_bias and dD, and each channel block's dB, dC per row.
  */
-function cudaScanBackwardWorkspace(
+export function cudaScanBackwardWorkspace(
   d: Pick<ScanDims, "batch" | "length" | "channels" | "state">,
 ): number {
   const chunks = Math.ceil(d.length / CUDA_SCAN_CHUNK),

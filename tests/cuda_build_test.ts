@@ -5,6 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { CUDA_SYMBOLS } from "../lib/backends/cuda_ffi.ts";
+import { cudaScanBackwardWorkspace } from "../lib/memory_plan.ts";
 import { buildCudaLibrary } from "../tasks/build_cuda.ts";
 
 async function hasCommand(name: string): Promise<boolean> {
@@ -44,8 +45,38 @@ Deno.test({
       );
       const extra = [...exported].filter((name) => name.startsWith("mb_") && !(name in CUDA_SYMBOLS));
       assert.deepEqual(extra, [], `exported but not declared in lib/backends/cuda_ffi.ts: ${extra}`);
+      checkScanWorkspace(path);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
   },
 });
+
+/**
+ * The memory plan's formula for the scan backward's workspace gives the library's own figure
+ * (a host function: no GPU needed) at decode, odd and MambaByte-353M-at-8-KiB shapes.
+ */
+function checkScanWorkspace(path: string): void {
+  const lib = Deno.dlopen(path, {
+    mb_scan_backward_workspace_bytes: CUDA_SYMBOLS.mb_scan_backward_workspace_bytes,
+  });
+  try {
+    const shapes = [[1, 1, 1, 1], [3, 17, 70, 5], [8, 2048, 1024, 16], [2, 8192, 2048, 16], [
+      1,
+      100,
+      129,
+      12,
+    ]];
+    for (const [batch, length, channels, state] of shapes) {
+      const library = Number(lib.symbols.mb_scan_backward_workspace_bytes(batch, length, channels, state));
+      const planned = cudaScanBackwardWorkspace({ batch, length, channels, state });
+      assert.equal(
+        planned,
+        library,
+        `scan backward workspace at B=${batch} L=${length} ED=${channels} N=${state}`,
+      );
+    }
+  } finally {
+    lib.close();
+  }
+}

@@ -50,6 +50,7 @@ export const CUDA_SYMBOLS = {
   mb_conv1d_silu_backward: status(PTR, PTR, PTR, PTR, PTR, PTR, PTR, I32, I32, I32, I32, I32),
   mb_conv1d_silu_step: status(PTR, PTR, PTR, PTR, PTR, I32, I32, I32, I32),
   mb_selective_scan: status(PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, PTR, I32, I32, I32, I32, I32, I32),
+  mb_scan_backward_workspace_bytes: { parameters: [I32, I32, I32, I32], result: "u64" },
   mb_selective_scan_backward: status(
     ...Array<Deno.NativeType>(17).fill(PTR),
     I32,
