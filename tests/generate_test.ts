@@ -85,6 +85,18 @@ Deno.test("device sampling in blocks gives the host sampler's bytes for the same
   }
 });
 
+Deno.test("a consumer that stops early gets the full run's first bytes (the next block in flight then ends)", async () => {
+  const options = { maxBytes: 40, seed: 5, temperature: 1, blockSize: 2 };
+  const full = await collect("The ", options);
+  const head: Uint8Array[] = [];
+  for await (const chunk of generate(model, "The ", options)) {
+    head.push(chunk);
+    if (head.length === 3) break;
+  }
+  assert.deepEqual(head, full.slice(0, 3));
+  assert.deepEqual(await collect("The ", options), full, "the model decodes as before afterwards");
+});
+
 Deno.test("an empty prompt and bad options are errors", async () => {
   await assert.rejects(() => collect("", { maxBytes: 3 }), /the prompt is empty/);
   await assert.rejects(() => collect("a", { topP: 1.5 }), /top-p must be in \(0, 1\]/);
