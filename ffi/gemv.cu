@@ -76,10 +76,14 @@ bool aligned16(const void* p) { return (reinterpret_cast<uintptr_t>(p) & 15) == 
 
 }  // namespace
 
+bool mb_gemv_takes(int m, int n, int k, bool trans_a, bool trans_b, int lda, int ldb, int ldc) {
+  if (trans_a || !trans_b || m < 1 || m > kGemvMaxRows || k < 1) return false;
+  return lda >= k && ldb >= k && ldc >= n;  // else cuBLAS reports the bad leading dimensions
+}
+
 int mb_gemv(float* c, const float* a, const float* b, int m, int n, int k, bool trans_a, bool trans_b,
             bool accumulate, int lda, int ldb, int ldc, const float* norm, float eps, GemvConv conv) {
-  if (trans_a || !trans_b || m < 1 || m > kGemvMaxRows || k < 1) return -1;
-  if (lda < k || ldb < k || ldc < n) return -1;  // let cuBLAS report bad leading dimensions
+  if (!mb_gemv_takes(m, n, k, trans_a, trans_b, lda, ldb, ldc)) return -1;
   bool vec = k % 4 == 0 && lda % 4 == 0 && ldb % 4 == 0 && aligned16(a) && aligned16(b) && aligned16(norm);
   switch (m) {
     case 1: launch<1>(c, a, b, n, k, lda, ldb, ldc, accumulate, vec, norm, eps, conv); break;

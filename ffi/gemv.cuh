@@ -24,6 +24,10 @@ struct GemvConv {
   int channels, width;
 };
 
+// Whether mb_gemv takes a product of this shape (decode's few rows of A, B transposed, sane leading
+// dimensions); mb_matmul gives cuBLAS the others.
+bool mb_gemv_takes(int m, int n, int k, bool trans_a, bool trans_b, int lda, int ldb, int ldc);
+
 // Enqueues the product when it has the shape above; returns 0 when done, -1 when the shape is
 // not one for this kernel (the caller uses cuBLAS), 1 on a launch failure.
 // With `norm` (K values, else null), A's rows are taken through rmsnorm first (rmsnorm_matmul);

@@ -68,6 +68,11 @@ enum { MB_MATMUL_FP32 = 0, MB_MATMUL_TF32 = 1, MB_MATMUL_BF16 = 2, MB_MATMUL_F16
 enum { MB_HALF_A = 1, MB_HALF_B = 2 };
 MB_API int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, int trans_a, int trans_b,
                      int accumulate, int lda, int ldb, int ldc, int precision, int half_inputs);
+/* Bytes of the library's workspace that mb_matmul needs for these arguments: the 16-bit copies of
+ * the operands a bf16 or f16 product makes (host only: no device or mb_init needed);
+ * lib/memory_plan.ts plans with the same formula. */
+MB_API uint64_t mb_matmul_workspace_bytes(int m, int n, int k, int trans_a, int trans_b, int lda, int ldb,
+                                          int ldc, int precision, int half_inputs);
 /* dst (n 16-bit values of `format`, value j in bytes 2j, 2j + 1) = src (n floats) rounded to nearest,
  * ties to even (f16 beyond its range: ±infinity); and back. */
 enum { MB_HALF_BF16 = 0, MB_HALF_F16 = 1 };
@@ -123,7 +128,7 @@ MB_API int mb_selective_scan_backward(uint64_t du, uint64_t ddelta, uint64_t ddt
                                       uint64_t b, uint64_t c, uint64_t d, uint64_t z, int batch, int length,
                                       int channels, int state, int bc_stride, int z_stride);
 /* Bytes of the library's workspace that mb_selective_scan_backward needs at these dimensions (host
-   only: no device or mb_init needed); lib/memory_plan.ts plans with the same formula. */
+ * only: no device or mb_init needed); lib/memory_plan.ts plans with the same formula. */
 MB_API uint64_t mb_scan_backward_workspace_bytes(int batch, int length, int channels, int state);
 /* The decode step with dt_proj fused: δ = dt_in (B, R; rows bc_stride apart) · dt_projᵀ, dt_proj (ED, R). */
 MB_API int mb_selective_scan_step(uint64_t y, uint64_t h, uint64_t u, uint64_t dt_in, uint64_t dt_proj,

@@ -67,8 +67,10 @@ HalfMatrix as_half(const Operand& o, H* copy) {
   return {copy, o.cols};
 }
 
-// Bytes of an operand's packed 16-bit copy in the workspace (none when stored so), 256-aligned.
-uint64_t copy_bytes(const Operand& o) { return o.half ? 0 : ((uint64_t)o.rows * o.cols * 2 + 255) / 256 * 256; }
+// Bytes of the packed 16-bit copy of an operand of `values` values in the workspace (none when it is
+// stored so), 256-aligned.
+uint64_t copy_bytes(int64_t values, bool half) { return half ? 0 : ((uint64_t)values * 2 + 255) / 256 * 256; }
+uint64_t copy_bytes(const Operand& o) { return copy_bytes((int64_t)o.rows * o.cols, o.half); }
 
 // The stored matrices of op(A) and op(B) as H, copies in the workspace: A is (M, K), or (K, M)
 // when transposed; B (K, N), or (N, K). Returns 0, or 1 with the error recorded.
@@ -91,6 +93,14 @@ int half_operands(int op_a, int op_b, int m, int n, int k, const void* a, int ld
 }
 
 }  // namespace
+
+extern "C" uint64_t mb_matmul_workspace_bytes(int m, int n, int k, int trans_a, int trans_b, int lda, int ldb,
+                                              int ldc, int precision, int half_inputs) {
+  const bool half = precision == MB_MATMUL_BF16 || precision == MB_MATMUL_F16;
+  if (!half || m <= 0 || n <= 0) return 0;
+  if (half_inputs == 0 && mb_gemv_takes(m, n, k, trans_a, trans_b, lda, ldb, ldc)) return 0;
+  return copy_bytes((int64_t)m * k, half_inputs & MB_HALF_A) + copy_bytes((int64_t)k * n, half_inputs & MB_HALF_B);
+}
 
 extern "C" int mb_matmul(uint64_t c, uint64_t a, uint64_t b, int m, int n, int k, int trans_a, int trans_b,
                          int accumulate, int lda, int ldb, int ldc, int precision, int half_inputs) {

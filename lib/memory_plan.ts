@@ -6,8 +6,8 @@
  *
  * The CUDA library also holds one workspace buffer, grown to the largest need of any call: that
  * is the one component computed by formulas, which mirror ffi/scan.cu (the scan backward's
- * scratch; tests/cuda_build_test.ts checks it against the library's own) and ffi/matmul.cu (16-bit
- * copies of the matmul operands) and change with them.
+ * scratch) and ffi/matmul.cu (16-bit copies of the matmul operands) and change with them;
+ * tests/cuda_build_test.ts checks both against the library's own figures.
  * Not included: cuBLAS's own workspace, library handles and the driver's context.
  */
 import {
@@ -55,7 +55,7 @@ export function cudaScanBackwardWorkspace(
  * inputs makes (ffi/matmul.cu; each padded to 256 bytes; none of an operand stored in 16 bits); 0
  * for the few-row GEMV, which reads fp32.
  */
-function cudaHalfMatmulWorkspace(
+export function cudaHalfMatmulWorkspace(
   m: number,
   n: number,
   k: number,

@@ -5,7 +5,7 @@
  */
 import assert from "node:assert/strict";
 import { CUDA_SYMBOLS } from "../lib/backends/cuda_ffi.ts";
-import { cudaScanBackwardWorkspace } from "../lib/memory_plan.ts";
+import { cudaHalfMatmulWorkspace, cudaScanBackwardWorkspace } from "../lib/memory_plan.ts";
 import { buildCudaLibrary } from "../tasks/build_cuda.ts";
 
 async function hasCommand(name: string): Promise<boolean> {
@@ -45,7 +45,7 @@ Deno.test({
       );
       const extra = [...exported].filter((name) => name.startsWith("mb_") && !(name in CUDA_SYMBOLS));
       assert.deepEqual(extra, [], `exported but not declared in lib/backends/cuda_ffi.ts: ${extra}`);
-      checkScanWorkspace(path);
+      checkWorkspaceFormulas(path);
     } finally {
       await Deno.remove(dir, { recursive: true });
     }
@@ -53,21 +53,18 @@ Deno.test({
 });
 
 /**
- * The memory plan's formula for the scan backward's workspace gives the library's own figure
- * (a host function: no GPU needed) at decode, odd and MambaByte-353M-at-8-KiB shapes.
+ * The memory plan's formulas for the CUDA workspace give the library's own figures (host
+ * functions: no GPU needed): the scan backward at decode, odd and MambaByte-353M-at-8-KiB shapes,
+ * and bf16 matmuls with and without 16-bit operands, decode's GEMV among them.
  */
-function checkScanWorkspace(path: string): void {
+function checkWorkspaceFormulas(path: string): void {
   const lib = Deno.dlopen(path, {
     mb_scan_backward_workspace_bytes: CUDA_SYMBOLS.mb_scan_backward_workspace_bytes,
+    mb_matmul_workspace_bytes: CUDA_SYMBOLS.mb_matmul_workspace_bytes,
   });
   try {
-    const shapes = [[1, 1, 1, 1], [3, 17, 70, 5], [8, 2048, 1024, 16], [2, 8192, 2048, 16], [
-      1,
-      100,
-      129,
-      12,
-    ]];
-    for (const [batch, length, channels, state] of shapes) {
+    const scans = [[1, 1, 1, 1], [3, 17, 70, 5], [8, 2048, 1024, 16], [2, 8192, 2048, 16], [1, 100, 129, 12]];
+    for (const [batch, length, channels, state] of scans) {
       const library = Number(lib.symbols.mb_scan_backward_workspace_bytes(batch, length, channels, state));
       const planned = cudaScanBackwardWorkspace({ batch, length, channels, state });
       assert.equal(
@@ -75,6 +72,34 @@ function checkScanWorkspace(path: string): void {
         library,
         `scan backward workspace at B=${batch} L=${length} ED=${channels} N=${state}`,
       );
+    }
+    const BF16 = 2, products = [[1, 4096, 1024], [8, 130, 64], [9, 130, 64], [16384, 2048, 512], [3, 7, 1]];
+    for (const [m, n, k] of products) {
+      for (const [transA, transB] of [[false, true], [false, false], [true, false]]) {
+        for (const [aHalf, bHalf] of [[false, false], [true, false], [false, true], [true, true]]) {
+          const [lda, ldb] = [transA ? m : k, transB ? k : n];
+          const library = Number(
+            lib.symbols.mb_matmul_workspace_bytes(
+              m,
+              n,
+              k,
+              +transA,
+              +transB,
+              lda,
+              ldb,
+              n,
+              BF16,
+              +aHalf | (+bHalf << 1),
+            ),
+          );
+          const planned = cudaHalfMatmulWorkspace(m, n, k, { transA, transB, aHalf, bHalf });
+          assert.equal(
+            planned,
+            library,
+            `bf16 matmul workspace at ${JSON.stringify({ m, n, k, transA, transB, aHalf, bHalf })}`,
+          );
+        }
+      }
     }
   } finally {
     lib.close();

@@ -35,6 +35,10 @@ export const CUDA_SYMBOLS = {
   mb_graph_launch: status(PTR),
   mb_graph_free: status(PTR),
   mb_matmul: status(PTR, PTR, PTR, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32, I32),
+  mb_matmul_workspace_bytes: {
+    parameters: [I32, I32, I32, I32, I32, I32, I32, I32, I32, I32],
+    result: "u64",
+  },
   mb_pack_half: status(PTR, PTR, "i64", "i32"),
   mb_unpack_half: status(PTR, PTR, "i64", "i32"),
   mb_matmul_int8: status(PTR, PTR, PTR, PTR, I32, I32, I32, I32, I32),
