@@ -8,9 +8,9 @@
 // of A. Tall products with short rows (in_proj) take a warp per row at a time, the row's codes read
 // into registers ahead of the wait (the next row's during the one before) and A staged in shared
 // memory once per block (gemv_int8_staged_kernel); the rest, a word per lane at a time and A from
-// global memory. dp4a does not apply: A is fp32. Larger M (a
-// prompt, evaluation) takes a shared-memory tiled kernel. Both run on the library's stream (the
-// GEMV as a dependent launch, common.cuh), so both can be captured in a CUDA graph.
+// global memory. dp4a does not apply: A is fp32. Larger M (a prompt, evaluation) takes a
+// shared-memory tiled kernel. Both run on the library's stream (the GEMV as a dependent launch,
+// common.cuh), so both can be captured in a CUDA graph.
 #include "common.cuh"
 #include "gemv.cuh"
 

@@ -669,17 +669,8 @@ export class CudaBackend implements Backend {
     eps: number,
     conv?: ConvStepOperands,
   ): void {
-    checkRmsnormMatmul(
-      "rmsnormMatmulInt8",
-      c,
-      a,
-      norm,
-      int8WeightBuffers(codes, scales, n, k),
-      m,
-      n,
-      k,
-      conv,
-    );
+    const weights = int8WeightBuffers(codes, scales, n, k);
+    checkRmsnormMatmul("rmsnormMatmulInt8", c, a, norm, weights, m, n, k, conv);
     const status = this.#lib.mb_rmsnorm_matmul_int8(
       p(c),
       p(a),
