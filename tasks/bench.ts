@@ -12,6 +12,10 @@
  * quantized (model.quantize("int8"), as `generate.ts --quantize int8`), timed after the fp32 ones.
  *
  *   deno task bench [--backend cpu,webgpu,cuda] [--sizes tiny,small,medium,large] [--steps N] [--torch]
+ *                   [--kernel-times]
+ *
+ * --kernel-times also prints, for WebGPU backends, the GPU time of each kernel of one training step
+ * (timestamp-query; each dispatch in a pass of its own while timed).
  *
  * --torch also runs the PyTorch reference (tests/reference/bench_torch.py: the seed's model,
  * Blelloch pscan, fp32) at the same sizes in the same command, and prints ratios against it.
@@ -32,6 +36,8 @@ import {
 import { MambaConfig } from "../lib/config.ts";
 import { generate } from "../lib/generate.ts";
 import { MambaByte } from "../lib/model.ts";
+import { WebGpuBackend } from "../lib/backends/webgpu.ts";
+import type { KernelTime } from "../lib/backends/webgpu_kernel_timer.ts";
 import { AdamW } from "../lib/optim.ts";
 import { Random } from "../lib/random.ts";
 import { benchQuality } from "./bench_quality.ts";
@@ -67,26 +73,47 @@ interface Row {
   matmul: string;
 }
 
-async function benchTraining(backend: Backend, size: Size, steps: number): Promise<number> {
+/** One training step (forward + backward + AdamW) of a size's model on random bytes, as a closure. */
+function trainingStep(backend: Backend, size: Size) {
   const s = SIZES[size];
   const model = new MambaByte(new MambaConfig({ dim: s.dim, depth: s.depth }), { backend, seed: 1 });
   const optimizer = new AdamW(backend, model.table);
   const rng = new Random(1);
-  const n = s.batch * s.length;
-  const inputs = Uint8Array.from({ length: n }, () => 32 + rng.int(95));
-  const targets = Uint8Array.from({ length: n }, () => 32 + rng.int(95));
-  const seconds = await timeIt(
-    async () => {
+  const bytes = s.batch * s.length;
+  const inputs = Uint8Array.from({ length: bytes }, () => 32 + rng.int(95));
+  const targets = Uint8Array.from({ length: bytes }, () => 32 + rng.int(95));
+  return {
+    bytes,
+    step: async () => {
       model.zeroGrad();
       await model.lossAndBackward(inputs, targets, [s.batch, s.length]);
       optimizer.step(model.params, model.grads, 1e-3, 1);
     },
-    3,
-    steps,
-  );
-  optimizer.free();
-  model.dispose();
-  return n / seconds;
+    dispose: () => {
+      optimizer.free();
+      model.dispose();
+    },
+  };
+}
+
+async function benchTraining(backend: Backend, size: Size, steps: number): Promise<number> {
+  const training = trainingStep(backend, size);
+  const seconds = await timeIt(training.step, 3, steps);
+  training.dispose();
+  return training.bytes / seconds;
+}
+
+/** GPU time per kernel of one training step (after a warm-up step), on a WebGPU backend. */
+async function benchKernelTimes(backend: WebGpuBackend, size: Size): Promise<KernelTime[]> {
+  const training = trainingStep(backend, size);
+  try {
+    await training.step();
+    backend.startKernelTiming();
+    await training.step();
+    return await backend.stopKernelTiming();
+  } finally {
+    training.dispose();
+  }
 }
 
 /** Training bytes/s with 16-bit matmul inputs, where the backend has them (else undefined). */
@@ -193,6 +220,18 @@ async function benchTorch(sizes: Size[]): Promise<Row[]> {
   });
 }
 
+/** The kernels of one training step by GPU time, the longest first. */
+function printKernelTimes(backend: string, size: Size, times: KernelTime[]): void {
+  const total = times.reduce((sum, t) => sum + t.seconds, 0);
+  console.log(`\n${backend} ${size}: one training step's kernels, ${duration(total)} of GPU time in all`);
+  console.log("| kernel | dispatches | GPU time | share |\n|---|---|---|---|");
+  for (const t of times) {
+    console.log(
+      `| ${t.kernel} | ${t.dispatches} | ${duration(t.seconds)} | ${(100 * t.seconds / total).toFixed(1)}% |`,
+    );
+  }
+}
+
 /** Seconds as µs below a millisecond, else ms. */
 function duration(seconds: number): string {
   return seconds < 1e-3 ? `${(seconds * 1e6).toFixed(1)} µs` : `${(seconds * 1e3).toFixed(2)} ms`;
@@ -212,6 +251,7 @@ async function main() {
       quality: { type: "boolean", default: false },
       "corpus-dir": { type: "string", default: ".cache/quality" },
       "quality-steps": { type: "string", default: "500" },
+      "kernel-times": { type: "boolean", default: false },
     },
   });
   if (values.quality) {
@@ -226,6 +266,7 @@ async function main() {
   const steps = Number(values.steps);
   const rows: Row[] = [];
   const scans: { backend: string; size: Size; times: ScanTimes }[] = [];
+  const kernelTimes: { backend: string; size: Size; times: KernelTime[] }[] = [];
   for (const name of wanted) {
     if (!DEVICES.includes(name as Device)) throw new Error(`unknown backend ${name}; choose from ${DEVICES}`);
     let backend: Backend;
@@ -241,6 +282,9 @@ async function main() {
       if (!s) throw new Error(`unknown size ${size}; choose from ${Object.keys(SIZES)}`);
       console.error(`${name} ${size}: ${backend.description}`);
       const trainBytesPerSec = await benchTraining(backend, size, steps);
+      if (values["kernel-times"] && backend instanceof WebGpuBackend) {
+        kernelTimes.push({ backend: name, size, times: await benchKernelTimes(backend, size) });
+      }
       const trainBf16BytesPerSec = await benchTrainingHalf(backend, size, steps, "bf16");
       const trainF16BytesPerSec = await benchTrainingHalf(backend, size, steps, "f16");
       const decode = await benchDecode(backend, size);
@@ -292,6 +336,7 @@ async function main() {
         `${(t.copyBytesPerSec / 1e9).toPrecision(3)} |`,
     );
   }
+  for (const { backend, size, times } of kernelTimes) printKernelTimes(backend, size, times);
   const torch = rows.filter((r) => r.backend === "pytorch (seed)");
   if (torch.length) {
     console.log("\n| backend | size | train ÷ pytorch | decode ÷ pytorch |\n|---|---|---|---|");

@@ -2,9 +2,11 @@
  * The selective scan alone, for `deno task bench`: forward and backward time at a training
  * shape (the layer's B, L, ED = 2·D, d_state 16, dt_rank ⌈D / 16⌉, in the model's strided
  * layout), the forward's bandwidth over the bytes it must move (u, δ and z read, y written), and
- * a device copy of one (B·L, ED) tensor on the same backend as the yardstick (read + write).
+ * a device copy of one (B·L, ED) tensor on the same backend as the yardstick (read + write). On
+ * WebGPU the times are the GPU's own (timestamps).
  */
 import type { Backend, DeviceBuffer } from "../lib/backend.ts";
+import { WebGpuBackend } from "../lib/backends/webgpu.ts";
 import { Random } from "../lib/random.ts";
 import { timeIt } from "./time_it.ts";
 
@@ -26,6 +28,9 @@ export interface ScanTimes {
 const STATE = 16;
 /** Seconds of queued calls per timed batch on a GPU. */
 const REPEAT_SECONDS = 0.25;
+/** Calls timed by GPU timestamps on WebGPU, after this many seconds of them. */
+const GPU_TIMED_CALLS = 20;
+const WARM_UP_SECONDS = 1;
 
 export async function benchScan(backend: Backend, shape: ScanShape): Promise<ScanTimes> {
   const ED = 2 * shape.dim, N = STATE, R = Math.ceil(shape.dim / 16), S = R + 2 * N;
@@ -59,28 +64,39 @@ export async function benchScan(backend: Backend, shape: ScanShape): Promise<Sca
     parallel: true,
   };
   const probe = backend.view(y, 0, 1);
-  // GPU calls are queued REPEAT_SECONDS' worth at a time between reads, so that the read's own wait
-  // (about 10 ms for WebGPU in Deno) is a small part of what is timed.
+  // WebGPU: the GPU time of the op's kernels (timestamps), since a read-back's own wait (about 12
+  // ms in Deno) would swamp them, after a second of calls (pipelines, scratch, and the GPU's clocks,
+  // which rise only under sustained work). Elsewhere calls are queued REPEAT_SECONDS' worth at a
+  // time between reads, so that the read is a small part of what is timed.
   const timed = async (op: () => void) => {
-    const once = await timeIt(
-      async () => {
-        op();
-        await backend.read(probe); // waits for the device
-      },
-      0,
-      1,
-    );
+    if (backend instanceof WebGpuBackend) {
+      await timeIt(
+        async () => {
+          for (let r = 0; r < GPU_TIMED_CALLS; r++) op();
+          await backend.read(probe);
+        },
+        WARM_UP_SECONDS,
+        1,
+      );
+      backend.startKernelTiming();
+      for (let r = 0; r < GPU_TIMED_CALLS; r++) op();
+      const kernels = await backend.stopKernelTiming();
+      return kernels.reduce((sum, k) => sum + k.seconds, 0) / GPU_TIMED_CALLS;
+    }
+    const batch = (repeats: number, minSeconds: number, minRuns: number) =>
+      timeIt(
+        async () => {
+          for (let r = 0; r < repeats; r++) op();
+          await backend.read(probe); // waits for the device
+        },
+        minSeconds,
+        minRuns,
+      );
+    const once = await batch(1, 0, 1);
     const repeats = backend.device === "cpu"
       ? 1
       : Math.min(1000, Math.max(10, Math.ceil(REPEAT_SECONDS / once)));
-    return await timeIt(
-      async () => {
-        for (let r = 0; r < repeats; r++) op();
-        await backend.read(probe);
-      },
-      1,
-      2,
-    ) / repeats;
+    return await batch(repeats, 1, 2) / repeats;
   };
   const forwardSeconds = await timed(() =>
     backend.selectiveScan(y, u, delta, dtBias, aLog, b, c, d, z, dims)

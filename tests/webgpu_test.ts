@@ -9,7 +9,7 @@
 import assert from "node:assert/strict";
 import type { Backend, DeviceBuffer, IndexBuffer, MatmulOptions } from "../lib/backend.ts";
 import { CpuBackend } from "../lib/backends/cpu.ts";
-import { createWebGpuBackend } from "../lib/backends/webgpu.ts";
+import { createWebGpuBackend, type WebGpuBackend } from "../lib/backends/webgpu.ts";
 import { loadKernelSources } from "../lib/backends/webgpu_kernel_source.ts";
 import { GpuRuntime } from "../lib/backends/webgpu_runtime.ts";
 import { MambaConfig } from "../lib/config.ts";
@@ -352,6 +352,32 @@ Deno.test({ name: "webgpu: selective scan step", ignore }, async () => {
   );
   await assertClose(y, "selectiveScanStep y");
   await assertClose(h, "selectiveScanStep h");
+});
+
+Deno.test({
+  name: "webgpu: kernel timing counts each kernel's dispatches and leaves results as they were",
+  ignore,
+}, async () => {
+  const be = gpu as WebGpuBackend;
+  const x = be.alloc(1000), y = be.alloc(1000);
+  be.write(x, randoms(1000, new Random(3)));
+  try {
+    be.startKernelTiming();
+  } catch (error) {
+    // An adapter without timestamp-query says so (lavapipe, in CI, has it).
+    assert.match((error as Error).message, /no timestamp-query feature/);
+    return;
+  }
+  for (let i = 0; i < 3; i++) be.copy(y, x);
+  be.fill(x, 2);
+  const times = await be.stopKernelTiming();
+  assert.deepEqual(times.map((t) => [t.kernel, t.dispatches]).sort(), [["copy:copy", 3], ["copy:fill", 1]]);
+  for (const t of times) assert.ok(t.seconds > 0 && t.seconds < 1, `${t.kernel}: ${t.seconds} s`);
+  be.copy(y, x); // untimed again
+  assert.deepEqual(await be.read(y), new Float32Array(1000).fill(2));
+  await assert.rejects(() => be.stopKernelTiming(), /stopTiming without startTiming/);
+  be.free(x);
+  be.free(y);
 });
 
 Deno.test({ name: "webgpu: a d_state above 16 is a clear error, not a wrong scan", ignore }, () => {

@@ -29,6 +29,7 @@ import { checkMatmulInt8, int8WeightBuffers } from "../quantize.ts";
 import type { SamplingOptions } from "../sample.ts";
 import { KERNEL_FILES, loadKernelSources } from "./webgpu_kernel_source.ts";
 import { WebGpuMoeOps } from "./webgpu_moe.ts";
+import type { KernelTime } from "./webgpu_kernel_timer.ts";
 import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
 
 /** Rows summed by one invocation of a column reduction before the partials are added up. */
@@ -92,7 +93,11 @@ export async function createWebGpuBackend(): Promise<Backend | null> {
   if (!adapter) return null;
   const requiredLimits: Record<string, number> = {};
   for (const name of WANTED_LIMITS) requiredLimits[name] = adapter.limits[name];
-  const device = await adapter.requestDevice({ requiredLimits });
+  // timestamp-query only serves startKernelTiming; asking for it costs nothing where it exists.
+  const requiredFeatures: GPUFeatureName[] = adapter.features.has("timestamp-query")
+    ? ["timestamp-query"]
+    : [];
+  const device = await adapter.requestDevice({ requiredLimits, requiredFeatures });
   const sources = await loadKernelSources();
   const runtime = new GpuRuntime(device, sources);
   // Compile every kernel file once now, so that WGSL errors surface with file, line and column.
@@ -240,6 +245,19 @@ export class WebGpuBackend implements Backend {
 
   #run(d: Dispatch): void {
     this.#rt.dispatch(d);
+  }
+
+  /**
+   * Times every kernel on the device from now on, each dispatch in a pass of its own (slower: for
+   * finding where time goes, as `deno task bench --kernel-times` does). Needs timestamp-query.
+   */
+  startKernelTiming(): void {
+    this.#rt.startTiming();
+  }
+
+  /** Each kernel's GPU time (file:entry) since startKernelTiming, the longest first; timing stops. */
+  stopKernelTiming(): Promise<KernelTime[]> {
+    return this.#rt.stopTiming();
   }
 
   // ---- memory ----

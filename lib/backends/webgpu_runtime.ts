@@ -12,6 +12,7 @@
  */
 import type { DeviceBuffer, IndexBuffer } from "../backend.ts";
 import type { KernelFile } from "./webgpu_kernel_source.ts";
+import { type KernelTime, KernelTimer } from "./webgpu_kernel_timer.ts";
 
 /** A float or int32 view: `length` elements of `root` from element `offset`. */
 export class GpuView implements DeviceBuffer, IndexBuffer {
@@ -100,6 +101,8 @@ export class GpuRuntime {
   #pass: GPUComputePassEncoder | null = null;
   #doomed: GPUBuffer[] = [];
   #errors: Promise<string | null>[] = [];
+  /** On between startTiming and stopTiming: every dispatch in a pass of its own, stamped. */
+  #timer: KernelTimer | null = null;
 
   /** The device's maxStorageBufferBindingSize (read once: the limits getter is not free). */
   readonly maxBinding: number;
@@ -272,6 +275,10 @@ export class GpuRuntime {
       this.#bindGroups.set(groupKey, bindGroup);
     }
     this.#encoder ??= this.device.createCommandEncoder();
+    if (this.#timer) {
+      this.#pass?.end();
+      this.#pass = this.#encoder.beginComputePass(this.#timer.pass(`${d.file}:${d.entry}`));
+    }
     this.#pass ??= this.#encoder.beginComputePass();
     this.#pass.setPipeline(pipeline);
     this.#dynamicOffset[0] = slot * UNIFORM_BYTES;
@@ -334,15 +341,36 @@ export class GpuRuntime {
     this.#submitAt = FIRST_SUBMIT_SLOTS;
     if (!this.#encoder) return;
     this.#pass?.end();
+    const stamped = this.#timer?.resolve(this.#encoder);
     this.device.queue.writeBuffer(this.#uniforms, 0, this.#staging, 0, this.#slots * UNIFORM_BYTES);
     this.device.pushErrorScope("validation");
     this.device.queue.submit([this.#encoder.finish()]);
     this.#errors.push(this.device.popErrorScope().then((e) => e && e.message));
+    stamped?.();
     this.#encoder = null;
     this.#pass = null;
     this.#slots = 0;
     for (const buffer of this.#doomed) buffer.destroy();
     this.#doomed = [];
+  }
+
+  /** Starts timing every kernel on the device (see KernelTimer); throws without timestamp-query. */
+  startTiming(): void {
+    this.flush();
+    this.#timer ??= new KernelTimer(this.device, RING_SLOTS);
+  }
+
+  /** Stops timing: each kernel's GPU time since startTiming, the longest first. */
+  async stopTiming(): Promise<KernelTime[]> {
+    const timer = this.#timer;
+    if (!timer) throw new Error("stopTiming without startTiming");
+    this.flush();
+    this.#timer = null;
+    try {
+      return await timer.times();
+    } finally {
+      timer.dispose();
+    }
   }
 
   /** Destroys a buffer once the commands recorded so far no longer need it. */
@@ -362,6 +390,7 @@ export class GpuRuntime {
 
   dispose(): void {
     this.flush();
+    this.#timer?.dispose();
     this.#uniforms.destroy();
     this.#pipelines.clear();
     this.#bindGroups.clear();
