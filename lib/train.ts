@@ -15,7 +15,7 @@ import { type Safetensors, saveModel, tensorsToFlat } from "./checkpoint.ts";
 import { MambaConfig } from "./config.ts";
 import { MOE_DEFAULTS, type MoeConfigOptions } from "./moe_config.ts";
 import { type Batch, BatchStream, checkCorpus, type Corpus, validationBatches } from "./data.ts";
-import { MambaByte } from "./model.ts";
+import { type Loss, MambaByte } from "./model.ts";
 import { AdamW, ADAMW_DEFAULTS, clipScale, gradNorm, learningRate, type OptimizerBits } from "./optim.ts";
 import { DEFAULT_LOSS_SCALE, LossScaler } from "./loss_scale.ts";
 import { lossPlotSvg, type MetricPoint } from "./plot.ts";
@@ -334,15 +334,20 @@ export async function train(
     let loss = 0, aux = 0, dropped = 0;
     // The step's windows are world · grad_accum micro-batches of one stream; rank r trains on
     // the r-th run of grad_accum of them, so any number of ranks sees the same global batch.
+    const pending: Promise<Loss>[] = [];
     for (let micro = 0; micro < world * s.grad_accum; micro++) {
       const batch = stream.next(s.batch_size);
       if (Math.floor(micro / s.grad_accum) !== rank) continue;
-      const result = await model.lossAndBackward(
-        batch.inputs,
-        batch.targets,
-        batch.shape,
-        lossScale / s.grad_accum,
-      );
+      pending.push(model.lossAndBackward(batch.inputs, batch.targets, batch.shape, lossScale / s.grad_accum));
+    }
+    // The step's reads are awaited together: on WebGPU each waits about 10 ms however small
+    // (Deno's mapAsync), and waits in flight at once overlap. The gradient norm joins them unless
+    // gradients are first averaged over ranks.
+    const [results, localNorm] = await Promise.all([
+      Promise.all(pending),
+      parallel ? null : gradNorm(backend, model.grads),
+    ]);
+    for (const result of results) {
       loss += result.loss / s.grad_accum;
       aux += (result.aux ?? 0) / s.grad_accum;
       dropped += result.dropped ?? 0;
@@ -365,7 +370,7 @@ export async function train(
     if (!Number.isFinite(loss)) {
       throw new Error(`the training loss became ${loss} at step ${step}; try a lower --lr or --clip`);
     }
-    const scaledNorm = await gradNorm(backend, model.grads);
+    const scaledNorm = localNorm ?? await gradNorm(backend, model.grads);
     if (!scaler || scaler.update(scaledNorm)) {
       optimizer.step(model.params, model.grads, lr, clipScale(scaledNorm / lossScale, s.clip) / lossScale);
     } else {
@@ -436,13 +441,19 @@ export async function train(
   return { step, interrupted: step < s.steps, bestValBpb };
 }
 
+/** Batches evaluated before their losses are awaited (together: see the training step's reads). */
+const EVAL_READS_IN_FLIGHT = 16;
+
 /** Mean bits per byte of `model` over `batches` (weighted by their windows). */
 export async function evaluateBpb(model: MambaByte, batches: Batch[]): Promise<number> {
   let sum = 0, rows = 0;
-  for (const batch of batches) {
-    const { bpb } = await model.loss(batch.inputs, batch.targets, batch.shape);
-    sum += bpb * batch.shape[0];
-    rows += batch.shape[0];
+  for (let first = 0; first < batches.length; first += EVAL_READS_IN_FLIGHT) {
+    const group = batches.slice(first, first + EVAL_READS_IN_FLIGHT);
+    const losses = await Promise.all(group.map((b) => model.loss(b.inputs, b.targets, b.shape)));
+    group.forEach((batch, i) => {
+      sum += losses[i].bpb * batch.shape[0];
+      rows += batch.shape[0];
+    });
   }
   return sum / rows;
 }

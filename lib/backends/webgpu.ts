@@ -316,7 +316,11 @@ export class WebGpuBackend implements Backend {
     return new Int32Array(await this.#download(gv(src)));
   }
 
-  /** The bytes of a view, once the commands recorded so far have run. */
+  /**
+   * The bytes of a view, once the commands recorded so far have run. In Deno (2.9) mapAsync blocks
+   * the thread until the work submitted so far is done, then sleeps 10 ms before it resolves,
+   * however little it reads: reads awaited together overlap those sleeps.
+   */
   async #download(view: GpuView): Promise<ArrayBuffer> {
     const staging = this.#gpu.createBuffer({
       size: Math.max(4, view.length * 4),
