@@ -224,10 +224,13 @@ async function benchTorch(sizes: Size[]): Promise<Row[]> {
 function printKernelTimes(backend: string, size: Size, times: KernelTime[]): void {
   const total = times.reduce((sum, t) => sum + t.seconds, 0);
   console.log(`\n${backend} ${size}: one training step's kernels, ${duration(total)} of GPU time in all`);
-  console.log("| kernel | dispatches | GPU time | share |\n|---|---|---|---|");
+  console.log("| kernel (matmuls: M×N×K) | dispatches | GPU time | share | TFLOP/s |\n|---|---|---|---|---|");
   for (const t of times) {
+    const rate = t.flops ? (t.flops / t.seconds / 1e12).toPrecision(3) : "";
     console.log(
-      `| ${t.kernel} | ${t.dispatches} | ${duration(t.seconds)} | ${(100 * t.seconds / total).toFixed(1)}% |`,
+      `| ${t.kernel} | ${t.dispatches} | ${duration(t.seconds)} | ${
+        (100 * t.seconds / total).toFixed(1)
+      }% | ${rate} |`,
     );
   }
 }

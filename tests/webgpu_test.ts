@@ -369,9 +369,13 @@ Deno.test({
     return;
   }
   for (let i = 0; i < 3; i++) be.copy(y, x);
+  be.matmul(y, x, x, 20, 8, 12); // C (20, 8) = A (20, 12) · B (12, 8): named by its shape, 2·M·N·K flops
   be.fill(x, 2);
   const times = await be.stopKernelTiming();
-  assert.deepEqual(times.map((t) => [t.kernel, t.dispatches]).sort(), [["copy:copy", 3], ["copy:fill", 1]]);
+  assert.deepEqual(
+    times.map((t) => [t.kernel.replace(/^matmul\S*/, "matmul"), t.dispatches, t.flops]).sort(),
+    [["copy:copy", 3, 0], ["copy:fill", 1, 0], ["matmul 20×8×12", 1, 2 * 20 * 8 * 12]],
+  );
   for (const t of times) assert.ok(t.seconds > 0 && t.seconds < 1, `${t.kernel}: ${t.seconds} s`);
   be.copy(y, x); // untimed again
   assert.deepEqual(await be.read(y), new Float32Array(1000).fill(2));

@@ -402,6 +402,7 @@ export class WebGpuBackend implements Backend {
     }
     const kernel = this.#matmulKernel(aligned, m, n, k, lda, ldb, transA, transB, inputs);
     const grid = [Math.ceil(n / kernel.tileN), Math.ceil(m / kernel.tileM)] as const;
+    const shape = `${m}×${n}×${k}${transA ? " Aᵀ" : ""}${transB ? " Bᵀ" : ""}`;
     // Few output tiles over a long k (weight gradients: k = B·L) split k across workgroups.
     const splits = Math.min(
       MAX_K_SPLITS,
@@ -416,6 +417,7 @@ export class WebGpuBackend implements Backend {
         bindings: [cv, av, bv],
         ints: kernel.ints(ldc, accumulate, k),
         groups: [...grid, 1],
+        timing: { name: `${kernel.base.entry} ${shape}`, flops: 2 * m * n * k },
       });
       return;
     }
@@ -425,6 +427,7 @@ export class WebGpuBackend implements Backend {
       bindings: [partials, av, bv],
       ints: kernel.ints(n, false, kSplit),
       groups: [...grid, count],
+      timing: { name: `${kernel.base.entry} ${shape}, k split ${count} ways`, flops: 2 * m * n * k },
     });
     this.#run({
       file: "matmul",

@@ -6,19 +6,21 @@
  * untimed run's; the split between kernels is what this is for.
  */
 
-/** The summed GPU time of one kernel (file:entry) over the dispatches timed. */
+/** The summed GPU time of one kernel (file:entry, or the name its dispatches give) over the dispatches timed. */
 export interface KernelTime {
   kernel: string;
   dispatches: number;
   seconds: number;
+  /** Floating-point operations of those dispatches, where they say (matmuls), else 0. */
+  flops: number;
 }
 
 export class KernelTimer {
   readonly #querySet: GPUQuerySet;
   /** The stamps of a submit, resolved (two u64 nanosecond counts per dispatch). */
   readonly #resolved: GPUBuffer;
-  /** Kernel of each dispatch stamped since the last submit. */
-  #kernels: string[] = [];
+  /** Kernel and floating-point operations of each dispatch stamped since the last submit. */
+  #kernels: { kernel: string; flops: number }[] = [];
   #pending: Promise<void>[] = [];
   readonly #totals = new Map<string, KernelTime>();
 
@@ -34,13 +36,13 @@ export class KernelTimer {
     });
   }
 
-  /** The descriptor of the pass of the next dispatch, a dispatch of `kernel`. */
-  pass(kernel: string): GPUComputePassDescriptor {
+  /** The descriptor of the pass of the next dispatch, a dispatch of `kernel` doing `flops`. */
+  pass(kernel: string, flops: number): GPUComputePassDescriptor {
     const i = this.#kernels.length;
     if (i === this.capacity) {
       throw new Error(`KernelTimer: more than ${this.capacity} dispatches in one submit`);
     }
-    this.#kernels.push(kernel);
+    this.#kernels.push({ kernel, flops });
     return {
       timestampWrites: {
         querySet: this.#querySet,
@@ -68,10 +70,11 @@ export class KernelTimer {
       this.#pending.push(
         readable.mapAsync(GPUMapMode.READ).then(() => {
           const stamps = new BigUint64Array(readable.getMappedRange());
-          kernels.forEach((kernel, i) => {
-            const total = this.#totals.get(kernel) ?? { kernel, dispatches: 0, seconds: 0 };
+          kernels.forEach(({ kernel, flops }, i) => {
+            const total = this.#totals.get(kernel) ?? { kernel, dispatches: 0, seconds: 0, flops: 0 };
             total.dispatches++;
             total.seconds += Number(stamps[2 * i + 1] - stamps[2 * i]) / 1e9;
+            total.flops += flops;
             this.#totals.set(kernel, total);
           });
           readable.destroy();

@@ -48,6 +48,8 @@ export interface Dispatch {
   floats?: number[];
   /** Workgroups wanted; a count is spread over x and y when over 65535 (kernels read `group_index`). */
   groups: number | [number, number] | [number, number, number];
+  /** What the kernel timer calls this dispatch (default "file:entry"), and its floating-point operations. */
+  timing?: { name: string; flops: number };
 }
 
 /** Where a view is bound: a range of its buffer, the view's element offset in it, the range's bind-group key. */
@@ -277,7 +279,8 @@ export class GpuRuntime {
     this.#encoder ??= this.device.createCommandEncoder();
     if (this.#timer) {
       this.#pass?.end();
-      this.#pass = this.#encoder.beginComputePass(this.#timer.pass(`${d.file}:${d.entry}`));
+      const { name, flops } = d.timing ?? { name: `${d.file}:${d.entry}`, flops: 0 };
+      this.#pass = this.#encoder.beginComputePass(this.#timer.pass(name, flops));
     }
     this.#pass ??= this.#encoder.beginComputePass();
     this.#pass.setPipeline(pipeline);
