@@ -26,7 +26,8 @@
 // the bc partials and the param partials.
 //
 // Defines: NS (N ≤ 16), T (chunk length: 8 or 16; the backward's passes share one), CH (channels
-// per workgroup: 32; 2·CH ≥ 4T lanes each load one vec4 of a chunk's rows of B and one of C).
+// per workgroup: 32; 2·CH ≥ 4T lanes each load one vec4 of a chunk's rows of B and one of C),
+// STEP_CHANNELS (channels per workgroup of the decode step).
 
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> u: array<f32>;
@@ -533,7 +534,6 @@ fn scan_reduce_params(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invo
 // δr · dt_proj[e], δr (B, R) bound as `delta` with rows bc_stride apart, dt_proj (ED, R) at
 // binding 12. ints 0..4 as scan_forward's (L = 1), 5: R. Grid: (ceil(ED / STEP_CHANNELS), B).
 const STEP_LANES: u32 = 16u;
-const STEP_CHANNELS: u32 = 4u;
 
 var<workgroup> step_parts: array<f32, STEP_LANES * STEP_CHANNELS>;
 
@@ -550,7 +550,7 @@ fn channel_sum(part: f32, lid: u32) -> f32 {
   return total;
 }
 
-@compute @workgroup_size(64)
+@compute @workgroup_size(STEP_LANES * STEP_CHANNELS)
 fn scan_step(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
   let rank = arg_u(5u);

@@ -41,7 +41,7 @@ const SCAN_BACKWARD_CHUNK = 8;
 const SCAN_MAX_STATE = 16;
 /** Channels per workgroup of the scan (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
 const SCAN_CHANNELS = 32;
-/** Channels per workgroup of the decode step (kernels/scan.wgsl: STEP_CHANNELS). */
+/** Channels per workgroup of the decode step (kernels/scan.wgsl's STEP_CHANNELS). */
 const SCAN_STEP_CHANNELS = 4;
 /**
  * Workgroup memory of scan.wgsl's passes: the forward stages δ, u, z, the rows of B and C and each
@@ -152,7 +152,7 @@ const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string
   matmul: { TM: 4, TN: 4, BK: 16, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_int8: { ROWS: 1 },
-  scan: { NS: 16, CH: SCAN_CHANNELS, T: SCAN_BACKWARD_CHUNK },
+  scan: { NS: 16, CH: SCAN_CHANNELS, T: SCAN_BACKWARD_CHUNK, STEP_CHANNELS: SCAN_STEP_CHANNELS },
 };
 
 /**
@@ -737,7 +737,12 @@ export class WebGpuBackend implements Backend {
         } bytes of workgroup memory; this adapter has ${this.#workgroupStorage}`,
       );
     }
-    return { NS: state, CH: SCAN_CHANNELS, T: pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK };
+    return {
+      NS: state,
+      CH: SCAN_CHANNELS,
+      T: pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK,
+      STEP_CHANNELS: SCAN_STEP_CHANNELS,
+    };
   }
 
   /** ints 0..4 of every scan kernel. */
