@@ -286,7 +286,9 @@ async function main() {
       console.error(`${name} ${size}: ${backend.description}`);
       const trainBytesPerSec = await benchTraining(backend, size, steps);
       if (values["kernel-times"] && backend instanceof WebGpuBackend) {
-        kernelTimes.push({ backend: name, size, times: await benchKernelTimes(backend, size) });
+        if (backend.canTimeKernels) {
+          kernelTimes.push({ backend: name, size, times: await benchKernelTimes(backend, size) });
+        } else console.error(`${name}: this adapter has no timestamp-query; no kernel times`);
       }
       const trainBf16BytesPerSec = await benchTrainingHalf(backend, size, steps, "bf16");
       const trainF16BytesPerSec = await benchTrainingHalf(backend, size, steps, "f16");

@@ -64,12 +64,13 @@ export async function benchScan(backend: Backend, shape: ScanShape): Promise<Sca
     parallel: true,
   };
   const probe = backend.view(y, 0, 1);
-  // WebGPU: the GPU time of the op's kernels (timestamps), since a read-back's own wait (about 12
-  // ms in Deno) would swamp them, after a second of calls (pipelines, scratch, and the GPU's clocks,
-  // which rise only under sustained work). Elsewhere calls are queued REPEAT_SECONDS' worth at a
-  // time between reads, so that the read is a small part of what is timed.
+  // WebGPU: the GPU time of the op's kernels (timestamps, where the adapter has them), since a
+  // read-back's own wait (about 12 ms in Deno) would swamp them, after a second of calls
+  // (pipelines, scratch, and the GPU's clocks, which rise only under sustained work). Elsewhere
+  // calls are queued REPEAT_SECONDS' worth at a time between reads, so that the read is a small
+  // part of what is timed.
   const timed = async (op: () => void) => {
-    if (backend instanceof WebGpuBackend) {
+    if (backend instanceof WebGpuBackend && backend.canTimeKernels) {
       await timeIt(
         async () => {
           for (let r = 0; r < GPU_TIMED_CALLS; r++) op();

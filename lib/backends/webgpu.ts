@@ -247,6 +247,11 @@ export class WebGpuBackend implements Backend {
     this.#rt.dispatch(d);
   }
 
+  /** Whether this adapter can time kernels (it has timestamp-query). */
+  get canTimeKernels(): boolean {
+    return this.#gpu.features.has("timestamp-query");
+  }
+
   /**
    * Times every kernel on the device from now on, each dispatch in a pass of its own (slower: for
    * finding where time goes, as `deno task bench --kernel-times` does). Needs timestamp-query.
