@@ -260,7 +260,7 @@ export class WebGpuBackend implements Backend {
     this.#rt.startTiming();
   }
 
-  /** Each kernel's GPU time (file:entry) since startKernelTiming, the longest first; timing stops. */
+  /** Each kernel's GPU time (file:entry; matmuls by shape) since startKernelTiming, the longest first; timing stops. */
   stopKernelTiming(): Promise<KernelTime[]> {
     return this.#rt.stopTiming();
   }
