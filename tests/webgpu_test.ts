@@ -359,8 +359,8 @@ Deno.test({
   ignore,
 }, async () => {
   const be = gpu as WebGpuBackend;
-  const x = be.alloc(1000), y = be.alloc(1000);
-  be.write(x, randoms(1000, new Random(3)));
+  const x = be.alloc(1000), y = be.alloc(1000), values = randoms(1000, new Random(3));
+  be.write(x, values);
   if (!be.canTimeKernels) {
     // An adapter without timestamp-query says so (lavapipe, in CI, has it).
     assert.throws(() => be.startKernelTiming(), /no timestamp-query feature/);
@@ -376,6 +376,8 @@ Deno.test({
     [["copy:copy", 3, 0], ["copy:fill", 1, 0], ["matmul 20×8×12", 1, 2 * 20 * 8 * 12]],
   );
   for (const t of times) assert.ok(t.seconds > 0 && t.seconds < 1, `${t.kernel}: ${t.seconds} s`);
+  // the timed dispatches did their work: y past the product's 160 outputs is x's copy
+  assert.deepEqual((await be.read(y)).slice(160), values.slice(160));
   be.copy(y, x); // untimed again
   assert.deepEqual(await be.read(y), new Float32Array(1000).fill(2));
   await assert.rejects(() => be.stopKernelTiming(), /stopTiming without startTiming/);
