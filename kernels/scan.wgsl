@@ -2,32 +2,34 @@
 //   δ[t] = softplus(delta[t] + dt_bias[e]),  A[n] = -exp(A_log[e, n]),
 //   h[t, n] = exp(δ[t]·A[n])·h[t-1, n] + δ[t]·B[t, n]·u[t],   h[-1] = 0,
 //   y[t] = (Σ_n h[t, n]·C[t, n] + D[e]·u[t]) · silu(z[t]).
-// A pair of lanes owns one channel of one sequence and walks the whole of L, T steps at a time:
-// lane g of the pair holds states 8g … 8g + 7 in two vec4 registers (d_state ≤ 16; padding states
-// have A = B = C = 0 and stay 0), so no array is ever indexed at run time. A workgroup holds CH
-// channels of one sequence, lane g·CH + c for channel c. A chunk's inputs (δ, u, z, dy of each
-// channel; the rows of B and C, which all channels share) are staged in workgroup memory; every
-// lane loads its share of the next chunk before the current one is scanned, so those loads are in
-// flight while it computes. Sums over a channel's states (h·C and the backward's) add the pair's
-// halves through workgroup memory. Steps past the end of L get δ = u = dy = 0, which leaves
-// states and carries as they are: the inner loops need no bounds, only the writes are masked.
-// Forward: scan_forward, one pass, one exp per state and step; y written after each chunk.
+// Lanes own channels of one sequence and walk the whole of L, T steps at a time, a workgroup CH
+// channels (d_state ≤ 16; padding states have A = B = C = 0 and stay 0). In the forward's passes
+// a pair of lanes holds a channel, lane g·CH + c states 8g … 8g + 7 of channel c in two vec4
+// registers, so no array is ever indexed at run time; the backward gives a channel four lanes
+// (see scan_backward). A chunk's inputs (δ, u, z, dy of each channel; the rows of B and C, which
+// all channels share) are staged in workgroup memory; every lane loads its share of the next
+// chunk before the current one is scanned, so those loads are in flight while it computes. Steps
+// past the end of L get δ = u = dy = 0, which leaves states and carries as they are: the inner
+// loops need no bounds, only the writes are masked.
+// Forward: scan_forward, one pass, one exp per state and step; y written after each chunk, the
+//          pair's halves of h·C added through workgroup memory.
 // Backward: 1. scan_chunk_starts, the forward walk again, storing the state entering every chunk
 //              into hs (B, Q, ED, 16) (Q = ceil(L / T)); (B, L, ED, N) never exists.
 //           2. scan_backward walks the chunks from the last to the first: a chunk's states are
 //              recomputed from hs into workgroup memory, then walked backwards with the state
-//              gradient carried across chunks. At every step the pairs' halves are exchanged:
-//              lanes of the first half write du, dδ, dz; lanes of the second sum dB and dC over
-//              the workgroup's channels into bc partials (B·L, ceil(ED / CH), 2N). dA_log, dD and
-//              ddt_bias are summed over L in registers into param partials (B, N + 2, ED).
+//              gradient carried across chunks; du, dδ, dz are written and dB, dC summed over the
+//              workgroup's channels into bc partials (B·L, ceil(ED / CH), 2N) after each chunk.
+//              dA_log, dD and ddt_bias are summed over L in registers into param partials
+//              (B, N + 2, ED).
 //           3. scan_reduce_bc sums the bc partials into dB, dC (overwritten); scan_reduce_params
 //              adds Σ over sequences of the param partials into dA_log, dD, ddt_bias.
 // hs and both partials live in one scratch buffer `work`: ints 5..8 are Q and the offsets of hs,
 // the bc partials and the param partials.
 //
-// Defines: NS (N ≤ 16), T (chunk length: 8 or 16; the backward's passes share one), CH (channels
-// per workgroup: 32; 2·CH ≥ 4T lanes each load one vec4 of a chunk's rows of B and one of C),
-// STEP_CHANNELS (channels per workgroup of the decode step).
+// Defines: NS (N ≤ 16), T (chunk length: 16 forward; 8 for the backward's passes, which share
+// one), CH (channels per workgroup: the forward's 2·CH ≥ 4T lanes, the backward's 4·CH ≥ 8T, each
+// load one vec4 of a chunk's rows of B or C), STEP_CHANNELS (channels per workgroup of the decode
+// step).
 
 @group(0) @binding(1) var<storage, read_write> y: array<f32>;
 @group(0) @binding(2) var<storage, read> u: array<f32>;
@@ -55,21 +57,15 @@
 
 const LOG2E: f32 = 1.4426950408889634;
 const LANES: u32 = 2u * CH;
-/** A lane's row of bc_terms: dB terms (8), dC terms (8) of its states, one word of padding. */
-const BC_ROW: u32 = 17u;
 
-// A chunk's tiles: [step][channel] per channel, [step][4 vec4] for the rows of B and C.
+// A chunk's tiles: [step][channel] per channel (the forward's), [step][4 vec4] for the rows of B
+// and C (both walks').
 var<workgroup> tile_delta: array<f32, T * CH>; // raw δ, before softplus
 var<workgroup> tile_u: array<f32, T * CH>;
 var<workgroup> tile_z: array<f32, T * CH>;
-var<workgroup> tile_dy: array<f32, T * CH>;
 var<workgroup> tile_b: array<vec4<f32>, T * 4u>;
 var<workgroup> tile_c: array<vec4<f32>, T * 4u>;
 var<workgroup> part_c: array<f32, T * LANES>; // forward: [step][lane], each lane's half of h·C
-var<workgroup> tile_dt: array<f32, T * LANES>; // backward: [step][lane], softplus(δ + bias)
-var<workgroup> hist: array<vec4<f32>, (T + 1u) * 2u * LANES>; // backward: [step][k][lane], the chunk's states
-var<workgroup> halves: array<vec4<f32>, LANES>; // backward: each lane's (Σ dh·B, Σ ∂/∂(δA)·A, Σ h·C, -) of a step
-var<workgroup> bc_terms: array<f32, LANES * BC_ROW>; // backward: [lane][dB terms, dC terms] of a step
 
 /** Eight states (or per-state values) of one lane: state 8g + 4k + j in component j of sk. */
 struct Half {
@@ -103,10 +99,6 @@ fn lane_of(d: ScanDims, wid: vec3<u32>, lid: u32) -> Lane {
   return Lane(ch, lid / CH, min(wid.x * CH + ch, d.channels - 1u), wid.x * CH + ch < d.channels);
 }
 
-fn delta_t(r: u32, e: u32, channels: u32) -> f32 {
-  return softplus(delta[view_offset(3u) + r * channels + e] + dt_bias[view_offset(4u) + e]);
-}
-
 fn minus_exp_a_log(e: u32, n: u32) -> f32 {
   return -exp(a_log[view_offset(5u) + e * NS + n]);
 }
@@ -123,15 +115,20 @@ fn dot8(p: Half, q: Half) -> f32 {
   return dot(p.s0, q.s0) + dot(p.s1, q.s1);
 }
 
-/** A = -exp(A_log[e, 8g …]), zero for padding states. */
-fn load_a(l: Lane) -> Half {
-  var a: array<f32, 8>;
-  for (var m = 0u; m < 8u; m++) {
-    if (8u * l.g + m < NS) {
-      a[m] = minus_exp_a_log(l.e, 8u * l.g + m);
+/** A[e, n0 …  n0 + 3] = -exp(A_log), zero for padding states. */
+fn minus_exp_a4(e: u32, n0: u32) -> vec4<f32> {
+  var a = vec4(0.0);
+  for (var j = 0u; j < 4u; j++) {
+    if (n0 + j < NS) {
+      a[j] = minus_exp_a_log(e, n0 + j);
     }
   }
-  return Half(vec4(a[0], a[1], a[2], a[3]), vec4(a[4], a[5], a[6], a[7]));
+  return a;
+}
+
+/** A of lane g's half of the states, 8g …. */
+fn load_a(l: Lane) -> Half {
+  return Half(minus_exp_a4(l.e, 8u * l.g), minus_exp_a4(l.e, 8u * l.g + 4u));
 }
 
 /** exp(δ·A) = 2^(δ·A·log2 e) per state; a2 = A·log2 e. */
@@ -200,17 +197,16 @@ fn load_quad(d: ScanDims, b: u32, e: u32, t0: u32, with_z: bool) -> Quad {
   return x;
 }
 
-/** dy of this lane's T / 8 quads of chunk q (one per column), zero past the end of L. */
-fn load_dy(d: ScanDims, b: u32, l: Lane, q: u32) -> mat2x4<f32> {
-  var m: mat2x4<f32>;
-  let last = b * d.len + d.len - 1u;
-  let o12 = view_offset(12u);
-  for (var k = 0u; k < T / 8u; k++) {
-    let t0 = q * T + l.g * (T / 2u) + 4u * k;
-    let i = o12 + gather_index(b * d.len + t0, last, d.channels, l.e);
-    m[k] = live4(d, t0) * vec4(dy[i.x], dy[i.y], dy[i.z], dy[i.w]);
-  }
-  return m;
+/** Indices in B (in C) of states 4k … 4k + 3 of step t of sequence b (clamped into range) and
+ *  which of them to keep: 0 past the end of L and for padding states. */
+fn row_index(d: ScanDims, b: u32, t: u32, k: u32) -> vec4<u32> {
+  let n = vec4(4u * k) + vec4(0u, 1u, 2u, 3u);
+  return min(b * d.len + t, b * d.len + d.len - 1u) * d.bc_stride + min(n, vec4(NS - 1u));
+}
+
+fn row_keep(d: ScanDims, t: u32, k: u32) -> vec4<f32> {
+  let n = vec4(4u * k) + vec4(0u, 1u, 2u, 3u);
+  return vec4<f32>(n < vec4(NS)) * select(0.0, 1.0, t < d.len);
 }
 
 /** Chunk q's loads for lane lid. */
@@ -222,10 +218,8 @@ fn load_chunk(d: ScanDims, b: u32, l: Lane, q: u32, lid: u32, with_z: bool) -> C
     c.q1 = load_quad(d, b, l.e, t0 + 4u, with_z);
   }
   if (lid < 4u * T) {
-    let t = q * T + lid / 4u;
-    let n = vec4(4u * (lid % 4u)) + vec4(0u, 1u, 2u, 3u);
-    let keep = vec4<f32>(n < vec4(NS)) * select(0.0, 1.0, t < d.len);
-    let i = min(b * d.len + t, b * d.len + d.len - 1u) * d.bc_stride + min(n, vec4(NS - 1u));
+    let i = row_index(d, b, q * T + lid / 4u, lid % 4u);
+    let keep = row_keep(d, q * T + lid / 4u, lid % 4u);
     let ob = view_offset(6u);
     let oc = view_offset(7u);
     c.b = keep * vec4(bmat[ob + i.x], bmat[ob + i.y], bmat[ob + i.z], bmat[ob + i.w]);
@@ -262,16 +256,9 @@ fn stage(c: Chunk, l: Lane, lid: u32) {
   }
 }
 
-/** dy of a chunk (load_dy) into its tile (between barriers). */
-fn stage_dy(m: mat2x4<f32>, l: Lane) {
-  for (var j = 0u; j < T / 2u; j++) {
-    tile_dy[(l.g * (T / 2u) + j) * CH + l.ch] = m[j / 4u][j % 4u];
-  }
-}
-
-/** Index in `work` of hs[b, q, e, 8g + 4k], the vec4 sk of lane g's half of the state entering chunk q. */
-fn hs_index(d: ScanDims, b: u32, q: u32, l: Lane, k: u32) -> u32 {
-  return view_offset(11u) + arg_u(6u) + ((b * arg_u(5u) + q) * d.channels + l.e) * 16u + 8u * l.g + 4u * k;
+/** Index in `work` of hs[b, q, e, n], state n of channel e entering chunk q. */
+fn hs_index(d: ScanDims, b: u32, q: u32, e: u32, n: u32) -> u32 {
+  return view_offset(11u) + arg_u(6u) + ((b * arg_u(5u) + q) * d.channels + e) * 16u + n;
 }
 
 fn store_vec4(i: u32, v: vec4<f32>) {
@@ -279,15 +266,6 @@ fn store_vec4(i: u32, v: vec4<f32>) {
   work[i + 1u] = v.y;
   work[i + 2u] = v.z;
   work[i + 3u] = v.w;
-}
-
-fn load_vec4(i: u32) -> vec4<f32> {
-  return vec4(work[i], work[i + 1u], work[i + 2u], work[i + 3u]);
-}
-
-/** This lane's half of the state entering chunk q, from hs. */
-fn load_start(d: ScanDims, b: u32, q: u32, l: Lane) -> Half {
-  return Half(load_vec4(hs_index(d, b, q, l, 0u)), load_vec4(hs_index(d, b, q, l, 1u)));
 }
 
 /** The forward walk over L from h = 0: y written chunk by chunk or, with `starts` (the
@@ -305,8 +283,8 @@ fn walk_forward(wid: vec3<u32>, lid: u32, starts: bool) {
   var next = load_chunk(d, b, l, 0u, lid, !starts);
   for (var q = 0u; q < chunks; q++) {
     if (starts && l.valid) {
-      store_vec4(hs_index(d, b, q, l, 0u), h.s0);
-      store_vec4(hs_index(d, b, q, l, 1u), h.s1);
+      store_vec4(hs_index(d, b, q, l.e, 8u * l.g), h.s0);
+      store_vec4(hs_index(d, b, q, l.e, 8u * l.g + 4u), h.s1);
     }
     workgroupBarrier(); // the previous chunk's tiles are read no more
     stage(next, l, lid);
@@ -345,136 +323,240 @@ fn scan_chunk_starts(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invoc
   walk_forward(wid, lid, true);
 }
 
-fn hist_put(t: u32, lid: u32, h: Half) {
-  let i = t * 2u * LANES + lid;
-  hist[i] = h.s0;
-  hist[i + LANES] = h.s1;
+// ---- the backward's walk: four lanes per channel ----
+// A workgroup holds CH channels of one sequence, four lanes each: lane g·CH + c holds states
+// 4g … 4g + 3 of channel c in one vec4 (the forward's passes give a channel two lanes of eight
+// states; the backward does about three times their work per state and step, so it takes more
+// lanes). A chunk, from the last to the first:
+//   1. staging: each lane loads the (step, channel) elements g + 4k (k < T / 4) of its own
+//      channel, and lanes below 8T one vec4 of the chunk's rows of B or C, one chunk ahead;
+//   2. the walk, with no barrier: each lane recomputes its states from hs into `states`, then
+//      walks them backwards with the state gradient `carry`, leaving dh of every step in `states`
+//      and its part of Σ ∂/∂(δA)·A in `dda`;
+//   3. after one barrier, the combine: per (step, channel), the four lanes' parts give du, dδ,
+//      dz (written coalesced); per (step, group of four states), Σ over the workgroup's channels
+//      gives its dB and dC partials.
+
+const QLANES: u32 = 4u * CH;
+/** (step, channel) elements of a chunk each lane loads and combines. */
+const PER_LANE: u32 = T / 4u;
+/** A row of `states`: four groups of CH channels, one per state group, each padded by a vec4. */
+const ROW: u32 = 4u * (CH + 1u);
+/** Where dh starts in `states`: after the T + 1 rows of states and 4 more slots, so that the dB
+ *  and dC sums of one step, read side by side, fall in different banks. */
+const DH_BASE: u32 = (T + 1u) * ROW + 4u;
+
+// [row][slot], slot = g·(CH + 1) + c. Rows 0 … T: the state entering step t (row t + 1: after
+// step t); from DH_BASE, row t: dh of step t.
+var<workgroup> states: array<vec4<f32>, DH_BASE + T * ROW>;
+var<workgroup> dda: array<f32, T * QLANES>; // [step][lane]: Σ over the lane's states of ∂/∂(δA)·A
+var<workgroup> tile_dt: array<f32, T * CH>; // [step][channel]: δ = softplus(δ + bias), 0 past L and ED
+// [step][channel]: δ·u, the weight of dh in dB; from T·CH on, dpre = dy·silu(z), the gradient
+// reaching Σ_n h·C + D·u and the weight of h in dC. At the end it holds each lane's two sums of
+// ddt_bias and dD (2·T·CH ≥ 2·4·CH words for T ≥ 4).
+var<workgroup> weights: array<f32, 2u * T * CH>;
+
+/** Where a lane of the backward sits: channel c of the workgroup (e in the sequence), states 4g …. */
+struct QuadLane {
+  c: u32,
+  g: u32,
+  e: u32, // clamped to ED - 1: lanes past ED load zeros (see load_backward) and write nothing
+  valid: bool,
 }
 
-fn hist_get(t: u32, lid: u32) -> Half {
-  let i = t * 2u * LANES + lid;
-  return Half(hist[i], hist[i + LANES]);
+fn quad_lane_of(d: ScanDims, wid: vec3<u32>, lid: u32) -> QuadLane {
+  let c = lid % CH;
+  return QuadLane(c, lid / CH, min(wid.x * CH + c, d.channels - 1u), wid.x * CH + c < d.channels);
 }
 
-fn put_terms(i: u32, v: vec4<f32>) {
-  bc_terms[i] = v.x;
-  bc_terms[i + 1u] = v.y;
-  bc_terms[i + 2u] = v.z;
-  bc_terms[i + 3u] = v.w;
+/** A lane's loads of a chunk: raw δ, u, z, dy of its elements (zero past L and ED) and, on lanes
+ *  below 8T, one vec4 of the rows of B (lanes below 4T) or C. */
+struct BackwardLoads {
+  delta: array<f32, PER_LANE>,
+  u: array<f32, PER_LANE>,
+  z: array<f32, PER_LANE>,
+  dy: array<f32, PER_LANE>,
+  rows: vec4<f32>,
 }
 
-// Grid: (ceil(ED / CH), B). hist (step t + 1: the state after step t, 0: the one entering the
-// chunk); `carry` is exp(δ[t+1]·A)·dh[t+1], the state gradient arriving from the right.
-@compute @workgroup_size(LANES)
+fn load_backward(d: ScanDims, b: u32, l: QuadLane, q: u32, lid: u32) -> BackwardLoads {
+  var x: BackwardLoads;
+  let last = b * d.len + d.len - 1u;
+  for (var k = 0u; k < PER_LANE; k++) {
+    let t = q * T + l.g + 4u * k;
+    let keep = select(0.0, 1.0, l.valid && t < d.len);
+    let r = min(b * d.len + t, last);
+    let i = r * d.channels + l.e;
+    x.delta[k] = keep * delta[view_offset(3u) + i];
+    x.u[k] = keep * u[view_offset(2u) + i];
+    x.z[k] = keep * z[view_offset(9u) + r * d.z_stride + l.e];
+    x.dy[k] = keep * dy[view_offset(12u) + i];
+  }
+  let j = lid % (4u * T);
+  let i = row_index(d, b, q * T + j / 4u, j % 4u);
+  let keep = row_keep(d, q * T + j / 4u, j % 4u);
+  if (lid < 4u * T) {
+    let o = view_offset(6u);
+    x.rows = keep * vec4(bmat[o + i.x], bmat[o + i.y], bmat[o + i.z], bmat[o + i.w]);
+  } else if (lid < 8u * T) {
+    let o = view_offset(7u);
+    x.rows = keep * vec4(cmat[o + i.x], cmat[o + i.y], cmat[o + i.z], cmat[o + i.w]);
+  }
+  return x;
+}
+
+/** A chunk's loads into the tiles (between barriers). */
+fn stage_backward(d: ScanDims, x: BackwardLoads, l: QuadLane, q: u32, lid: u32, bias: f32) {
+  for (var k = 0u; k < PER_LANE; k++) {
+    let t = l.g + 4u * k;
+    let i = t * CH + l.c;
+    let dt = select(0.0, softplus(x.delta[k] + bias), l.valid && q * T + t < d.len);
+    tile_dt[i] = dt;
+    weights[i] = dt * x.u[k];
+    weights[T * CH + i] = x.dy[k] * x.z[k] * sigmoid(x.z[k]);
+  }
+  if (lid < 4u * T) {
+    tile_b[lid] = x.rows;
+  } else if (lid < 8u * T) {
+    tile_c[lid - 4u * T] = x.rows;
+  }
+}
+
+/** This lane's states entering chunk q, from hs. */
+fn load_start(d: ScanDims, b: u32, q: u32, l: QuadLane) -> vec4<f32> {
+  let i = hs_index(d, b, q, l.e, 4u * l.g);
+  return vec4(work[i], work[i + 1u], work[i + 2u], work[i + 3u]);
+}
+
+/** Per (step, channel) of the chunk this lane loaded: the four lanes' parts summed into du, dδ,
+ *  dz. Returns this lane's (Σ ddt_bias, Σ dD) over those elements. */
+fn combine_channels(d: ScanDims, b: u32, l: QuadLane, q: u32, x: BackwardLoads, bias: f32, dv: f32) -> vec2<f32> {
+  var sums = vec2(0.0);
+  for (var k = 0u; k < PER_LANE; k++) {
+    let t = l.g + 4u * k;
+    if (l.valid && q * T + t < d.len) {
+      var s_b = 0.0; // Σ_n dh·B
+      var s_a = 0.0; // Σ_n ∂/∂(δA)·A
+      var s_c = 0.0; // Σ_n h·C
+      for (var g = 0u; g < 4u; g++) {
+        let slot = g * (CH + 1u) + l.c;
+        s_b += dot(states[DH_BASE + t * ROW + slot], tile_b[4u * t + g]);
+        s_c += dot(states[(t + 1u) * ROW + slot], tile_c[4u * t + g]);
+        s_a += dda[t * QLANES + g * CH + l.c];
+      }
+      let i = t * CH + l.c;
+      let dpre = weights[T * CH + i];
+      let ut = x.u[k];
+      let zv = x.z[k];
+      let r = b * d.len + q * T + t;
+      let g = (s_b * ut + s_a) * sigmoid(x.delta[k] + bias); // softplus' = sigmoid
+      du[view_offset(13u) + r * d.channels + l.e] = dpre * dv + s_b * tile_dt[i];
+      ddelta[view_offset(14u) + r * d.channels + l.e] = g;
+      dz[view_offset(15u) + r * d.z_stride + l.e] = x.dy[k] * (s_c + dv * ut) * dsilu_of(zv, sigmoid(zv));
+      sums += vec2(g, dpre * ut);
+    }
+  }
+  return sums;
+}
+
+/** On lanes below 8T: dB (kind 0) or dC (kind 1) of states 4g … 4g + 3 at one step of the chunk,
+ *  summed over the workgroup's channels, into the bc partials. */
+fn combine_states(d: ScanDims, b: u32, wid: vec3<u32>, q: u32, lid: u32) {
+  let g = lid % 4u;
+  let kind = (lid / 4u) % 2u;
+  let t = lid / 8u;
+  if (lid >= 8u * T || q * T + t >= d.len) {
+    return;
+  }
+  let base = select(DH_BASE + t * ROW, (t + 1u) * ROW, kind == 1u) + g * (CH + 1u);
+  let w = kind * T * CH + t * CH;
+  var acc0 = vec4(0.0); // two running sums, for independent adds
+  var acc1 = vec4(0.0);
+  for (var c = 0u; c < CH; c += 2u) {
+    acc0 += weights[w + c] * states[base + c];
+    acc1 += weights[w + c + 1u] * states[base + c + 1u];
+  }
+  let acc = acc0 + acc1;
+  let blocks = (d.channels + CH - 1u) / CH;
+  let o = view_offset(11u) + arg_u(7u) + ((b * d.len + q * T + t) * blocks + wid.x) * 2u * NS + kind * NS + 4u * g;
+  for (var j = 0u; j < 4u; j++) {
+    if (4u * g + j < NS) {
+      work[o + j] = acc[j];
+    }
+  }
+}
+
+// Grid: (ceil(ED / CH), B); workgroups of 4·CH lanes. `carry` is exp(δ[t+1]·A)·dh[t+1], the
+// state gradient arriving from the right.
+@compute @workgroup_size(QLANES)
 fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
   let b = wid.y;
-  let l = lane_of(d, wid, lid);
-  let o_bc = view_offset(11u) + arg_u(7u);
-  let o_pp = view_offset(11u) + arg_u(8u);
-  let blocks = (d.channels + CH - 1u) / CH;
-  let a = load_a(l);
-  let a2 = scaled(a, LOG2E);
+  let l = quad_lane_of(d, wid, lid);
+  let a = minus_exp_a4(l.e, 4u * l.g);
+  let a2 = a * LOG2E;
   let bias = dt_bias[view_offset(4u) + l.e];
   let dv = dskip[view_offset(8u) + l.e];
-  var carry = Half(vec4(0.0), vec4(0.0));
-  var da = Half(vec4(0.0), vec4(0.0)); // Σ over L of ∂/∂A
-  var dd_sum = 0.0; // (lanes of the first half)
-  var dbias_sum = 0.0;
-  let row = lid * BC_ROW;
-  let m = select(0.0, 1.0, l.valid); // lanes past ED add nothing to dB, dC
+  let slot = l.g * (CH + 1u) + l.c;
+  var carry = vec4(0.0);
+  var da = vec4(0.0); // Σ over L of ∂/∂A
+  var sums = vec2(0.0); // Σ of ddt_bias and dD over this lane's elements
   let chunks = arg_u(5u);
-  var next = load_chunk(d, b, l, chunks - 1u, lid, true);
-  var next_dy = load_dy(d, b, l, chunks - 1u);
+  var next = load_backward(d, b, l, chunks - 1u, lid);
   var next_h = load_start(d, b, chunks - 1u, l);
   for (var qi = chunks; qi > 0u; qi--) {
     let q = qi - 1u;
+    let cur = next;
     workgroupBarrier(); // the previous chunk's tiles are read no more
-    stage(next, l, lid);
-    stage_dy(next_dy, l);
+    stage_backward(d, cur, l, q, lid, bias);
     workgroupBarrier();
-    // Recompute the chunk's states (this lane's column of hist and tile_dt only).
     var h = next_h;
     if (q > 0u) {
-      next = load_chunk(d, b, l, q - 1u, lid, true); // in flight while this chunk is walked
-      next_dy = load_dy(d, b, l, q - 1u);
+      next = load_backward(d, b, l, q - 1u, lid); // in flight while this chunk is walked
       next_h = load_start(d, b, q - 1u, l);
     }
-    hist_put(0u, lid, h);
+    states[slot] = h;
     for (var t = 0u; t < T; t++) {
-      let dt = select(0.0, softplus(tile_delta[t * CH + l.ch] + bias), q * T + t < d.len);
-      tile_dt[t * LANES + lid] = dt;
-      h = advance(h, a2, dt, tile_u[t * CH + l.ch], t, l.g);
-      hist_put(t + 1u, lid, h);
+      let i = t * CH + l.c;
+      h = exp2(tile_dt[i] * a2) * h + weights[i] * tile_b[4u * t + l.g];
+      states[(t + 1u) * ROW + slot] = h;
     }
     for (var ti = 0u; ti < T; ti++) {
       let t = T - 1u - ti;
-      let x = t * CH + l.ch;
-      let dt = tile_dt[t * LANES + lid];
-      let ut = tile_u[x];
-      let zv = tile_z[x];
-      let sg = sigmoid(zv);
-      let dpre = tile_dy[x] * zv * sg; // the gradient reaching Σ_n h·C + D·u
-      let an = decays(dt, a2);
-      let hp = hist_get(t, lid);
-      let hn = hist_get(t + 1u, lid);
-      let ct = row_c(t, l.g);
-      let dh = Half(dpre * ct.s0 + carry.s0, dpre * ct.s1 + carry.s1);
-      let dan = Half(dh.s0 * hp.s0 * an.s0, dh.s1 * hp.s1 * an.s1); // ∂/∂(δA) of an·h[t-1]
-      da = Half(da.s0 + dan.s0 * dt, da.s1 + dan.s1 * dt);
-      carry = Half(an.s0 * dh.s0, an.s1 * dh.s1);
-      halves[lid] = vec4(dot8(dh, row_b(t, l.g)), dot8(dan, a), dot8(hn, ct), 0.0);
-      let db_t = scaled(dh, dt * ut * m);
-      let dc_t = scaled(hn, dpre * m);
-      put_terms(row, db_t.s0);
-      put_terms(row + 4u, db_t.s1);
-      put_terms(row + 8u, dc_t.s0);
-      put_terms(row + 12u, dc_t.s1);
-      workgroupBarrier();
-      let live = q * T + t < d.len;
-      let r = b * d.len + q * T + t;
-      if (lid < CH) {
-        // Σ dh·B, Σ ∂/∂(δA)·A, Σ h·C over the channel's 16 states: both halves added.
-        let s = halves[lid] + halves[lid + CH];
-        if (l.valid && live) {
-          let g = (s.x * ut + s.y) * sigmoid(tile_delta[x] + bias); // softplus' = sigmoid
-          du[view_offset(13u) + r * d.channels + l.e] = dpre * dv + s.x * dt;
-          ddelta[view_offset(14u) + r * d.channels + l.e] = g;
-          dz[view_offset(15u) + r * d.z_stride + l.e] = tile_dy[x] * (s.z + dv * ut) * dsilu_of(zv, sg);
-          dbias_sum += g;
-          dd_sum += dpre * ut;
-        }
-      } else if (live) {
-        // dB (i < 16) or dC of state i % 16, summed over the channels of the lanes holding it.
-        for (var i = lid - CH; i < 32u; i += CH) {
-          let n = i % 16u;
-          if (n < NS) {
-            let first = (n / 8u) * CH * BC_ROW + (i / 16u) * 8u + n % 8u;
-            var acc = vec4(0.0); // four running sums, for independent adds
-            for (var c = 0u; c < CH; c += 4u) {
-              acc += vec4(bc_terms[first + c * BC_ROW], bc_terms[first + (c + 1u) * BC_ROW],
-                          bc_terms[first + (c + 2u) * BC_ROW], bc_terms[first + (c + 3u) * BC_ROW]);
-            }
-            work[o_bc + (r * blocks + wid.x) * 2u * NS + (i / 16u) * NS + n] = acc.x + acc.y + acc.z + acc.w;
-          }
-        }
+      let i = t * CH + l.c;
+      let dt = tile_dt[i];
+      let an = exp2(dt * a2);
+      let dh = weights[T * CH + i] * tile_c[4u * t + l.g] + carry;
+      let dan = dh * states[t * ROW + slot] * an; // ∂/∂(δA) of an·h[t-1]
+      da += dan * dt;
+      carry = an * dh;
+      states[DH_BASE + t * ROW + slot] = dh;
+      dda[t * QLANES + lid] = dot(dan, a);
+    }
+    workgroupBarrier();
+    sums += combine_channels(d, b, l, q, cur, bias, dv);
+    combine_states(d, b, wid, q, lid);
+  }
+  let p = view_offset(11u) + arg_u(8u) + b * (NS + 2u) * d.channels + l.e;
+  if (l.valid) {
+    let dal = da * a; // A = -exp(A_log): dA_log = dA·A
+    for (var j = 0u; j < 4u; j++) {
+      if (4u * l.g + j < NS) {
+        work[p + (4u * l.g + j) * d.channels] = dal[j];
       }
-      workgroupBarrier(); // halves and bc_terms are read no more
     }
   }
-  if (l.valid) {
-    let p = o_pp + b * (NS + 2u) * d.channels + l.e;
-    let dal = Half(da.s0 * a.s0, da.s1 * a.s1); // A = -exp(A_log): dA_log = dA·A
-    var per_state = array(dal.s0.x, dal.s0.y, dal.s0.z, dal.s0.w, dal.s1.x, dal.s1.y, dal.s1.z, dal.s1.w);
-    for (var j = 0u; j < 8u; j++) {
-      if (8u * l.g + j < NS) {
-        work[p + (8u * l.g + j) * d.channels] = per_state[j];
-      }
+  workgroupBarrier(); // the last combine's reads of `weights` are done
+  weights[lid] = sums.x;
+  weights[QLANES + lid] = sums.y;
+  workgroupBarrier();
+  if (lid < CH && l.valid) {
+    var total = vec2(0.0);
+    for (var g = 0u; g < 4u; g++) {
+      total += vec2(weights[g * CH + lid], weights[QLANES + g * CH + lid]);
     }
-    if (l.g == 0u) {
-      work[p + NS * d.channels] = dd_sum;
-      work[p + (NS + 1u) * d.channels] = dbias_sum;
-    }
+    work[p + NS * d.channels] = total.y;
+    work[p + (NS + 1u) * d.channels] = total.x;
   }
 }
 

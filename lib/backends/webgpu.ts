@@ -37,24 +37,27 @@ const ROWS_PER_BLOCK = 64;
 /** Steps of the selective scan's chunks (inputs staged per chunk): forward, and the backward's (states kept per chunk). */
 const SCAN_CHUNK = 16;
 const SCAN_BACKWARD_CHUNK = 8;
-/** The scan keeps a channel's states in four vec4 registers, two in each lane of a pair. */
+/** The scan keeps a channel's states in four vec4 registers (two lanes of two forward, four of one backward). */
 const SCAN_MAX_STATE = 16;
-/** Channels per workgroup of the scan (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
+/** Channels per workgroup of the forward (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
 const SCAN_CHANNELS = 32;
+/** Channels per workgroup of the backward's passes, the most that fit the adapter's workgroup memory first. */
+const SCAN_BACKWARD_CHANNELS = [32, 16];
 /** Channels per workgroup of the decode step (kernels/scan.wgsl's STEP_CHANNELS). */
 const SCAN_STEP_CHANNELS = 4;
 /**
- * Workgroup memory of scan.wgsl's passes: the forward stages δ, u, z, the rows of B and C and each
- * lane's h·C of a chunk; the backward's also dy, δ after softplus, the chunk's states and one
- * step's exchanged sums and dB, dC terms.
+ * Workgroup memory of scan.wgsl's passes at CH channels per workgroup: the forward's stage δ, u, z,
+ * the rows of B and C and each lane's h·C of a chunk (T steps); scan_backward's hold δ, δ·u, dpre,
+ * the rows of B and C, the chunk's states and state gradients (rows of 4·(CH + 1) vec4, T + 1 of
+ * states, 4 slots of padding, T of gradients) and each of its 4·CH lanes' Σ ∂/∂(δA)·A.
  */
-const SCAN_WORKGROUP_BYTES = (() => {
-  const lanes = 2 * SCAN_CHANNELS, T = SCAN_CHUNK, TB = SCAN_BACKWARD_CHUNK, CH = SCAN_CHANNELS;
-  return {
-    forward: 4 * (3 * T * CH + 2 * T * 16 + T * lanes),
-    backward: 4 * (4 * TB * CH + 2 * TB * 16 + TB * lanes + (TB + 1) * 8 * lanes + 4 * lanes + 17 * lanes),
-  };
-})();
+const scanWorkgroupBytes = (pass: "forward" | "backward", CH: number): number => {
+  const T = pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK;
+  const rows = 2 * T * 16;
+  if (pass === "forward") return 4 * (3 * T * CH + rows + T * 2 * CH);
+  const states = 4 * ((2 * T + 1) * 4 * (CH + 1) + 4);
+  return 4 * (3 * T * CH + rows + states + T * 4 * CH);
+};
 /** Split-K of matmul: at most this many splits, each at least this deep, aiming at this many workgroups. */
 const MAX_K_SPLITS = 64;
 const MIN_K_PER_SPLIT = 256;
@@ -152,7 +155,7 @@ const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string
   matmul: { TM: 4, TN: 4, BK: 16, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_int8: { ROWS: 1 },
-  scan: { NS: 16, CH: SCAN_CHANNELS, T: SCAN_BACKWARD_CHUNK, STEP_CHANNELS: SCAN_STEP_CHANNELS },
+  scan: { NS: 16, CH: SCAN_BACKWARD_CHANNELS[1], T: SCAN_BACKWARD_CHUNK, STEP_CHANNELS: SCAN_STEP_CHANNELS },
 };
 
 /**
@@ -730,21 +733,22 @@ export class WebGpuBackend implements Backend {
   }
 
   // ---- fused selective scan ----
-  /** Defines of the scan kernels (scan.wgsl): N, chunk length T and CH channels per workgroup (two lanes each). */
+  /** Defines of the scan kernels (scan.wgsl): N, chunk length T and CH channels per workgroup. */
   #scanDefines(state: number, pass: "forward" | "backward"): Record<string, number> {
     if (state > SCAN_MAX_STATE) {
       throw new Error(`webgpu selective scan: d_state ${state} is above the supported ${SCAN_MAX_STATE}`);
     }
-    if (SCAN_WORKGROUP_BYTES[pass] > this.#workgroupStorage) {
+    const choices = pass === "forward" ? [SCAN_CHANNELS] : SCAN_BACKWARD_CHANNELS;
+    const CH = choices.find((ch) => scanWorkgroupBytes(pass, ch) <= this.#workgroupStorage);
+    if (CH === undefined) {
+      const least = scanWorkgroupBytes(pass, choices[choices.length - 1]);
       throw new Error(
-        `webgpu selective scan: the ${pass} pass needs ${
-          SCAN_WORKGROUP_BYTES[pass]
-        } bytes of workgroup memory; this adapter has ${this.#workgroupStorage}`,
+        `webgpu selective scan: the ${pass} pass needs ${least} bytes of workgroup memory; this adapter has ${this.#workgroupStorage}`,
       );
     }
     return {
       NS: state,
-      CH: SCAN_CHANNELS,
+      CH,
       T: pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK,
       STEP_CHANNELS: SCAN_STEP_CHANNELS,
     };
