@@ -41,8 +41,8 @@ const SCAN_BACKWARD_CHUNK = 8;
 const SCAN_MAX_STATE = 16;
 /** Channels per workgroup of the forward (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
 const SCAN_CHANNELS = 32;
-/** Channels per workgroup of the backward's passes, the most that fit the adapter's workgroup memory first. */
-const SCAN_BACKWARD_CHANNELS = [32, 16];
+/** Channels per workgroup of the backward's passes (4 lanes each in scan_backward; 2 in the chunk starts). */
+const SCAN_BACKWARD_CHANNELS = 16;
 /** Channels per workgroup of the decode step (kernels/scan.wgsl's STEP_CHANNELS). */
 const SCAN_STEP_CHANNELS = 4;
 /**
@@ -155,7 +155,7 @@ const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string
   matmul: { TM: 4, TN: 4, BK: 16, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_int8: { ROWS: 1 },
-  scan: { NS: 16, CH: SCAN_BACKWARD_CHANNELS[1], T: SCAN_BACKWARD_CHUNK, STEP_CHANNELS: SCAN_STEP_CHANNELS },
+  scan: { NS: 16, CH: SCAN_BACKWARD_CHANNELS, T: SCAN_BACKWARD_CHUNK, STEP_CHANNELS: SCAN_STEP_CHANNELS },
 };
 
 /**
@@ -738,12 +738,11 @@ export class WebGpuBackend implements Backend {
     if (state > SCAN_MAX_STATE) {
       throw new Error(`webgpu selective scan: d_state ${state} is above the supported ${SCAN_MAX_STATE}`);
     }
-    const choices = pass === "forward" ? [SCAN_CHANNELS] : SCAN_BACKWARD_CHANNELS;
-    const CH = choices.find((ch) => scanWorkgroupBytes(pass, ch) <= this.#workgroupStorage);
-    if (CH === undefined) {
-      const least = scanWorkgroupBytes(pass, choices[choices.length - 1]);
+    const CH = pass === "forward" ? SCAN_CHANNELS : SCAN_BACKWARD_CHANNELS;
+    const bytes = scanWorkgroupBytes(pass, CH);
+    if (bytes > this.#workgroupStorage) {
       throw new Error(
-        `webgpu selective scan: the ${pass} pass needs ${least} bytes of workgroup memory; this adapter has ${this.#workgroupStorage}`,
+        `webgpu selective scan: the ${pass} pass needs ${bytes} bytes of workgroup memory; this adapter has ${this.#workgroupStorage}`,
       );
     }
     return {
