@@ -81,11 +81,12 @@ struct ScanDims {
   z_stride: u32,
 }
 
-/** Where a lane sits: channel ch of the workgroup (e in the sequence), half g of its states. */
+/** Where lane g·CH + ch sits: channel ch of the workgroup (e in the sequence), the channel's g-th
+ *  lane (states 8g … in the forward's passes, 4g … in scan_backward). */
 struct Lane {
   ch: u32,
   g: u32,
-  e: u32, // clamped to ED - 1: lanes past ED compute on a copy and write nothing
+  e: u32, // clamped to ED - 1: lanes past ED compute on a copy (scan_backward's load zeros) and write nothing
   valid: bool,
 }
 
@@ -356,19 +357,6 @@ var<workgroup> tile_dt: array<f32, T * CH>; // [step][channel]: δ = softplus(δ
 // ddt_bias and dD (2·T·CH ≥ 2·4·CH words for T ≥ 4).
 var<workgroup> weights: array<f32, 2u * T * CH>;
 
-/** Where a lane of the backward sits: channel c of the workgroup (e in the sequence), states 4g …. */
-struct QuadLane {
-  c: u32,
-  g: u32,
-  e: u32, // clamped to ED - 1: lanes past ED load zeros (see load_backward) and write nothing
-  valid: bool,
-}
-
-fn quad_lane_of(d: ScanDims, wid: vec3<u32>, lid: u32) -> QuadLane {
-  let c = lid % CH;
-  return QuadLane(c, lid / CH, min(wid.x * CH + c, d.channels - 1u), wid.x * CH + c < d.channels);
-}
-
 /** A lane's loads of a chunk: raw δ, u, z, dy of its elements (zero past L and ED) and, on lanes
  *  below 8T, one vec4 of the rows of B (lanes below 4T) or C. */
 struct BackwardLoads {
@@ -379,7 +367,7 @@ struct BackwardLoads {
   rows: vec4<f32>,
 }
 
-fn load_backward(d: ScanDims, b: u32, l: QuadLane, q: u32, lid: u32) -> BackwardLoads {
+fn load_backward(d: ScanDims, b: u32, l: Lane, q: u32, lid: u32) -> BackwardLoads {
   var x: BackwardLoads;
   let last = b * d.len + d.len - 1u;
   for (var k = 0u; k < PER_LANE; k++) {
@@ -406,14 +394,14 @@ fn load_backward(d: ScanDims, b: u32, l: QuadLane, q: u32, lid: u32) -> Backward
 }
 
 /** A chunk's loads into the tiles (between barriers). */
-fn stage_backward(d: ScanDims, x: BackwardLoads, l: QuadLane, q: u32, lid: u32, bias: f32) {
+fn stage_backward(d: ScanDims, x: BackwardLoads, l: Lane, q: u32, lid: u32, bias: f32) {
   for (var k = 0u; k < PER_LANE; k++) {
     let t = l.g + 4u * k;
-    let i = t * CH + l.c;
+    let i = t * CH + l.ch;
     let dt = select(0.0, softplus(x.delta[k] + bias), l.valid && q * T + t < d.len);
     tile_dt[i] = dt;
     weights[i] = dt * x.u[k];
-    weights[T * CH + i] = x.dy[k] * x.z[k] * sigmoid(x.z[k]);
+    weights[T * CH + i] = x.dy[k] * gate(x.z[k]);
   }
   if (lid < 4u * T) {
     tile_b[lid] = x.rows;
@@ -423,14 +411,14 @@ fn stage_backward(d: ScanDims, x: BackwardLoads, l: QuadLane, q: u32, lid: u32, 
 }
 
 /** This lane's states entering chunk q, from hs. */
-fn load_start(d: ScanDims, b: u32, q: u32, l: QuadLane) -> vec4<f32> {
+fn load_start(d: ScanDims, b: u32, q: u32, l: Lane) -> vec4<f32> {
   let i = hs_index(d, b, q, l.e, 4u * l.g);
   return vec4(work[i], work[i + 1u], work[i + 2u], work[i + 3u]);
 }
 
 /** Per (step, channel) of the chunk this lane loaded: the four lanes' parts summed into du, dδ,
  *  dz. Returns this lane's (Σ ddt_bias, Σ dD) over those elements. */
-fn combine_channels(d: ScanDims, b: u32, l: QuadLane, q: u32, x: BackwardLoads, bias: f32, dv: f32) -> vec2<f32> {
+fn combine_channels(d: ScanDims, b: u32, l: Lane, q: u32, x: BackwardLoads, bias: f32, dv: f32) -> vec2<f32> {
   var sums = vec2(0.0);
   for (var k = 0u; k < PER_LANE; k++) {
     let t = l.g + 4u * k;
@@ -439,12 +427,12 @@ fn combine_channels(d: ScanDims, b: u32, l: QuadLane, q: u32, x: BackwardLoads, 
       var s_a = 0.0; // Σ_n ∂/∂(δA)·A
       var s_c = 0.0; // Σ_n h·C
       for (var g = 0u; g < 4u; g++) {
-        let slot = g * (CH + 1u) + l.c;
+        let slot = g * (CH + 1u) + l.ch;
         s_b += dot(states[DH_BASE + t * ROW + slot], tile_b[4u * t + g]);
         s_c += dot(states[(t + 1u) * ROW + slot], tile_c[4u * t + g]);
-        s_a += dda[t * QLANES + g * CH + l.c];
+        s_a += dda[t * QLANES + g * CH + l.ch];
       }
-      let i = t * CH + l.c;
+      let i = t * CH + l.ch;
       let dpre = weights[T * CH + i];
       let ut = x.u[k];
       let zv = x.z[k];
@@ -492,12 +480,12 @@ fn combine_states(d: ScanDims, b: u32, wid: vec3<u32>, q: u32, lid: u32) {
 fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocation_index) lid: u32) {
   let d = scan_dims();
   let b = wid.y;
-  let l = quad_lane_of(d, wid, lid);
+  let l = lane_of(d, wid, lid);
   let a = minus_exp_a4(l.e, 4u * l.g);
   let a2 = a * LOG2E;
   let bias = dt_bias[view_offset(4u) + l.e];
   let dv = dskip[view_offset(8u) + l.e];
-  let slot = l.g * (CH + 1u) + l.c;
+  let slot = l.g * (CH + 1u) + l.ch;
   var carry = vec4(0.0);
   var da = vec4(0.0); // Σ over L of ∂/∂A
   var sums = vec2(0.0); // Σ of ddt_bias and dD over this lane's elements
@@ -517,13 +505,13 @@ fn scan_backward(@builtin(workgroup_id) wid: vec3<u32>, @builtin(local_invocatio
     }
     states[slot] = h;
     for (var t = 0u; t < T; t++) {
-      let i = t * CH + l.c;
+      let i = t * CH + l.ch;
       h = exp2(tile_dt[i] * a2) * h + weights[i] * tile_b[4u * t + l.g];
       states[(t + 1u) * ROW + slot] = h;
     }
     for (var ti = 0u; ti < T; ti++) {
       let t = T - 1u - ti;
-      let i = t * CH + l.c;
+      let i = t * CH + l.ch;
       let dt = tile_dt[i];
       let an = exp2(dt * a2);
       let dh = weights[T * CH + i] * tile_c[4u * t + l.g] + carry;

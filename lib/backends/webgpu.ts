@@ -34,25 +34,25 @@ import { type Dispatch, GpuRuntime, GpuView } from "./webgpu_runtime.ts";
 
 /** Rows summed by one invocation of a column reduction before the partials are added up. */
 const ROWS_PER_BLOCK = 64;
-/** Steps of the selective scan's chunks (inputs staged per chunk): forward, and the backward's (states kept per chunk). */
-const SCAN_CHUNK = 16;
-const SCAN_BACKWARD_CHUNK = 8;
-/** The scan keeps a channel's states in four vec4 registers (two lanes of two forward, four of one backward). */
+/**
+ * CH channels per workgroup and T steps per chunk (inputs staged per chunk) of the selective
+ * scan's passes: the forward, and the backward's (states kept per chunk). A channel has 2 lanes in
+ * the forward and the chunk starts, 4 in scan_backward; 2·CH ≥ 4T (4·CH ≥ 8T) lanes load the rows
+ * of B and C.
+ */
+const SCAN_PASSES = { forward: { CH: 32, T: 16 }, backward: { CH: 16, T: 8 } } as const;
+/** The scan keeps a channel's states in four vec4 registers: two in each of 2 lanes, or one in each of 4. */
 const SCAN_MAX_STATE = 16;
-/** Channels per workgroup of the forward (2 lanes each; 2·CH ≥ 4·chunk lanes load the rows of B and C). */
-const SCAN_CHANNELS = 32;
-/** Channels per workgroup of the backward's passes (4 lanes each in scan_backward; 2 in the chunk starts). */
-const SCAN_BACKWARD_CHANNELS = 16;
 /** Channels per workgroup of the decode step (kernels/scan.wgsl's STEP_CHANNELS). */
 const SCAN_STEP_CHANNELS = 4;
 /**
- * Workgroup memory of scan.wgsl's passes at CH channels per workgroup: the forward's stage δ, u, z,
+ * Workgroup memory of scan.wgsl's passes (SCAN_PASSES): the forward's stage δ, u, z,
  * the rows of B and C and each lane's h·C of a chunk (T steps); scan_backward's hold δ, δ·u, dpre,
  * the rows of B and C, the chunk's states and state gradients (rows of 4·(CH + 1) vec4, T + 1 of
  * states, 4 slots of padding, T of gradients) and each of its 4·CH lanes' Σ ∂/∂(δA)·A.
  */
-const scanWorkgroupBytes = (pass: "forward" | "backward", CH: number): number => {
-  const T = pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK;
+const scanWorkgroupBytes = (pass: keyof typeof SCAN_PASSES): number => {
+  const { CH, T } = SCAN_PASSES[pass];
   const rows = 2 * T * 16;
   if (pass === "forward") return 4 * (3 * T * CH + rows + T * 2 * CH);
   const states = 4 * ((2 * T + 1) * 4 * (CH + 1) + 4);
@@ -155,7 +155,7 @@ const DEFAULT_DEFINES: Partial<Record<typeof KERNEL_FILES[number], Record<string
   matmul: { TM: 4, TN: 4, BK: 16, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_vec4: { TRANS_A: 0, TRANS_B: 1, INPUTS: 0, A_HALF: 0, B_HALF: 0 },
   matmul_int8: { ROWS: 1 },
-  scan: { NS: 16, CH: SCAN_BACKWARD_CHANNELS, T: SCAN_BACKWARD_CHUNK, STEP_CHANNELS: SCAN_STEP_CHANNELS },
+  scan: { NS: 16, ...SCAN_PASSES.backward, STEP_CHANNELS: SCAN_STEP_CHANNELS },
 };
 
 /**
@@ -734,23 +734,17 @@ export class WebGpuBackend implements Backend {
 
   // ---- fused selective scan ----
   /** Defines of the scan kernels (scan.wgsl): N, chunk length T and CH channels per workgroup. */
-  #scanDefines(state: number, pass: "forward" | "backward"): Record<string, number> {
+  #scanDefines(state: number, pass: keyof typeof SCAN_PASSES): Record<string, number> {
     if (state > SCAN_MAX_STATE) {
       throw new Error(`webgpu selective scan: d_state ${state} is above the supported ${SCAN_MAX_STATE}`);
     }
-    const CH = pass === "forward" ? SCAN_CHANNELS : SCAN_BACKWARD_CHANNELS;
-    const bytes = scanWorkgroupBytes(pass, CH);
+    const bytes = scanWorkgroupBytes(pass);
     if (bytes > this.#workgroupStorage) {
       throw new Error(
         `webgpu selective scan: the ${pass} pass needs ${bytes} bytes of workgroup memory; this adapter has ${this.#workgroupStorage}`,
       );
     }
-    return {
-      NS: state,
-      CH,
-      T: pass === "forward" ? SCAN_CHUNK : SCAN_BACKWARD_CHUNK,
-      STEP_CHANNELS: SCAN_STEP_CHANNELS,
-    };
+    return { NS: state, ...SCAN_PASSES[pass], STEP_CHANNELS: SCAN_STEP_CHANNELS };
   }
 
   /** ints 0..4 of every scan kernel. */
